@@ -1,0 +1,183 @@
+"""The ``keymigration`` command: run, plan, verify, demo (and operator)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .aws import ClientSettings
+from .logs import setup_logging
+from .runner import Migration, RunSettings, SetupError, verify_process
+from .worker import EXIT_CONFIG, EXIT_OK
+
+log = logging.getLogger("keymigration")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -> None:
+    where = parser.add_argument_group("what to migrate")
+    where.add_argument("--bucket", required=True)
+    where.add_argument("--prefix", default="", help="key prefix (default: the whole bucket)")
+    where.add_argument("--suffix", default=".instruction", help="instruction-file suffix, with its dot (default .instruction)")
+    keys = parser.add_argument_group("keys")
+    keys.add_argument(
+        "--source-key",
+        action="append",
+        default=[],
+        metavar="FILE[:MATDESC_JSON]",
+        help="old AES key (raw or base64) or RSA private key (PEM); repeat for several; "
+        "':{\"k\":\"v\"}' pins the key to that materials description",
+    )
+    keys.add_argument("--source-kms-key-id", action="append", default=[], metavar="ID", help="old KMS key (KMS-to-KMS)")
+    keys.add_argument("--kms-key-id", required=target_required, help="target KMS key: key id, ARN or alias")
+    keys.add_argument("--wrap", default="kms+context", choices=("kms+context", "kms"), help="target wrap (default kms+context)")
+    run = parser.add_argument_group("how")
+    run.add_argument("--concurrency", type=_positive_int, default=16, help="objects in flight (default 16)")
+    run.add_argument("--kms-rate", type=_positive_float, default=None, metavar="REQ_PER_S", help="cap on KMS requests per second")
+    run.add_argument("--checkpoint", metavar="FILE", help="resume from / record progress in this file")
+    run.add_argument("--report", metavar="FILE", help="JSON-lines report, one line per object ('-' for stdout)")
+    run.add_argument("--max-failures", type=_positive_int, default=None, metavar="N", help="stop after N failed objects")
+    run.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+    run.add_argument("--no-count", dest="count_total", action="store_false", help="do not count the prefix first (no ETA)")
+    aws = parser.add_argument_group("AWS")
+    aws.add_argument("--endpoint-url", help="S3 and KMS endpoint (else AWS_ENDPOINT_URL[_S3|_KMS])")
+    aws.add_argument("--region")
+    aws.add_argument("--path-style", action="store_true", help="path-style S3 addressing (S3-compatible stores)")
+    aws.add_argument("--retry-mode", choices=("standard", "adaptive"), default="standard")
+    aws.add_argument("--max-attempts", type=_positive_int, default=10, help="botocore attempts per request (default 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keymigration",
+        description="Re-wrap S3 Encryption Client data keys under AWS KMS by writing instruction files.",
+    )
+    parser.add_argument("--version", action="version", version=f"keymigration {__version__}")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="migrate every object under a prefix")
+    _add_common(run)
+    run.add_argument("--verify", choices=("envelope", "body", "none"), default="envelope")
+    run.add_argument("--dry-run", action="store_true", help="report what would be done; no KMS calls, no writes")
+
+    plan = sub.add_parser("plan", help="what `run` would do: counts by format, wrap, location, key; writes nothing")
+    _add_common(plan, target_required=False)
+
+    verify = sub.add_parser("verify", help="read every object with only the target KMS key")
+    _add_common(verify)
+    verify.add_argument(
+        "--lookup",
+        choices=("explicit", "default"),
+        default="explicit",
+        help="explicit: read <key><suffix> like Ruby/Go v1/Java v1 with a suffix; "
+        "default: metadata first, then <key>.instruction, like Java S3EC v3/v4, Python v4, Go S3EC",
+    )
+
+    demo = sub.add_parser("demo", help="the whole job on embedded S3 and KMS stand-ins (no cloud)")
+    demo.add_argument("--objects", type=_positive_int, default=1500)
+    demo.add_argument("--concurrency", type=_positive_int, default=16)
+    demo.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    return RunSettings(
+        bucket=args.bucket,
+        prefix=args.prefix,
+        kms_key_id=args.kms_key_id or "",
+        source_key_files=args.source_key,
+        source_kms_key_ids=args.source_kms_key_id,
+        suffix=args.suffix,
+        wrap=args.wrap,
+        concurrency=args.concurrency,
+        kms_rate=args.kms_rate,
+        verify=getattr(args, "verify", "envelope") if args.command == "run" else "none",
+        checkpoint=args.checkpoint,
+        report=args.report,
+        max_failures=args.max_failures,
+        dry_run=args.command == "plan" or getattr(args, "dry_run", False),
+        progress=args.progress,
+        count_total=args.count_total,
+        clients=ClientSettings(
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            concurrency=args.concurrency,
+            retry_mode=args.retry_mode,
+            max_attempts=args.max_attempts,
+            path_style=args.path_style,
+        ),
+    )
+
+
+def _print_summary(summary: dict, stream=sys.stdout) -> None:
+    order = ("scanned", "migrated", "planned", "verified", "skipped", "failed")
+    width = max(len(k) for k in summary.get("reasons", {}) or {"": 0}) + 2
+    stream.write("\n")
+    for key in order:
+        if summary.get(key) or key in ("scanned", "failed"):
+            stream.write(f"  {key:<{width}} {summary.get(key, 0):>10}\n")
+    if summary.get("reasons"):
+        stream.write("  by reason:\n")
+        for reason, count in summary["reasons"].items():
+            stream.write(f"    {reason:<{width}} {count:>8}\n")
+    if summary.get("formats"):
+        stream.write("  by format/wrap/location:\n")
+        for name, count in summary["formats"].items():
+            stream.write(f"    {name:<{width}} {count:>8}\n")
+    if summary.get("source_keys"):
+        stream.write("  by source key:\n")
+        for name, count in summary["source_keys"].items():
+            stream.write(f"    {name:<{width}} {count:>8}\n")
+    rate = summary.get("objects_per_second")
+    stream.write(f"  elapsed {summary.get('elapsed_seconds')} s" + (f", {rate} objects/s" if rate else "") + "\n")
+    if summary.get("stopped"):
+        stream.write(f"  stopped: {summary['stopped']}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, args.log_level)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
+    if args.command == "operator":  # pragma: no cover - wired in operator_main
+        raise SystemExit("operator command not available")
+    settings = settings_from_args(args)
+    try:
+        migration = Migration(settings)
+        if args.command == "verify":
+            suffix = settings.suffix if args.lookup == "explicit" else None
+            summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
+        else:
+            summary = migration.run(description="planning" if args.command == "plan" else "migrating")
+    except SetupError as error:
+        log.error("%s", error)
+        return EXIT_CONFIG
+    data = summary.as_dict()
+    if args.report != "-":
+        _print_summary(data)
+    if args.command == "plan":
+        sys.stdout.write(json.dumps({"plan": data}, ensure_ascii=False) + "\n")
+    return summary.exit_code if summary.exit_code != EXIT_OK or args.command != "plan" else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

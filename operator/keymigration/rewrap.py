@@ -1,0 +1,346 @@
+"""Re-wrapping one object: find its envelope, unwrap the data key, wrap it under the target KMS
+key, verify, and write ``<key><suffix>``. The object itself (body, metadata, ETag) is never
+touched.
+
+Safety rules, in order of the steps:
+* The old envelope is read where readers read it (spec: content-metadata.md "Determining S3EC
+  Object Status"): object metadata first, else ``<key>.instruction``.
+* A wrong source key never yields a data key (unwrap.py); V3 data keys are also checked against
+  the key commitment.
+* The new envelope is verified before it is written: KMS-decrypted and compared in constant time
+  with the data key (or, KMS-to-KMS, proven decryptable without the plaintext leaving KMS).
+* Writes are conditional: ``IfNoneMatch='*'`` for a new file, ``IfMatch=<ETag read>`` to replace
+  one, and a file is replaced only after a byte-exact backup is stored next to it.
+* After the write, the object must still be the one that was read (HEAD IfMatch); otherwise the
+  new file is withdrawn and the object retried.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Mapping, Sequence
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import envelope as env_mod
+from .content import ContentError, check_commitment, verify_body
+from .envelope import Envelope, EnvelopeError, Location, MetadataKind
+from .kms import KmsError, KmsKeys, Wrapped
+from .s3io import Bucket, PreconditionFailed, S3Failure, StoredFile, failure
+from .secrets import DataKey
+from .source_keys import MasterKey
+from .unwrap import UnwrapError, unwrap_data_key
+
+# Metadata on the instruction-file object itself (not in its JSON, which holds only S3EC keys).
+MARKER_TARGET = "keymigration-target-key"
+MARKER_SOURCE = "keymigration-source"
+MARKER_RUN = "keymigration-run"
+BACKUP_SUFFIX = ".keymigration-backup"
+BACKUP_OF = "keymigration-backup-of"
+BACKUP_ETAG = "keymigration-backup-etag"
+VERIFY_LEVELS = ("none", "envelope", "body")
+
+
+class Outcome(str, Enum):
+    MIGRATED = "migrated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    PLANNED = "planned"  # dry run: would be migrated
+    VERIFIED = "verified"  # verify: readable with only the KMS key
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class ObjectResult:
+    key: str
+    outcome: Outcome
+    reason: str
+    message: str = ""
+    format: str | None = None
+    wrap: str | None = None
+    location: str | None = None
+    cek_alg: str | None = None
+    source_key: str | None = None
+    retryable: bool = False
+    resumed: bool = False  # written by this run before an interruption, counted now
+
+    def record(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if v not in (None, "", False)}
+        data["outcome"] = str(self.outcome)
+        return data
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    suffix: str = env_mod.DEFAULT_INSTRUCTION_SUFFIX
+    verify: str = "envelope"
+    dry_run: bool = False
+    run_id: str = ""
+
+    def __post_init__(self):
+        if self.verify not in VERIFY_LEVELS:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_LEVELS)}")
+        if not self.suffix or self.suffix == BACKUP_SUFFIX or "/" in self.suffix:
+            raise ValueError(f"invalid instruction-file suffix {self.suffix!r}")
+
+
+@dataclass(frozen=True)
+class ListingHint:
+    """Instruction files the listing saw for this object: key -> ETag. When ``complete``, a name
+    missing from ``files`` is known to be absent (saves a GET per object)."""
+
+    files: Mapping[str, str]
+    complete: bool
+
+
+class _Stop(Exception):
+    """Ends one object's processing with a result."""
+
+    def __init__(self, result: ObjectResult):
+        self.result = result
+
+
+def source_fingerprint(envelope: Envelope) -> str:
+    """Identifies the old envelope (public values only: the EDK and IV are stored in clear)."""
+    digest = hashlib.sha256(envelope.encrypted_key + (envelope.iv or envelope.message_id or b""))
+    return digest.hexdigest()[:32]
+
+
+def instruction_file_metadata(target_arn: str, fingerprint: str, run_id: str) -> dict[str, str]:
+    # x-amz-crypto-instr-file: "" is what Java v1, Java S3EC and .NET put on instruction files.
+    marker = {env_mod.INSTRUCTION_FILE_MARKER: "", MARKER_TARGET: target_arn, MARKER_SOURCE: fingerprint}
+    if run_id:
+        marker[MARKER_RUN] = run_id
+    return marker
+
+
+class ObjectRewrapper:
+    """Processes one object at a time; safe to share between threads."""
+
+    def __init__(self, s3_client, kms: KmsKeys, source_keys: Sequence[MasterKey], settings: Settings):
+        self.bucket = Bucket(s3_client, settings.bucket)
+        self.kms = kms
+        self.source_keys = list(source_keys)
+        self.settings = settings
+
+    # -- entry point ------------------------------------------------------------------------
+
+    def process(self, key: str, hint: ListingHint | None = None) -> ObjectResult:
+        result = ObjectResult(key, Outcome.FAILED, "internal-error")
+        try:
+            self._process(key, hint, result)
+        except _Stop as stop:
+            return stop.result
+        except (EnvelopeError, UnwrapError, ContentError) as error:
+            result.reason, result.message = error.reason, str(error)
+            result.outcome = Outcome.FAILED
+        except (KmsError, S3Failure) as error:
+            result.reason, result.message, result.retryable = error.reason, str(error), error.retryable
+            result.outcome = Outcome.FAILED
+        except (ClientError, BotoCoreError) as error:
+            mapped = failure(error, "request", key)
+            result.reason, result.message, result.retryable = mapped.reason, str(mapped), mapped.retryable
+            result.outcome = Outcome.FAILED
+        return result
+
+    def _stop(self, result: ObjectResult, outcome: Outcome, reason: str, message: str = "", retryable: bool = False):
+        result.outcome, result.reason, result.message, result.retryable = outcome, reason, message, retryable
+        raise _Stop(result)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _read_file(self, name: str, hint: ListingHint | None) -> StoredFile | None:
+        if hint is not None and hint.complete and name not in hint.files:
+            return None
+        return self.bucket.get_small(name)
+
+    def _process(self, key: str, hint: ListingHint | None, result: ObjectResult) -> None:
+        settings = self.settings
+        head = self.bucket.head(key)
+        if head is None:
+            self._stop(result, Outcome.SKIPPED, "object-deleted", "the object was deleted after it was listed")
+        metadata = env_mod.lower_keys(head.get("Metadata", {}))
+        object_etag = head["ETag"]
+        kind = env_mod.detect(metadata)
+
+        default_name = key + env_mod.DEFAULT_INSTRUCTION_SUFFIX
+        target_name = key + settings.suffix
+        source_file: StoredFile | None = None
+        if kind is MetadataKind.ENVELOPE:
+            envelope = env_mod.from_metadata(metadata)
+        else:
+            source_file = self._read_file(default_name, hint)
+            if source_file is None:
+                if kind is MetadataKind.NONE:
+                    self._stop(result, Outcome.SKIPPED, "not-encrypted", "no S3EC envelope in metadata and no instruction file")
+                self._stop(result, Outcome.FAILED, "missing-instruction-file", f"V3 metadata but {default_name!r} does not exist")
+            envelope = env_mod.from_instruction_file(source_file.body, metadata)
+        result.format, result.wrap = envelope.format, str(envelope.wrap)
+        result.location, result.cek_alg = str(envelope.location), envelope.cek_alg
+
+        replacing_source = envelope.location is Location.INSTRUCTION_FILE and target_name == default_name
+        existing = source_file if replacing_source else self._read_file(target_name, hint)
+        fingerprint = source_fingerprint(envelope)
+        if existing is not None and self._marked_done(existing, envelope, fingerprint, replacing_source):
+            resumed = bool(settings.run_id) and existing.metadata.get(MARKER_RUN) == settings.run_id
+            if resumed and not settings.dry_run:
+                result.resumed = True
+                self._stop(result, Outcome.MIGRATED, "migrated", "written by this run before an interruption")
+            self._stop(result, Outcome.SKIPPED, "already-migrated", f"{target_name!r} already wraps the data key under the target key")
+
+        data_key: DataKey | None = None
+        if envelope.wrap.is_kms:
+            if settings.dry_run:
+                self._plan(result, "kms" if self.kms.source_key_ids else None)
+            if not self.kms.source_key_ids and self._on_target_key(envelope):
+                self._stop(result, Outcome.SKIPPED, "already-on-target-key", "the envelope is already wrapped by the target KMS key")
+            wrapped = self.kms.reencrypt(envelope)
+        else:
+            unwrapped = unwrap_data_key(envelope, self.source_keys)
+            data_key = unwrapped.data_key
+            result.source_key = unwrapped.key_label
+            if envelope.format == "v3":
+                check_commitment(envelope, data_key)  # proves the data key without reading the body
+            if settings.dry_run:
+                self._plan(result, unwrapped.key_label)
+            if existing is not None and not replacing_source and self._holds_data_key(existing, metadata, data_key):
+                self._stop(result, Outcome.SKIPPED, "already-migrated", f"{target_name!r} already wraps the data key under the target key")
+            wrapped = self.kms.encrypt(data_key, envelope)
+
+        fields = env_mod.target_fields(envelope, wrapped.encrypted_key, self.kms.target_wrap(envelope), wrapped.context)
+        body = env_mod.instruction_body(fields)
+        written = self._check_round_trip(body, metadata, envelope, wrapped)
+        if settings.verify != "none":
+            self._verify_envelope(written, data_key)
+        if settings.verify == "body":
+            if data_key is None:
+                data_key = self.kms.decrypt(written.encrypted_key, written.context, self.kms.target_key_id)
+            self._verify_body(key, object_etag, envelope, data_key, result)
+        marker = instruction_file_metadata(self.kms.target_arn, fingerprint, settings.run_id)
+
+        try:
+            if existing is not None:
+                self._backup(existing)
+                new_etag = self.bucket.put(target_name, body, marker, if_match=existing.etag)
+            else:
+                new_etag = self.bucket.put(target_name, body, marker, if_none_match=True)
+        except PreconditionFailed:
+            self._stop(
+                result,
+                Outcome.FAILED,
+                "instruction-file-conflict",
+                f"{target_name!r} was created or changed by someone else during the migration; nothing was written",
+            )
+
+        if settings.verify != "none":
+            self._check_object_unchanged(key, object_etag, target_name, new_etag, existing, result)
+        result.outcome, result.reason = Outcome.MIGRATED, "migrated"
+
+    def _plan(self, result: ObjectResult, key_label: str | None) -> None:
+        if key_label is None:
+            self._stop(result, Outcome.FAILED, "no-source-key", "the data key is wrapped by KMS but no source KMS key is configured")
+        self._stop(result, Outcome.PLANNED, "would-migrate", f"would write {result.key + self.settings.suffix!r}")
+
+    def _marked_done(self, existing: StoredFile, envelope: Envelope, fingerprint: str, replacing_source: bool) -> bool:
+        """Our own marker says this file already wraps this object's data key under the target."""
+        if existing.metadata.get(MARKER_TARGET) != self.kms.target_arn:
+            return False
+        if replacing_source:
+            return envelope.wrap.is_kms  # the source envelope is our own output
+        return existing.metadata.get(MARKER_SOURCE) == fingerprint
+
+    def _holds_data_key(self, existing: StoredFile, metadata: Mapping[str, str], data_key: DataKey) -> bool:
+        """A file someone else wrote that already wraps this data key under the target key."""
+        try:
+            other = env_mod.from_instruction_file(existing.body, metadata)
+        except EnvelopeError:
+            return False
+        if not other.wrap.is_kms:
+            return False
+        try:
+            return self.kms.decrypt(other.encrypted_key, other.context, self.kms.target_key_id).equals(data_key)
+        except KmsError as error:
+            if error.retryable:
+                raise
+            return False
+
+    def _on_target_key(self, envelope: Envelope) -> bool:
+        try:
+            self.kms.decrypt(envelope.encrypted_key, envelope.context, self.kms.target_key_id)
+        except KmsError as error:
+            if error.retryable:
+                raise
+            return False
+        return True
+
+    def _verify_envelope(self, written: Envelope, data_key: DataKey | None) -> None:
+        """KMS opens the envelope exactly as it will be read back from the file."""
+        if data_key is None:
+            self.kms.check_decryptable(written.encrypted_key, written.context)
+            return
+        again = self.kms.decrypt(written.encrypted_key, written.context, self.kms.target_key_id)
+        if not again.equals(data_key):
+            raise KmsError("verify-failed", "the new envelope does not decrypt to the original data key")
+
+    def _verify_body(self, key: str, etag: str, envelope: Envelope, data_key: DataKey, result: ObjectResult) -> None:
+        try:
+            verify_body(envelope, data_key, self.bucket.stream(key, if_match=etag))
+        except PreconditionFailed:
+            self._stop(result, Outcome.FAILED, "object-changed", "the object changed while it was verified", retryable=True)
+
+    @staticmethod
+    def _check_round_trip(body: bytes, metadata: Mapping[str, str], envelope: Envelope, wrapped: Wrapped) -> Envelope:
+        """The file we are about to write parses back to the new envelope (pure, cheap)."""
+        v3_metadata = {k: metadata[k] for k in env_mod.V3_OBJECT_ONLY_KEYS if k in metadata}
+        parsed = env_mod.from_instruction_file(body, v3_metadata)
+        same = (
+            parsed.encrypted_key == wrapped.encrypted_key
+            and parsed.iv == envelope.iv
+            and parsed.cek_alg == envelope.cek_alg
+            and parsed.context == wrapped.context
+            and parsed.message_id == envelope.message_id
+        )
+        if not same:
+            raise EnvelopeError("internal-error", "the serialized instruction file does not parse back to the new envelope")
+        return parsed
+
+    def _backup(self, existing: StoredFile) -> None:
+        """Keep a byte-exact copy of an instruction file before replacing it."""
+        backup_key = existing.key + BACKUP_SUFFIX
+        metadata = dict(existing.metadata)
+        metadata[BACKUP_OF] = "instruction-file"
+        metadata[BACKUP_ETAG] = existing.etag.strip('"')
+        try:
+            self.bucket.put(backup_key, existing.body, metadata, if_none_match=True)
+        except PreconditionFailed:
+            stored = self.bucket.get_small(backup_key)
+            if stored is None or stored.body != existing.body:
+                raise S3Failure(
+                    "backup-exists",
+                    f"{backup_key!r} already holds a different envelope (an earlier migration's backup); "
+                    "confirm that migration and prune its backups first",
+                ) from None
+
+    def _check_object_unchanged(
+        self, key: str, etag: str, target_name: str, new_etag: str, replaced: StoredFile | None, result: ObjectResult
+    ) -> None:
+        try:
+            still_there = self.bucket.head(key, if_match=etag) is not None
+        except PreconditionFailed:
+            still_there = False
+        if still_there:
+            return
+        # The object was overwritten or deleted after we read it: our file would describe a data
+        # key that no longer exists. Put back what was there before.
+        try:
+            if replaced is not None:
+                self.bucket.put(target_name, replaced.body, replaced.metadata, if_match=new_etag)
+            else:
+                self.bucket.delete(target_name, if_match=new_etag)
+        except PreconditionFailed:
+            pass  # someone else has already written the file again; leave theirs
+        self._stop(result, Outcome.FAILED, "object-changed", "the object changed during the migration; the new file was withdrawn", retryable=True)

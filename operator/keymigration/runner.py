@@ -1,0 +1,218 @@
+"""Builds a prefix migration from settings and runs it. Shared by the CLI and the Kubernetes
+Job (which runs the CLI): nothing here is CLI-only."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import envelope as env_mod
+from .aws import ClientSettings, ConfigurationError, Telemetry, make_clients
+from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, FileCheckpointStore
+from .content import ContentError
+from .envelope import WrapAlgorithm
+from .kms import KmsError, KmsKeys
+from .progress import JsonProgress, MultiProgress, TerminalProgress
+from .ratelimit import TokenBucket
+from .reader import NotReadable, decrypt_object
+from .report import ReportWriter
+from .rewrap import BACKUP_SUFFIX, ListingHint, ObjectResult, ObjectRewrapper, Outcome, Settings
+from .s3io import Bucket, S3Failure
+from .source_keys import KeyFileError, load_key_files
+from .worker import EXIT_CONFIG, PrefixWorker, ProgressSink, Summary, WorkerOptions
+
+log = logging.getLogger("keymigration")
+
+MODES = ("instruction-file", "cutover")
+
+
+@dataclass
+class RunSettings:
+    """Everything one prefix migration needs; the CLI flags and the Job arguments map 1:1."""
+
+    bucket: str
+    prefix: str
+    kms_key_id: str
+    source_key_files: list[str] = field(default_factory=list)
+    source_kms_key_ids: list[str] = field(default_factory=list)
+    suffix: str = env_mod.DEFAULT_INSTRUCTION_SUFFIX
+    wrap: str = "kms+context"
+    mode: str = "instruction-file"
+    concurrency: int = 16
+    kms_rate: float | None = None
+    verify: str = "envelope"
+    checkpoint: str | None = None
+    report: str | None = None
+    max_failures: int | None = None
+    dry_run: bool = False
+    clients: ClientSettings = field(default_factory=ClientSettings)
+    progress: str = "auto"  # auto | bar | json | none
+    count_total: bool = True
+
+
+class SetupError(Exception):
+    """Invalid configuration found before any object was touched."""
+
+
+def _progress(kind: str, description: str) -> ProgressSink | None:
+    if kind == "auto":
+        kind = "bar" if sys.stderr.isatty() else "json"
+    if kind == "bar":
+        return TerminalProgress(description)
+    if kind == "json":
+        return JsonProgress()
+    return None
+
+
+def _wrap(value: str) -> WrapAlgorithm:
+    if value not in ("kms", "kms+context"):
+        raise SetupError(f"--wrap must be kms+context or kms, not {value!r}")
+    return WrapAlgorithm(value)
+
+
+class Migration:
+    """One prefix: clients, keys, checkpoint, report, worker. ``run()`` returns a Summary."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        *,
+        store: CheckpointStore | None = None,
+        extra_progress: ProgressSink | None = None,
+        clients=None,
+    ):
+        self.settings = settings
+        self.telemetry = Telemetry()
+        try:
+            self.s3, self.kms_client = clients or make_clients(settings.clients, self.telemetry)
+        except ConfigurationError as error:
+            raise SetupError(str(error)) from None
+        try:
+            self.source_keys = load_key_files(settings.source_key_files)
+        except KeyFileError as error:
+            raise SetupError(str(error)) from None
+        self.kms = KmsKeys(
+            self.kms_client,
+            settings.kms_key_id,
+            _wrap(settings.wrap),
+            settings.source_kms_key_ids,
+            TokenBucket(settings.kms_rate, burst=max(1.0, (settings.kms_rate or 0) / 10)),
+        )
+        self.store = store or (FileCheckpointStore(settings.checkpoint) if settings.checkpoint else None)
+        self.extra_progress = extra_progress
+
+    def _checkpoint(self) -> Checkpoint:
+        s = self.settings
+        existing = self.store.load() if self.store else None
+        if existing is None:
+            return Checkpoint(s.bucket, s.prefix, s.suffix, s.kms_key_id, mode=s.mode)
+        existing.check_matches(s.bucket, s.prefix, s.suffix, s.kms_key_id, s.mode)
+        return existing
+
+    def _extra(self) -> dict:
+        return {
+            "kms_requests": dict(self.kms.calls),
+            "requests": self.telemetry.requests(),
+            "faults_retried": self.telemetry.faults(),
+        }
+
+    def preflight(self) -> None:
+        if not self.settings.dry_run:
+            try:
+                self.kms.describe_target()
+            except KmsError as error:
+                raise SetupError(f"target KMS key: {error}") from None
+        if not self.source_keys and not self.settings.source_kms_key_ids and self.settings.mode != "verify":
+            log.warning("no source keys configured: only objects already on the target key can be skipped")
+
+    def run(self, process_factory: Callable[["Migration"], Callable] | None = None, description: str = "migrating") -> Summary:
+        s = self.settings
+        try:
+            checkpoint = self._checkpoint()
+        except CheckpointError as error:
+            raise SetupError(str(error)) from None
+        self.preflight()
+        rewrapper = ObjectRewrapper(
+            self.s3,
+            self.kms,
+            self.source_keys,
+            Settings(s.bucket, suffix=s.suffix, verify=s.verify, dry_run=s.dry_run, run_id=checkpoint.run_id),
+        )
+        process = process_factory(self) if process_factory else rewrapper.process
+        report = ReportWriter.open(s.report)
+        sinks = MultiProgress(_progress(s.progress, f"{description} s3://{s.bucket}/{s.prefix}"), self.extra_progress)
+        worker = PrefixWorker(
+            self.s3,
+            process,
+            WorkerOptions(
+                bucket=s.bucket,
+                prefix=s.prefix,
+                concurrency=s.concurrency,
+                max_failures=s.max_failures,
+                file_suffixes=sorted({env_mod.DEFAULT_INSTRUCTION_SUFFIX, s.suffix}),
+                skip_suffixes=(BACKUP_SUFFIX,),
+                count_total=s.count_total,
+            ),
+            checkpoint,
+            # A dry run never moves a real checkpoint.
+            store=None if s.dry_run else self.store,
+            report=report,
+            progress=sinks,
+            extra_summary=self._extra,
+        )
+        self.worker = worker
+        with _stop_on_signals(worker):
+            try:
+                return worker.run()
+            finally:
+                if report:
+                    report.close()
+
+
+class _stop_on_signals:
+    """SIGTERM (pod deletion, Job suspension) and SIGINT stop submitting, finish in-flight
+    objects, write the checkpoint and exit with EXIT_INTERRUPTED."""
+
+    def __init__(self, worker: PrefixWorker):
+        self.worker = worker
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, lambda *_: self.worker.request_stop("signal"))
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def verify_process(migration: Migration, lookup_suffix: str | None) -> Callable[[str, ListingHint], ObjectResult]:
+    """Per object: read it with only the KMS key (``verify`` command)."""
+    bucket = Bucket(migration.s3, migration.settings.bucket)
+
+    def verify_one(key: str, hint: ListingHint) -> ObjectResult:
+        result = ObjectResult(key, Outcome.FAILED, "unreadable")
+        try:
+            length = sum(len(piece) for piece in decrypt_object(bucket, migration.kms, key, lookup_suffix))
+        except NotReadable as error:
+            if error.reason == "not-encrypted":
+                result.outcome = Outcome.SKIPPED
+            result.reason, result.message = error.reason, str(error)
+        except (KmsError, S3Failure) as error:
+            result.reason, result.message, result.retryable = error.reason, str(error), error.retryable
+        except ContentError as error:
+            result.reason, result.message = error.reason, str(error)
+        else:
+            result.outcome, result.reason, result.message = Outcome.VERIFIED, "readable", f"{length} bytes"
+        return result
+
+    return verify_one
+
+
+__all__ = ["Migration", "RunSettings", "SetupError", "EXIT_CONFIG", "MODES", "verify_process"]

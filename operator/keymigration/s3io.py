@@ -1,0 +1,164 @@
+"""Small S3 helpers with the error mapping the re-wrap needs. Thin over boto3."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .envelope import MAX_INSTRUCTION_FILE_BYTES
+
+NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
+RETRYABLE = {"SlowDown", "503", "500", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException"}
+BODY_CHUNK = 1 << 20
+
+
+class S3Failure(Exception):
+    def __init__(self, reason: str, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class PreconditionFailed(Exception):
+    """A conditional request lost: someone else changed the object in between."""
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def failure(error: Exception, action: str, key: str) -> S3Failure:
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        return S3Failure(f"s3-{code}", f"S3 {action} of {key!r} failed: {code}", retryable=code in RETRYABLE)
+    return S3Failure("s3-connection", f"S3 {action} of {key!r} failed: {type(error).__name__}", retryable=True)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A small S3 object read whole: an instruction file or a backup."""
+
+    key: str
+    body: bytes = field(repr=False)
+    etag: str
+    metadata: Mapping[str, str]
+
+
+class Bucket:
+    def __init__(self, client, name: str):
+        self.client = client
+        self.name = name
+
+    def head(self, key: str, if_match: str | None = None) -> dict | None:
+        """HEAD; None when the object is gone. With if_match, PreconditionFailed when changed."""
+        kwargs = {"IfMatch": if_match} if if_match else {}
+        try:
+            return self.client.head_object(Bucket=self.name, Key=key, **kwargs)
+        except ClientError as error:
+            code = error_code(error)
+            if code in NOT_FOUND:
+                return None
+            if code in PRECONDITION:
+                raise PreconditionFailed(key) from None
+            raise failure(error, "HEAD", key) from None
+        except BotoCoreError as error:
+            raise failure(error, "HEAD", key) from None
+
+    def get_small(self, key: str, limit: int = MAX_INSTRUCTION_FILE_BYTES) -> StoredFile | None:
+        """GET a small object whole; None when absent. Refuses bodies over ``limit`` bytes."""
+        try:
+            response = self.client.get_object(Bucket=self.name, Key=key)
+        except ClientError as error:
+            if error_code(error) in NOT_FOUND:
+                return None
+            raise failure(error, "GET", key) from None
+        except BotoCoreError as error:
+            raise failure(error, "GET", key) from None
+        body_stream = response["Body"]
+        try:
+            if response.get("ContentLength", 0) > limit:
+                raise S3Failure("malformed-instruction-file", f"{key!r} is {response['ContentLength']} bytes (limit {limit})")
+            body = body_stream.read(limit + 1)
+        except BotoCoreError as error:
+            raise failure(error, "GET", key) from None
+        finally:
+            body_stream.close()
+        if len(body) > limit:
+            raise S3Failure("malformed-instruction-file", f"{key!r} is over {limit} bytes")
+        return StoredFile(key, body, response["ETag"], {k.lower(): v for k, v in response.get("Metadata", {}).items()})
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        metadata: Mapping[str, str],
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        content_type: str = "application/json",
+    ) -> str:
+        """Conditional PUT; returns the new ETag; PreconditionFailed when the condition lost."""
+        kwargs: dict = {}
+        if if_match:
+            kwargs["IfMatch"] = if_match
+        elif if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            response = self.client.put_object(
+                Bucket=self.name, Key=key, Body=body, Metadata=dict(metadata), ContentType=content_type, **kwargs
+            )
+        except ClientError as error:
+            if error_code(error) in PRECONDITION:
+                raise PreconditionFailed(key) from None
+            raise failure(error, "PUT", key) from None
+        except BotoCoreError as error:
+            raise failure(error, "PUT", key) from None
+        return response["ETag"]
+
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        kwargs = {"IfMatch": if_match} if if_match else {}
+        try:
+            self.client.delete_object(Bucket=self.name, Key=key, **kwargs)
+        except ClientError as error:
+            if error_code(error) in PRECONDITION:
+                raise PreconditionFailed(key) from None
+            if error_code(error) in NOT_FOUND:
+                return
+            raise failure(error, "DELETE", key) from None
+        except BotoCoreError as error:
+            raise failure(error, "DELETE", key) from None
+
+    def open(self, key: str) -> tuple[dict[str, str], Iterator[bytes]] | None:
+        """GET: (metadata, body chunks), or None when absent. Close the chunks when done."""
+        try:
+            response = self.client.get_object(Bucket=self.name, Key=key)
+        except ClientError as error:
+            if error_code(error) in NOT_FOUND:
+                return None
+            raise failure(error, "GET", key) from None
+        except BotoCoreError as error:
+            raise failure(error, "GET", key) from None
+        return response.get("Metadata", {}), self._chunks(response["Body"], key)
+
+    @staticmethod
+    def _chunks(body, key: str) -> Iterator[bytes]:
+        try:
+            yield from body.iter_chunks(BODY_CHUNK)
+        except BotoCoreError as error:
+            raise failure(error, "GET", key) from None
+        finally:
+            body.close()
+
+    def stream(self, key: str, if_match: str | None = None) -> Iterator[bytes]:
+        """The object body in 1 MiB chunks (constant memory)."""
+        kwargs = {"IfMatch": if_match} if if_match else {}
+        try:
+            response = self.client.get_object(Bucket=self.name, Key=key, **kwargs)
+        except ClientError as error:
+            if error_code(error) in PRECONDITION:
+                raise PreconditionFailed(key) from None
+            raise failure(error, "GET", key) from None
+        except BotoCoreError as error:
+            raise failure(error, "GET", key) from None
+        yield from self._chunks(response["Body"], key)

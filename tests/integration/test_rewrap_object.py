@@ -1,0 +1,196 @@
+"""Per-object re-wrap over HTTP against a moto server: every format, safety rules, idempotency."""
+import json
+import os
+
+import pytest
+
+from keymigration import envelope as e
+from keymigration.envelope import WrapAlgorithm as W
+from keymigration.kms import KmsKeys
+from keymigration.legacy_writer import encrypt_object, put_encrypted
+from keymigration.reader import read_object
+from keymigration.rewrap import BACKUP_SUFFIX, ObjectRewrapper, Outcome, Settings
+from keymigration.s3io import Bucket
+
+from tests.unit.keys import aes, rsa_key
+
+FORMATS = [
+    ("v1", W.LEGACY, e.CBC, "aes"),
+    ("v1", W.LEGACY, e.CBC, "rsa"),
+    ("v2", W.AES_WRAP, e.GCM, "aes"),
+    ("v2", W.AES_GCM, e.GCM, "aes"),
+    ("v2", W.RSA_OAEP_SHA256, e.GCM, "rsa"),
+    ("v2", W.RSA_OAEP_SHA1, e.GCM, "rsa"),
+    ("v2", W.RSA_OAEP_SHA1, e.CBC, "rsa"),
+    ("v3", W.AES_GCM, None, "aes"),
+    ("v3", W.RSA_OAEP_SHA1, None, "rsa"),
+]
+AES = aes(label="aes-master")
+RSA = rsa_key(0, label="rsa-master")
+
+
+def rewrapper(aws, verify="envelope", suffix=".instruction", source_kms=(), keys=(AES, RSA), run_id=""):
+    kms = KmsKeys(aws.kms, aws.target_key, source_key_ids=source_kms)
+    kms.describe_target()
+    return ObjectRewrapper(aws.s3, kms, keys, Settings(aws.bucket, suffix=suffix, verify=verify, run_id=run_id))
+
+
+def write(aws, key, body, fmt, wrap, cek, kind, location="metadata", **kw):
+    master = AES if kind == "aes" else RSA if kind == "rsa" else None
+    enc = encrypt_object(body, fmt=fmt, wrap=wrap, cek_alg=cek, master=master, kms_client=aws.kms, **kw)
+    put_encrypted(aws.s3, aws.bucket, key, enc, location=location, extra_metadata={"owner": "team-a"})
+    return enc
+
+
+@pytest.mark.parametrize("location", ["metadata", "instruction-file"])
+@pytest.mark.parametrize("fmt,wrap,cek,kind", FORMATS)
+def test_every_format_migrates_and_reads_with_kms_only(aws, fmt, wrap, cek, kind, location):
+    key = "dir/naïve file +%.bin"
+    body = os.urandom(1000)
+    write(aws, key, body, fmt, wrap, cek, kind, location)
+    before = aws.snapshot(key)
+    result = rewrapper(aws, verify="body").process(key)
+    assert (result.outcome, result.reason) == (Outcome.MIGRATED, "migrated"), result
+    assert result.format == fmt and result.wrap == str(wrap)
+    assert aws.snapshot(key) == before  # body, ETag, metadata, LastModified untouched
+    kms = KmsKeys(aws.kms, aws.target_key)
+    assert read_object(Bucket(aws.s3, aws.bucket), kms, key, ".instruction") == body
+    stored = aws.s3.get_object(Bucket=aws.bucket, Key=key + ".instruction")
+    assert stored["Metadata"]["x-amz-crypto-instr-file"] == ""
+    fields = json.loads(stored["Body"].read())
+    assert all(isinstance(v, str) for v in fields.values())
+    assert set(fields) <= set(e.ALL_ENVELOPE_KEYS) - set(e.V3_OBJECT_ONLY_KEYS)
+    if location == "instruction-file":
+        backup = aws.s3.get_object(Bucket=aws.bucket, Key=key + ".instruction" + BACKUP_SUFFIX)["Body"].read()
+        assert e.from_instruction_file(backup, before[2]).wrap is wrap  # the old envelope is recoverable
+
+
+def test_rerun_is_a_noop_without_kms_calls(aws):
+    write(aws, "a", b"x", "v2", W.AES_GCM, e.GCM, "aes")
+    first = rewrapper(aws)
+    assert first.process("a").outcome is Outcome.MIGRATED
+    etag = aws.s3.head_object(Bucket=aws.bucket, Key="a.instruction")["ETag"]
+    again = rewrapper(aws)
+    result = again.process("a")
+    assert (result.outcome, result.reason) == (Outcome.SKIPPED, "already-migrated")
+    assert again.kms.calls.get("encrypt", 0) == 0 and again.kms.calls.get("decrypt", 0) == 0
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="a.instruction")["ETag"] == etag
+
+
+def test_same_run_id_counts_as_migrated_after_resume(aws):
+    write(aws, "a", b"x", "v2", W.AES_GCM, e.GCM, "aes")
+    assert rewrapper(aws, run_id="run-1").process("a").outcome is Outcome.MIGRATED
+    result = rewrapper(aws, run_id="run-1").process("a")
+    assert result.outcome is Outcome.MIGRATED and result.resumed
+
+
+@pytest.mark.parametrize("fmt,wrap,cek,kind", FORMATS)
+def test_wrong_source_key_writes_nothing(aws, fmt, wrap, cek, kind):
+    write(aws, "obj", b"secret", fmt, wrap, cek, kind)
+    wrong = [aes(label="other-aes"), rsa_key(9, label="other-rsa")]
+    result = rewrapper(aws, keys=wrong).process("obj")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "wrong-key")
+    assert aws.keys() == ["obj"]
+
+
+def test_not_encrypted_is_skipped(aws):
+    aws.s3.put_object(Bucket=aws.bucket, Key="plain.txt", Body=b"hello")
+    result = rewrapper(aws).process("plain.txt")
+    assert (result.outcome, result.reason) == (Outcome.SKIPPED, "not-encrypted")
+
+
+# V3 has no legacy kms wrap (docs/formats.md §2.9).
+@pytest.mark.parametrize("fmt,source_wrap", [("v2", W.KMS), ("v2", W.KMS_CONTEXT), ("v3", W.KMS_CONTEXT)])
+def test_kms_to_kms_uses_reencrypt_only(aws, source_wrap, fmt):
+    old = aws.new_kms_key()
+    body = os.urandom(100)
+    write(aws, "k", body, fmt, source_wrap, e.GCM, None, kms_key_id=old)
+    worker = rewrapper(aws, source_kms=[old])
+    result = worker.process("k")
+    assert result.outcome is Outcome.MIGRATED, result
+    assert set(worker.kms.calls) == {"describe_key", "re_encrypt"}
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+
+
+def test_kms_source_without_configured_key_fails_clearly(aws):
+    write(aws, "k", b"x", "v2", W.KMS_CONTEXT, e.GCM, None, kms_key_id=aws.new_kms_key())
+    result = rewrapper(aws).process("k")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "no-source-key")
+    assert aws.keys() == ["k"]
+
+
+def test_object_already_on_target_key_is_skipped(aws):
+    write(aws, "k", b"x", "v2", W.KMS_CONTEXT, e.GCM, None, kms_key_id=aws.target_key)
+    result = rewrapper(aws).process("k")
+    assert (result.outcome, result.reason) == (Outcome.SKIPPED, "already-on-target-key")
+
+
+def test_custom_suffix_keeps_old_instruction_file(aws):
+    write(aws, "k", b"body", "v1", W.LEGACY, e.CBC, "aes", location="instruction-file")
+    old = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
+    assert rewrapper(aws, suffix=".rewrapped").process("k").outcome is Outcome.MIGRATED
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == old
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".rewrapped") == b"body"
+
+
+def test_foreign_file_at_target_is_backed_up_then_replaced(aws):
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    aws.s3.put_object(Bucket=aws.bucket, Key="k.instruction", Body=b'{"x-amz-key-v2":"AAAA"}')
+    assert rewrapper(aws).process("k").outcome is Outcome.MIGRATED
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction" + BACKUP_SUFFIX)["Body"].read() == b'{"x-amz-key-v2":"AAAA"}'
+
+
+def test_existing_different_backup_blocks_replacement(aws):
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes", location="instruction-file")
+    aws.s3.put_object(Bucket=aws.bucket, Key="k.instruction" + BACKUP_SUFFIX, Body=b"{}")
+    before = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
+    result = rewrapper(aws).process("k")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "backup-exists")
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == before
+
+
+def test_file_written_by_someone_else_under_target_key_is_recognised(aws):
+    enc = write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    first = rewrapper(aws).process("k")
+    assert first.outcome is Outcome.MIGRATED
+    # Strip our marker, as if another tool had written the same envelope.
+    stored = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
+    aws.s3.put_object(Bucket=aws.bucket, Key="k.instruction", Body=stored)
+    again = rewrapper(aws)
+    result = again.process("k")
+    assert (result.outcome, result.reason) == (Outcome.SKIPPED, "already-migrated")
+    assert again.kms.calls.get("encrypt", 0) == 0
+
+
+def test_instruction_file_created_concurrently_is_not_overwritten(aws):
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    worker = rewrapper(aws)
+
+    def racer(params, **_):
+        if params.get("Key") == "k.instruction" and "IfNoneMatch" in params:
+            aws.s3.put_object(Bucket=aws.bucket, Key="k.instruction", Body=b"theirs")
+
+    worker.bucket.client.meta.events.register("before-parameter-build.s3.PutObject", racer)
+    try:
+        result = worker.process("k")
+    finally:
+        worker.bucket.client.meta.events.unregister("before-parameter-build.s3.PutObject", racer)
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "instruction-file-conflict")
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == b"theirs"
+
+
+def test_object_overwritten_during_migration_withdraws_the_file(aws):
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    worker = rewrapper(aws)
+
+    def overwrite(params, **_):
+        if params.get("Key") == "k.instruction":
+            write(aws, "k", b"new body", "v2", W.AES_GCM, e.GCM, "aes")
+
+    worker.bucket.client.meta.events.register("before-parameter-build.s3.PutObject", overwrite)
+    try:
+        result = worker.process("k")
+    finally:
+        worker.bucket.client.meta.events.unregister("before-parameter-build.s3.PutObject", overwrite)
+    assert (result.outcome, result.reason, result.retryable) == (Outcome.FAILED, "object-changed", True)
+    assert "k.instruction" not in aws.keys()

@@ -1,0 +1,47 @@
+"""The listing look-ahead: hints are right, complete only when proven, memory bounded."""
+from collections import Counter
+
+from keymigration.listing import Listed, with_hints
+
+
+def listing(*keys):
+    return [Listed(k, f"etag-{k}", 1) for k in sorted(keys)]
+
+
+def run(keys, window=100, suffixes=(".instruction",)):
+    skipped = Counter()
+    out = list(with_hints(listing(*keys), suffixes, (".keymigration-backup",), window=window, skipped=skipped))
+    return {o.key: (dict(o.hint.files), o.hint.complete) for o in out}, [o.key for o in out], skipped
+
+
+def test_hints_find_instruction_files_past_keys_in_between():
+    hints, order, skipped = run(["a", "a-1", "a-2", "a.instruction", "a.instruction.keymigration-backup", "b", "b.x"])
+    assert order == ["a", "a-1", "a-2", "b", "b.x"]
+    assert hints["a"] == ({"a.instruction": "etag-a.instruction"}, True)
+    assert hints["a-1"] == ({}, True) and hints["b"] == ({}, True)
+    assert skipped == Counter({".instruction": 1, ".keymigration-backup": 1})
+
+
+def test_custom_suffix_and_default_both_reported():
+    hints, _, _ = run(["k", "k.instruction", "k.rewrapped"], suffixes=(".instruction", ".rewrapped"))
+    assert hints["k"] == ({"k.instruction": "etag-k.instruction", "k.rewrapped": "etag-k.rewrapped"}, True)
+
+
+def test_full_window_releases_with_incomplete_hint():
+    keys = ["a"] + [f"a-{i:03}" for i in range(10)] + ["a.instruction"]
+    hints, order, _ = run(keys, window=3)
+    assert order[0] == "a"
+    assert hints["a"] == ({}, False)  # unknown: the worker must ask S3
+    assert all(complete for key, (_, complete) in hints.items() if key != "a" and key < "a-007")
+
+
+def test_listing_order_kept_and_unicode_order_matches_s3():
+    keys = ["z", "é", "e", "e.instruction", "€"]
+    _, order, _ = run(keys)
+    assert order == sorted(k for k in keys if not k.endswith(".instruction"))
+    assert sorted(["é", "z"], key=lambda k: k.encode()) == sorted(["é", "z"])
+
+
+def test_bare_suffix_key_is_an_object():
+    _, order, _ = run([".instruction"])
+    assert order == [".instruction"]
