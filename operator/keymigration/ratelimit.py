@@ -29,8 +29,8 @@ class TokenBucket:
                 now = self._clock()
                 self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
                 self._last = now
-                if self._tokens >= tokens:
-                    self._tokens -= tokens
+                if self._tokens >= tokens - 1e-9:  # float dust must not spin the loop
+                    self._tokens = max(0.0, self._tokens - tokens)
                     return
                 wait = (tokens - self._tokens) / self.rate
                 self.waited_seconds += wait

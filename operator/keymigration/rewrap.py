@@ -229,16 +229,26 @@ class ObjectRewrapper:
             else:
                 new_etag = self.bucket.put(target_name, body, marker, if_none_match=True)
         except PreconditionFailed:
-            self._stop(
-                result,
-                Outcome.FAILED,
-                "instruction-file-conflict",
-                f"{target_name!r} was created or changed by someone else during the migration; nothing was written",
-            )
+            new_etag = self._our_earlier_write(target_name, body)
+            if new_etag is None:
+                self._stop(
+                    result,
+                    Outcome.FAILED,
+                    "instruction-file-conflict",
+                    f"{target_name!r} was created or changed by someone else during the migration; nothing was written",
+                )
 
         if settings.verify != "none":
             self._check_object_unchanged(key, object_etag, target_name, new_etag, existing, result)
         result.outcome, result.reason = Outcome.MIGRATED, "migrated"
+
+    def _our_earlier_write(self, name: str, body: bytes) -> str | None:
+        """After a lost response, the SDK retries a conditional PUT that had already landed and
+        gets 412. The file then holds exactly our bytes (its fresh EDK makes them unique)."""
+        current = self.bucket.get_small(name)
+        if current is not None and current.body == body:
+            return current.etag
+        return None
 
     def _plan(self, result: ObjectResult, key_label: str | None) -> None:
         if key_label is None:

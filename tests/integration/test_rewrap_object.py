@@ -194,3 +194,25 @@ def test_object_overwritten_during_migration_withdraws_the_file(aws):
         worker.bucket.client.meta.events.unregister("before-parameter-build.s3.PutObject", overwrite)
     assert (result.outcome, result.reason, result.retryable) == (Outcome.FAILED, "object-changed", True)
     assert "k.instruction" not in aws.keys()
+
+
+def test_lost_response_to_a_conditional_put_is_recognised_as_ours(aws):
+    """The PUT lands, its response is lost, the SDK retries and gets 412: still our write."""
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    worker = rewrapper(aws)
+    retried = []
+
+    def lose_first_response(request_dict=None, attempts=None, **_):
+        if request_dict and request_dict["url"].endswith("k.instruction") and not retried:
+            retried.append(attempts)
+            return 0  # ask botocore to send the same PUT again
+        return None
+
+    events = worker.bucket.client.meta.events
+    events.register_first("needs-retry.s3.PutObject", lose_first_response)
+    try:
+        result = worker.process("k")
+    finally:
+        events.unregister("needs-retry.s3.PutObject", lose_first_response)
+    assert retried and (result.outcome, result.reason) == (Outcome.MIGRATED, "migrated")
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == b"body"
