@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import __version__
 from .aws import ClientSettings
+from .jobs import OperatorConfig
 from .logs import setup_logging
 from .runner import Migration, RunSettings, SetupError, verify_process
 from .worker import EXIT_CONFIG, EXIT_OK
@@ -54,6 +56,11 @@ def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -
     run.add_argument("--max-failures", type=_positive_int, default=None, metavar="N", help="stop after N failed objects")
     run.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
     run.add_argument("--no-count", dest="count_total", action="store_false", help="do not count the prefix first (no ETA)")
+    run.add_argument(
+        "--progress-resource",
+        metavar="NAMESPACE/NAME",
+        help="keep the checkpoint and progress in this KeyMigrationProgress object (what operator Jobs do)",
+    )
     aws = parser.add_argument_group("AWS")
     aws.add_argument("--endpoint-url", help="S3 and KMS endpoint (else AWS_ENDPOINT_URL[_S3|_KMS])")
     aws.add_argument("--region")
@@ -90,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
         "default: metadata first, then <key>.instruction, like Java S3EC v3/v4, Python v4, Go S3EC",
     )
 
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeat for several)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    op.add_argument("--liveness", default=os.environ.get("KEYMIGRATION_LIVENESS", "http://0.0.0.0:8080/healthz"),
+                    help="kopf liveness endpoint ('' to disable)")
+    op.add_argument("--worker-image", default=os.environ.get("KEYMIGRATION_WORKER_IMAGE", OperatorConfig.worker_image))
+    op.add_argument("--worker-service-account",
+                    default=os.environ.get("KEYMIGRATION_WORKER_SERVICE_ACCOUNT", OperatorConfig.worker_service_account))
+    op.add_argument("--image-pull-policy", default=os.environ.get("KEYMIGRATION_IMAGE_PULL_POLICY", OperatorConfig.image_pull_policy),
+                    choices=("Always", "IfNotPresent", "Never"))
+    op.add_argument("--backoff-limit", type=int, default=int(os.environ.get("KEYMIGRATION_BACKOFF_LIMIT", OperatorConfig.backoff_limit)))
+    op.add_argument("--job-ttl-seconds", type=int, default=int(os.environ.get("KEYMIGRATION_JOB_TTL_SECONDS", 7 * 24 * 3600)),
+                    help="ttlSecondsAfterFinished of worker Jobs (-1: never delete)")
+    op.add_argument("--worker-resources", default=os.environ.get("KEYMIGRATION_WORKER_RESOURCES"),
+                    help="default worker resources as JSON ({\"requests\": {...}, \"limits\": {...}})")
+    op.add_argument("--status-interval", type=float, default=3.0, help="minimum seconds between status writes per KeyMigration")
+
     demo = sub.add_parser("demo", help="the whole job on embedded S3 and KMS stand-ins (no cloud)")
     demo.add_argument("--objects", type=_positive_int, default=1500)
     demo.add_argument("--concurrency", type=_positive_int, default=16)
@@ -115,6 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         dry_run=args.command == "plan" or getattr(args, "dry_run", False),
         progress=args.progress,
         count_total=args.count_total,
+        progress_resource=args.progress_resource,
         clients=ClientSettings(
             endpoint_url=args.endpoint_url,
             region=args.region,
@@ -151,6 +177,31 @@ def _print_summary(summary: dict, stream=sys.stdout) -> None:
         stream.write(f"  stopped: {summary['stopped']}\n")
 
 
+def run_operator_command(args: argparse.Namespace) -> int:
+    from .operator_main import Settings, run_operator
+
+    resources = OperatorConfig().default_resources
+    if args.worker_resources:
+        try:
+            resources = json.loads(args.worker_resources)
+        except ValueError:
+            log.error("--worker-resources is not valid JSON")
+            return EXIT_CONFIG
+    config = OperatorConfig(
+        worker_image=args.worker_image,
+        worker_service_account=args.worker_service_account,
+        image_pull_policy=args.image_pull_policy,
+        backoff_limit=args.backoff_limit,
+        ttl_seconds_after_finished=None if args.job_ttl_seconds < 0 else args.job_ttl_seconds,
+        default_resources=resources,
+    )
+    if not args.namespace and not args.all_namespaces:
+        log.error("give --namespace NS (repeatable) or --all-namespaces")
+        return EXIT_CONFIG
+    run_operator(Settings(config=config, status_interval=args.status_interval), args.namespace, args.all_namespaces, args.liveness or None)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
@@ -158,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
-    if args.command == "operator":  # pragma: no cover - wired in operator_main
-        raise SystemExit("operator command not available")
+    if args.command == "operator":
+        return run_operator_command(args)
     settings = settings_from_args(args)
     try:
         migration = Migration(settings)

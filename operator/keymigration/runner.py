@@ -51,6 +51,8 @@ class RunSettings:
     clients: ClientSettings = field(default_factory=ClientSettings)
     progress: str = "auto"  # auto | bar | json | none
     count_total: bool = True
+    progress_resource: str | None = None  # NAMESPACE/NAME of a KeyMigrationProgress (in a Job)
+    checkpoint_interval: float = 2.0
 
 
 class SetupError(Exception):
@@ -101,12 +103,26 @@ class Migration:
             settings.source_kms_key_ids,
             TokenBucket(settings.kms_rate, burst=max(1.0, (settings.kms_rate or 0) / 10)),
         )
+        if settings.progress_resource and store is None:
+            from .k8s_progress import KubernetesProgress
+
+            try:
+                channel = KubernetesProgress(settings.progress_resource)
+            except Exception as error:
+                raise SetupError(f"progress resource {settings.progress_resource}: {type(error).__name__}: {error}") from None
+            store, extra_progress = channel, MultiProgress(extra_progress, channel)
+            settings.checkpoint_interval = max(settings.checkpoint_interval, KubernetesProgress.LIVE_INTERVAL)
         self.store = store or (FileCheckpointStore(settings.checkpoint) if settings.checkpoint else None)
         self.extra_progress = extra_progress
 
     def _checkpoint(self) -> Checkpoint:
         s = self.settings
-        existing = self.store.load() if self.store else None
+        try:
+            existing = self.store.load() if self.store else None
+        except CheckpointError:
+            raise
+        except Exception as error:  # the progress object is unreachable: do not start blind
+            raise SetupError(f"cannot read the checkpoint: {type(error).__name__}") from None
         if existing is None:
             return Checkpoint(s.bucket, s.prefix, s.suffix, s.kms_key_id, mode=s.mode)
         existing.check_matches(s.bucket, s.prefix, s.suffix, s.kms_key_id, s.mode)
@@ -155,6 +171,7 @@ class Migration:
                 file_suffixes=sorted({env_mod.DEFAULT_INSTRUCTION_SUFFIX, s.suffix}),
                 skip_suffixes=(BACKUP_SUFFIX,),
                 count_total=s.count_total,
+                checkpoint_interval=s.checkpoint_interval,
             ),
             checkpoint,
             # A dry run never moves a real checkpoint.

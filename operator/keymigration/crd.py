@@ -1,0 +1,100 @@
+"""The CustomResourceDefinitions, generated from spec.py (the one source of truth).
+
+``python -m keymigration.crd`` rewrites crds/ and the chart's copy; a test fails when either
+differs from what this module generates.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from .spec import GROUP, KIND, PLURAL, PROGRESS_KIND, PROGRESS_PLURAL, PROGRESS_SCHEMA, VERSION, crd_schema
+
+HEADER = "# Generated from operator/keymigration/spec.py by `python -m keymigration.crd`. Do not edit.\n"
+LABELS = {"app.kubernetes.io/name": "keymigration", "app.kubernetes.io/part-of": "keymigration"}
+
+
+def keymigration_crd() -> dict:
+    condition = lambda t: f'.status.conditions[?(@.type=="{t}")]'  # noqa: E731
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": LABELS},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "plural": PLURAL, "singular": "keymigration", "shortNames": ["km"], "listKind": f"{KIND}List", "categories": ["keymigration"]},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Ready", "type": "string", "jsonPath": condition("Ready") + ".status"},
+                        {"name": "Reason", "type": "string", "jsonPath": condition("Ready") + ".reason"},
+                        {"name": "Prefixes", "type": "string", "jsonPath": ".status.prefixesDone", "description": "completed/total"},
+                        {"name": "Migrated", "type": "integer", "jsonPath": ".status.totals.migrated"},
+                        {"name": "Failed", "type": "integer", "jsonPath": ".status.totals.failed"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {"openAPIV3Schema": crd_schema()},
+                }
+            ],
+        },
+    }
+
+
+def progress_crd() -> dict:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PROGRESS_PLURAL}.{GROUP}", "labels": LABELS},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": PROGRESS_KIND, "plural": PROGRESS_PLURAL, "singular": "keymigrationprogress", "shortNames": ["kmp"], "listKind": f"{PROGRESS_KIND}List", "categories": ["keymigration"]},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Prefix", "type": "string", "jsonPath": ".spec.prefix"},
+                        {"name": "Done", "type": "boolean", "jsonPath": ".status.done"},
+                        {"name": "Migrated", "type": "integer", "jsonPath": ".status.counters.migrated"},
+                        {"name": "Failed", "type": "integer", "jsonPath": ".status.counters.failed"},
+                        {"name": "Updated", "type": "date", "jsonPath": ".status.updatedAt"},
+                    ],
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}, **PROGRESS_SCHEMA["properties"]}}},
+                }
+            ],
+        },
+    }
+
+
+def render(crd: dict) -> str:
+    return HEADER + yaml.safe_dump(crd, sort_keys=False, width=120)
+
+
+def files() -> dict[str, str]:
+    """File name -> content, as they stand in crds/ and charts/keymigration-operator/crds-templates."""
+    return {
+        f"{PLURAL}.{GROUP}.yaml": render(keymigration_crd()),
+        f"{PROGRESS_PLURAL}.{GROUP}.yaml": render(progress_crd()),
+    }
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0]) if argv else Path.cwd()
+    for name, text in files().items():
+        (root / "crds").mkdir(exist_ok=True)
+        (root / "crds" / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,80 @@
+"""The CRDs offline: generated from spec.py, examples valid, CEL immutability rules hold."""
+from pathlib import Path
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+from keymigration import crd
+from keymigration.spec import MigrationSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_crds_directory_is_generated_from_the_model():
+    for name, text in crd.files().items():
+        assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} is stale: run python -m keymigration.crd"
+
+
+def schema():
+    return crd.keymigration_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def examples():
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "KeyMigration":
+                yield path.name, doc
+
+
+@pytest.mark.parametrize("name,doc", list(examples()))
+def test_examples_validate_against_the_crd_schema(name, doc):
+    jsonschema.Draft7Validator(schema()).validate(doc)
+    MigrationSpec.from_dict(doc["spec"])
+
+
+def test_crd_object_is_valid_kubernetes():
+    import kubernetes_validate
+
+    for name in crd.files():
+        manifest = yaml.safe_load((ROOT / "crds" / name).read_text())
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+def cel_rules():
+    return crd.keymigration_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+
+
+def violations(old_spec, new_spec):
+    env = celpy.Environment()
+    failed = []
+    for rule in cel_rules():
+        program = env.program(env.compile(rule["rule"]))
+        activation = {"self": celpy.json_to_cel(new_spec), "oldSelf": celpy.json_to_cel(old_spec)}
+        if not bool(program.evaluate(activation)):
+            failed.append(rule["message"])
+    return failed
+
+
+BASE = next(doc for _, doc in examples())["spec"]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"bucket": "another-bucket"}, "bucket is immutable"),
+        ({"prefixes": ["2019/"]}, "prefixes are immutable"),
+        ({"sourceKeys": [{"secretName": "other", "key": "k"}]}, "sourceKeys are immutable"),
+        ({"sourceKmsKeyIds": ["alias/old"]}, "sourceKmsKeyIds are immutable"),
+        ({"target": {"kmsKeyId": "alias/other"}}, "target is immutable"),
+        ({"instructionFileSuffix": ".other"}, "instructionFileSuffix is immutable"),
+    ],
+)
+def test_cel_rejects_changing_what_is_immutable(change, message):
+    assert violations(BASE, {**BASE, **change}) == [message]
+
+
+@pytest.mark.parametrize("change", [{"suspend": True}, {"concurrency": {"maxJobs": 9}}, {"kmsRequestsPerSecond": 5}, {"maxFailedObjects": 3}])
+def test_cel_allows_editing_what_may_change(change):
+    assert violations(BASE, {**BASE, **change}) == []

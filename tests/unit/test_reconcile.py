@@ -1,0 +1,228 @@
+"""The pure reconcile step: every state transition, the Job template, the cap, suspend, failures."""
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from keymigration.jobs import ANNOTATION_RETRY, OperatorConfig, child_name, job_manifest
+from keymigration.reconcile import reconcile
+from keymigration.spec import MigrationSpec
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+CONFIG = OperatorConfig(worker_image="registry.example/keymigration:1.2.3", worker_service_account="km-worker")
+
+
+def km(spec_changes=None, status=None, generation=1, annotations=None, prefixes=("a/", "b/", "c/")):
+    spec = {
+        "bucket": "my-bucket",
+        "prefixes": list(prefixes),
+        "sourceKeys": [{"secretName": "old-keys", "key": "aes.key", "materialsDescription": {"team": "x"}}],
+        "target": {"kmsKeyId": "alias/new"},
+        "concurrency": {"maxJobs": 2, "perJob": 8},
+    }
+    spec.update(spec_changes or {})
+    obj = {
+        "apiVersion": "keymigration.io/v1alpha1",
+        "kind": "KeyMigration",
+        "metadata": {"name": "mig", "namespace": "ns", "uid": "uid-1", "generation": generation, "annotations": annotations or {}},
+        "spec": spec,
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def job(prefix, *, failed=None, complete=False, suspend=False):
+    conditions = []
+    if failed:
+        conditions.append({"type": "Failed", "status": "True", "reason": failed, "message": "pod failed"})
+    if complete:
+        conditions.append({"type": "Complete", "status": "True"})
+    return {"metadata": {"name": child_name("mig", prefix)}, "spec": {"suspend": suspend}, "status": {"conditions": conditions}}
+
+
+def progress(prefix, done=False, **counters):
+    status = {"counters": {"scanned": 0, "migrated": 0, "skipped": 0, "failed": 0, **counters}, "done": done}
+    status["checkpoint"] = json.dumps({"after": prefix + "last"})
+    return {"metadata": {"name": child_name("mig", prefix)}, "status": status}
+
+
+def conditions(plan):
+    return {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+
+
+def step(obj, jobs=(), progresses=()):
+    plan = reconcile(obj, list(jobs), list(progresses), CONFIG, NOW)
+    return plan
+
+
+def test_first_sight_creates_up_to_max_jobs_and_says_not_ready():
+    plan = step(km())
+    kinds = [o["kind"] for o in plan.create]
+    assert kinds == ["KeyMigrationProgress", "Job", "KeyMigrationProgress", "Job"]  # maxJobs=2 of 3 prefixes
+    assert [o["metadata"]["annotations"]["keymigration.io/prefix"] for o in plan.create if o["kind"] == "Job"] == ["a/", "b/"]
+    assert conditions(plan) == {
+        "Ready": ("False", "Progressing"),
+        "Reconciling": ("True", "Progressing"),
+        "Stalled": ("False", "Progressing"),
+        "Suspended": ("False", "NotSuspended"),
+    }
+    assert plan.status["observedGeneration"] == 1
+    assert all(c["observedGeneration"] == 1 for c in plan.status["conditions"])
+    assert plan.status["prefixCounts"] == {"total": 3, "pending": 1, "running": 2, "suspended": 0, "completed": 0, "failed": 0}
+    assert [e.reason for e in plan.events] == ["JobCreated", "JobCreated"]
+
+
+def test_queued_prefix_starts_when_a_slot_frees_and_finished_prefixes_never_rerun():
+    jobs = [job("a/", complete=True), job("b/")]
+    progs = [progress("a/", done=True, scanned=10, migrated=9, skipped=1), progress("b/", scanned=3, migrated=3)]
+    plan = step(km(), jobs, progs)
+    created = [o for o in plan.create if o["kind"] == "Job"]
+    assert [o["metadata"]["annotations"]["keymigration.io/prefix"] for o in created] == ["c/"]
+    assert plan.status["totals"] == {"scanned": 13, "migrated": 12, "skipped": 1, "failed": 0}
+    assert plan.status["prefixesDone"] == "1/3"
+    # The finished Job disappears (TTL): still never re-run, its progress object remembers.
+    plan = step(km(status=plan.status), [job("b/"), job("c/")], progs)
+    assert not plan.create
+
+
+def test_all_done_is_ready_with_exact_totals():
+    progs = [progress(p, done=True, scanned=5, migrated=4, skipped=1) for p in ("a/", "b/", "c/")]
+    plan = step(km(), [], progs)
+    assert conditions(plan)["Ready"] == ("True", "Succeeded")
+    assert conditions(plan)["Reconciling"] == ("False", "Succeeded")
+    assert plan.status["totals"]["migrated"] == 12 and plan.status["phase"] == "Succeeded"
+    assert "completionTime" in plan.status
+    assert "Succeeded" in [e.reason for e in plan.events]
+
+
+def test_done_with_failed_objects_is_stalled_not_ready():
+    progs = [progress("a/", done=True, scanned=5, migrated=3, failed=2)] + [progress(p, done=True) for p in ("b/", "c/")]
+    plan = step(km(), [], progs)
+    assert conditions(plan)["Ready"] == ("False", "ObjectsFailed")
+    assert conditions(plan)["Stalled"] == ("True", "ObjectsFailed")
+
+
+def test_failed_job_is_sticky_until_retry_annotation():
+    progs = [progress("a/", scanned=2, migrated=2)] + [progress(p, done=True) for p in ("b/", "c/")]
+    plan = step(km(), [job("a/", failed="PodFailurePolicy")], progs)
+    assert conditions(plan)["Stalled"] == ("True", "PrefixFailed")
+    assert "PrefixFailed" in [e.reason for e in plan.events]
+    # The failed Job is removed by its TTL; the prefix stays failed, no new Job.
+    plan2 = step(km(status=plan.status), [], progs)
+    assert not plan2.create and conditions(plan2)["Stalled"] == ("True", "PrefixFailed")
+    # A retry request deletes the failed Job (its name is deterministic) and starts again.
+    retry = km(status=plan.status, annotations={ANNOTATION_RETRY: "1"})
+    plan3 = step(retry, [job("a/", failed="PodFailurePolicy")], progs)
+    assert plan3.delete_jobs == [child_name("mig", "a/")] and not plan3.create
+    plan4 = step(km(status=plan3.status, annotations={ANNOTATION_RETRY: "1"}), [], progs)
+    assert [o["kind"] for o in plan4.create] == ["Job"]  # its progress object (checkpoint) is kept
+    assert plan4.status["retryGeneration"] == "1"
+
+
+def test_suspend_and_resume():
+    jobs = [job("a/"), job("b/")]
+    plan = step(km({"suspend": True}), jobs)
+    assert sorted(plan.suspend_jobs) == sorted([child_name("mig", "a/"), child_name("mig", "b/")])
+    assert not plan.create
+    assert conditions(plan)["Ready"] == ("False", "Suspended") and conditions(plan)["Suspended"][0] == "True"
+    assert conditions(plan)["Reconciling"][0] == "False"
+    suspended = [job("a/", suspend=True), job("b/", suspend=True)]
+    plan = step(km({"suspend": False}, status=plan.status, generation=2), suspended)
+    assert sorted(plan.resume_jobs) == sorted([child_name("mig", "a/"), child_name("mig", "b/")])
+    assert not plan.create  # the cap counts resumed Jobs
+    assert conditions(plan)["Reconciling"][0] == "True" and plan.status["observedGeneration"] == 2
+    assert "Resumed" in [e.reason for e in plan.events]
+
+
+def test_too_many_failures_stops_and_suspends():
+    plan = step(km({"maxFailedObjects": 3}), [job("a/"), job("b/")], [progress("a/", failed=4)])
+    assert conditions(plan)["Stalled"] == ("True", "TooManyFailures")
+    assert len(plan.suspend_jobs) == 2 and not plan.create
+
+
+def test_max_failures_passed_to_jobs_is_what_remains():
+    plan = step(km({"maxFailedObjects": 10}), [job("a/")], [progress("a/", failed=4)])
+    args = next(o for o in plan.create if o["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-failures") + 1] == "7"
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"bucket": "Bad_Bucket"}, "spec.bucket"),
+        ({"prefixes": []}, "spec.prefixes"),
+        ({"prefixes": ["a/", "a/b/"]}, "must not overlap"),
+        ({"target": {"kmsKeyId": "not a key"}}, "spec.target.kmsKeyId"),
+        ({"sourceKeys": [], "sourceKmsKeyIds": []}, "sourceKeys"),
+        ({"serviceAccountName": "admin"}, "Additional properties"),
+        ({"worker": {"image": "evil"}}, "Additional properties"),
+        ({"instructionFileSuffix": "instruction"}, "spec.instructionFileSuffix"),
+    ],
+)
+def test_invalid_specs_are_stalled_with_a_precise_message(change, needle):
+    plan = step(km(change))
+    assert not plan.create
+    ready, stalled = conditions(plan)["Ready"], conditions(plan)["Stalled"]
+    assert ready == ("False", "InvalidSpec") and stalled == ("True", "InvalidSpec")
+    message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert needle in message
+
+
+def test_transition_times_only_move_on_change():
+    first = step(km())
+    later = reconcile(km(status=first.status), [job("a/"), job("b/")], [], CONFIG, datetime(2026, 11, 27, 13, tzinfo=timezone.utc))
+    before = {c["type"]: c["lastTransitionTime"] for c in first.status["conditions"]}
+    after = {c["type"]: c["lastTransitionTime"] for c in later.status["conditions"]}
+    assert before == after
+
+
+def test_job_template_is_locked_down():
+    spec = MigrationSpec.from_dict(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
+    manifest = job_manifest(km(), spec, "a/", CONFIG)
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert manifest["metadata"]["ownerReferences"][0]["controller"] is True
+    assert pod["serviceAccountName"] == "km-worker" and container["image"] == "registry.example/keymigration:1.2.3"
+    assert pod["restartPolicy"] == "Never"
+    assert manifest["spec"]["podReplacementPolicy"] == "Failed"
+    assert manifest["spec"]["backoffLimit"] == CONFIG.backoff_limit and manifest["spec"]["ttlSecondsAfterFinished"] > 0
+    rules = manifest["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {1, 2, 3}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The key is a read-only file mount of exactly one Secret key, never an environment variable.
+    secret_volumes = [v for v in pod["volumes"] if "secret" in v]
+    assert secret_volumes == [{"name": "source-key-0", "secret": {"secretName": "old-keys", "items": [{"key": "aes.key", "path": "key"}], "defaultMode": 0o440}}]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "source-key-0")
+    assert mount["readOnly"] is True
+    assert all("valueFrom" not in e for e in container["env"])
+    assert "--source-key" in container["args"]
+    assert container["args"][container["args"].index("--source-key") + 1] == f"{mount['mountPath']}/key:" + '{"team":"x"}'
+    assert pod["nodeSelector"] == {"pool": "batch"} and pod["priorityClassName"] == "low"
+    assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+
+
+def test_job_names_are_deterministic_and_short():
+    long_name = "m" * 63
+    names = {child_name(long_name, p) for p in ("a/", "b/", "a/")}
+    assert len(names) == 2 and all(len(n) <= 52 for n in names)
+
+
+def test_worker_args_parse_back_into_the_same_settings():
+    """One model: the Job's arguments are exactly what the CLI accepts, meaning the same thing."""
+    from keymigration.cli import build_parser, settings_from_args
+
+    raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"], "aws": {"region": "eu-west-1", "pathStyle": True}})
+    spec = MigrationSpec.from_dict(raw["spec"])
+    args = spec.worker_args("a/", progress_resource="ns/x", max_failures=5)
+    settings = settings_from_args(build_parser().parse_args(args))
+    assert (settings.bucket, settings.prefix, settings.kms_key_id, settings.wrap, settings.suffix) == ("my-bucket", "a/", "alias/new", "kms+context", ".instruction")
+    assert settings.source_key_files == ['/var/run/keymigration/keys/0/key:{"team":"x"}']
+    assert settings.source_kms_key_ids == ["alias/old"]
+    assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
+    assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
