@@ -31,11 +31,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -> None:
+def _add_where(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("what to migrate")
     where.add_argument("--bucket", required=True)
     where.add_argument("--prefix", default="", help="key prefix (default: the whole bucket)")
     where.add_argument("--suffix", default=".instruction", help="instruction-file suffix, with its dot (default .instruction)")
+    where.add_argument(
+        "--mode",
+        choices=("instruction-file", "cutover"),
+        default="instruction-file",
+        help="instruction-file: write <key><suffix> only; cutover: also remove the old envelope from the object's "
+        "metadata so every reader's default lookup uses <key>.instruction (docs/cutover.md)",
+    )
+
+
+def _add_keys(parser: argparse.ArgumentParser, target_required: bool) -> None:
     keys = parser.add_argument_group("keys")
     keys.add_argument(
         "--source-key",
@@ -48,6 +58,9 @@ def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -
     keys.add_argument("--source-kms-key-id", action="append", default=[], metavar="ID", help="old KMS key (KMS-to-KMS)")
     keys.add_argument("--kms-key-id", required=target_required, help="target KMS key: key id, ARN or alias")
     keys.add_argument("--wrap", default="kms+context", choices=("kms+context", "kms"), help="target wrap (default kms+context)")
+
+
+def _add_how(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("how")
     run.add_argument("--concurrency", type=_positive_int, default=16, help="objects in flight (default 16)")
     run.add_argument("--kms-rate", type=_positive_float, default=None, metavar="REQ_PER_S", help="cap on KMS requests per second")
@@ -61,12 +74,22 @@ def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -
         metavar="NAMESPACE/NAME",
         help="keep the checkpoint and progress in this KeyMigrationProgress object (what operator Jobs do)",
     )
+
+
+def _add_aws(parser: argparse.ArgumentParser) -> None:
     aws = parser.add_argument_group("AWS")
     aws.add_argument("--endpoint-url", help="S3 and KMS endpoint (else AWS_ENDPOINT_URL[_S3|_KMS])")
     aws.add_argument("--region")
     aws.add_argument("--path-style", action="store_true", help="path-style S3 addressing (S3-compatible stores)")
     aws.add_argument("--retry-mode", choices=("standard", "adaptive"), default="standard")
     aws.add_argument("--max-attempts", type=_positive_int, default=10, help="botocore attempts per request (default 10)")
+
+
+def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -> None:
+    _add_where(parser)
+    _add_keys(parser, target_required)
+    _add_how(parser)
+    _add_aws(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
         "default: metadata first, then <key>.instruction, like Java S3EC v3/v4, Python v4, Go S3EC",
     )
 
+    rollback = sub.add_parser("rollback", help="put the old envelopes back from the migration's backups")
+    _add_where(rollback)
+    _add_how(rollback)
+    _add_aws(rollback)
+    rollback.add_argument("--remove-instruction-files", action="store_true",
+                          help="also delete keymigration's KMS instruction files where the old envelope is back in the metadata")
+    rollback.add_argument("--dry-run", action="store_true", help="report what would be restored; change nothing")
+
+    prune = sub.add_parser("prune-backups", help="delete the backups of migrated objects, once you confirm the migration")
+    _add_where(prune)
+    prune.add_argument("--kms-key-id", required=True, help="target KMS key: a backup is deleted only if the object opens with it")
+    _add_how(prune)
+    _add_aws(prune)
+    prune.add_argument("--confirm", action="store_true", help="really delete (without it: report what would be deleted)")
+
     op = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     scope = op.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeat for several)")
@@ -126,18 +164,19 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     return RunSettings(
         bucket=args.bucket,
         prefix=args.prefix,
-        kms_key_id=args.kms_key_id or "",
-        source_key_files=args.source_key,
-        source_kms_key_ids=args.source_kms_key_id,
+        kms_key_id=getattr(args, "kms_key_id", None) or "",
+        source_key_files=getattr(args, "source_key", []),
+        source_kms_key_ids=getattr(args, "source_kms_key_id", []),
         suffix=args.suffix,
-        wrap=args.wrap,
+        wrap=getattr(args, "wrap", "kms+context"),
+        mode=args.mode,
         concurrency=args.concurrency,
         kms_rate=args.kms_rate,
         verify=getattr(args, "verify", "envelope") if args.command == "run" else "none",
         checkpoint=args.checkpoint,
         report=args.report,
         max_failures=args.max_failures,
-        dry_run=args.command == "plan" or getattr(args, "dry_run", False),
+        dry_run=args.command == "plan" or (args.command == "run" and args.dry_run),
         progress=args.progress,
         count_total=args.count_total,
         progress_resource=args.progress_resource,
@@ -217,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             suffix = settings.suffix if args.lookup == "explicit" else None
             summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
+        elif args.command == "rollback":
+            from .rollback import Rollback, RollbackSettings
+
+            rollback = RollbackSettings(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
+            summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
+        elif args.command == "prune-backups":
+            from .rollback import Prune
+
+            summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
         else:
             summary = migration.run(description="planning" if args.command == "plan" else "migrating")
     except SetupError as error:

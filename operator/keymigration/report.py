@@ -10,6 +10,9 @@ from typing import IO
 from .rewrap import ObjectResult, Outcome
 
 
+OUTCOME_FIELDS = ("scanned", "migrated", "skipped", "failed", "planned", "verified", "rolled_back", "pruned")
+
+
 @dataclass
 class Counters:
     """Outcome counts. ``reasons`` keys are ``<outcome>:<reason>``; bounded by the reason codes."""
@@ -20,6 +23,8 @@ class Counters:
     failed: int = 0
     planned: int = 0
     verified: int = 0
+    rolled_back: int = 0
+    pruned: int = 0
     reasons: Counter = field(default_factory=Counter)
     formats: Counter = field(default_factory=Counter)
     source_keys: Counter = field(default_factory=Counter)
@@ -27,7 +32,8 @@ class Counters:
     def add(self, result: ObjectResult) -> None:
         self.scanned += 1
         name = str(result.outcome)
-        setattr(self, name, getattr(self, name) + 1)
+        attribute = name.replace("-", "_")
+        setattr(self, attribute, getattr(self, attribute) + 1)
         self.reasons[f"{name}:{result.reason}"] += 1
         if result.format:
             self.formats[f"{result.format}/{result.wrap}/{result.location}"] += 1
@@ -35,7 +41,7 @@ class Counters:
             self.source_keys[result.source_key] += 1
 
     def merge(self, other: "Counters") -> None:
-        for name in ("scanned", "migrated", "skipped", "failed", "planned", "verified"):
+        for name in OUTCOME_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.reasons.update(other.reasons)
         self.formats.update(other.formats)
@@ -43,12 +49,7 @@ class Counters:
 
     def as_dict(self) -> dict:
         return {
-            "scanned": self.scanned,
-            "migrated": self.migrated,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "planned": self.planned,
-            "verified": self.verified,
+            **{name: getattr(self, name) for name in OUTCOME_FIELDS},
             "reasons": dict(sorted(self.reasons.items())),
             "formats": dict(sorted(self.formats.items())),
             "source_keys": dict(sorted(self.source_keys.items())),
@@ -57,7 +58,7 @@ class Counters:
     @classmethod
     def from_dict(cls, data: dict | None) -> "Counters":
         data = data or {}
-        counters = cls(**{k: int(data.get(k, 0)) for k in ("scanned", "migrated", "skipped", "failed", "planned", "verified")})
+        counters = cls(**{k: int(data.get(k, 0)) for k in OUTCOME_FIELDS})
         counters.reasons.update({str(k): int(v) for k, v in (data.get("reasons") or {}).items()})
         counters.formats.update({str(k): int(v) for k, v in (data.get("formats") or {}).items()})
         counters.source_keys.update({str(k): int(v) for k, v in (data.get("source_keys") or {}).items()})

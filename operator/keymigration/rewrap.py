@@ -27,7 +27,8 @@ from . import envelope as env_mod
 from .content import ContentError, check_commitment, verify_body
 from .envelope import Envelope, EnvelopeError, Location, MetadataKind
 from .kms import KmsError, KmsKeys, Wrapped
-from .s3io import Bucket, PreconditionFailed, S3Failure, StoredFile, failure
+from .cutover import CutOverRefused, MetadataRewriter, envelope_in_metadata, refusal, store_metadata_backup, stripped_metadata
+from .s3io import BACKUP_SUFFIX, Bucket, PreconditionFailed, S3Failure, StoredFile, failure
 from .secrets import DataKey
 from .source_keys import MasterKey
 from .unwrap import UnwrapError, unwrap_data_key
@@ -36,10 +37,10 @@ from .unwrap import UnwrapError, unwrap_data_key
 MARKER_TARGET = "keymigration-target-key"
 MARKER_SOURCE = "keymigration-source"
 MARKER_RUN = "keymigration-run"
-BACKUP_SUFFIX = ".keymigration-backup"
 BACKUP_OF = "keymigration-backup-of"
 BACKUP_ETAG = "keymigration-backup-etag"
 VERIFY_LEVELS = ("none", "envelope", "body")
+MODES = ("instruction-file", "cutover")
 
 
 class Outcome(str, Enum):
@@ -48,6 +49,8 @@ class Outcome(str, Enum):
     FAILED = "failed"
     PLANNED = "planned"  # dry run: would be migrated
     VERIFIED = "verified"  # verify: readable with only the KMS key
+    ROLLED_BACK = "rolled-back"  # rollback: the old envelope is back where old readers look
+    PRUNED = "pruned"  # prune-backups: the backups are deleted
 
     def __str__(self) -> str:
         return self.value
@@ -80,10 +83,16 @@ class Settings:
     verify: str = "envelope"
     dry_run: bool = False
     run_id: str = ""
+    mode: str = "instruction-file"
 
     def __post_init__(self):
         if self.verify not in VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {', '.join(VERIFY_LEVELS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if self.mode == "cutover" and self.suffix != env_mod.DEFAULT_INSTRUCTION_SUFFIX:
+            # Go S3EC v3/v4, .NET and C++ read only <key>.instruction.
+            raise ValueError("cut-over writes the default suffix .instruction; --suffix cannot change it")
         if not self.suffix or self.suffix == BACKUP_SUFFIX or "/" in self.suffix:
             raise ValueError(f"invalid instruction-file suffix {self.suffix!r}")
 
@@ -126,16 +135,22 @@ class ObjectRewrapper:
         self.kms = kms
         self.source_keys = list(source_keys)
         self.settings = settings
+        self.rewriter = MetadataRewriter(self.bucket)
 
     # -- entry point ------------------------------------------------------------------------
 
     def process(self, key: str, hint: ListingHint | None = None) -> ObjectResult:
         result = ObjectResult(key, Outcome.FAILED, "internal-error")
         try:
-            self._process(key, hint, result)
+            try:
+                self._process(key, hint, result)
+            except _Stop as stop:
+                result = stop.result
+            if self.settings.mode == "cutover" and self._wants_cut_over(result):
+                self._cut_over(key, result)
         except _Stop as stop:
             return stop.result
-        except (EnvelopeError, UnwrapError, ContentError) as error:
+        except (EnvelopeError, UnwrapError, ContentError, CutOverRefused) as error:
             result.reason, result.message = error.reason, str(error)
             result.outcome = Outcome.FAILED
         except (KmsError, S3Failure) as error:
@@ -165,6 +180,7 @@ class ObjectRewrapper:
             self._stop(result, Outcome.SKIPPED, "object-deleted", "the object was deleted after it was listed")
         metadata = env_mod.lower_keys(head.get("Metadata", {}))
         object_etag = head["ETag"]
+        result._head = head  # for the cut-over step
         kind = env_mod.detect(metadata)
 
         default_name = key + env_mod.DEFAULT_INSTRUCTION_SUFFIX
@@ -253,7 +269,66 @@ class ObjectRewrapper:
     def _plan(self, result: ObjectResult, key_label: str | None) -> None:
         if key_label is None:
             self._stop(result, Outcome.FAILED, "no-source-key", "the data key is wrapped by KMS but no source KMS key is configured")
+        if self.settings.mode == "cutover":
+            refused = self._cut_over_refusal(result.key, result._head)
+            if refused:
+                self._stop(result, Outcome.FAILED, refused.reason, str(refused))
+            self._stop(result, Outcome.PLANNED, "would-migrate-and-cut-over", "would write .instruction, then strip the metadata envelope")
         self._stop(result, Outcome.PLANNED, "would-migrate", f"would write {result.key + self.settings.suffix!r}")
+
+    # -- cut-over (docs/cutover.md) ---------------------------------------------------------
+
+    def _wants_cut_over(self, result: ObjectResult) -> bool:
+        head = getattr(result, "_head", None)
+        if head is None or not envelope_in_metadata(head.get("Metadata", {})):
+            return False
+        if result.outcome is Outcome.MIGRATED:
+            return True
+        return result.outcome in (Outcome.SKIPPED, Outcome.PLANNED) and result.reason == "already-migrated"
+
+    def _cut_over_refusal(self, key: str, head: dict) -> CutOverRefused | None:
+        # The cheap checks first: an archived object cannot even answer GetObjectAcl.
+        return refusal(head, None) or refusal(head, self.rewriter.acl_grants(key, head))
+
+    def _cut_over(self, key: str, result: ObjectResult) -> None:
+        """Strip the old envelope from the metadata once <key>.instruction holds our verified
+        KMS envelope; the removed envelope goes to <key>.keymigration-backup first."""
+        head = result._head
+        removed = envelope_in_metadata(head["Metadata"])
+        kept = stripped_metadata(head["Metadata"])
+        name = key + env_mod.DEFAULT_INSTRUCTION_SUFFIX
+        stored = self.bucket.get_small(name)
+        new = env_mod.from_instruction_file(stored.body, kept) if stored is not None else None
+        if new is None or not new.wrap.is_kms or stored.metadata.get(MARKER_TARGET) != self.kms.target_arn:
+            self._stop(result, Outcome.FAILED, "cut-over-not-ready", f"{name!r} does not hold the target KMS envelope; not stripping the metadata")
+        if self.settings.dry_run:
+            refused = self._cut_over_refusal(key, head)
+            if refused:
+                self._stop(result, Outcome.FAILED, refused.reason, str(refused))
+            self._stop(result, Outcome.PLANNED, "would-cut-over", "would strip the metadata envelope")
+        if result.reason == "already-migrated" and self.settings.verify != "none":
+            self.kms.check_decryptable(new.encrypted_key, new.context)  # written by an earlier run
+        refused = self._cut_over_refusal(key, head)
+        if refused:
+            raise refused
+        backup_etag = store_metadata_backup(self.bucket, key, head, removed)
+        try:
+            self.rewriter.rewrite(key, head, kept)
+        except PreconditionFailed:
+            # Someone wrote the object since we read it: nothing was changed, so the backup we
+            # just made describes an object that no longer exists. Take it back.
+            if backup_etag:
+                try:
+                    self.bucket.delete(key + BACKUP_SUFFIX, if_match=backup_etag)
+                except PreconditionFailed:
+                    pass
+            self._stop(result, Outcome.FAILED, "object-changed", "the object changed before its metadata was rewritten; nothing was changed", retryable=True)
+        after = self.bucket.head(key)
+        if after is None or envelope_in_metadata(after.get("Metadata", {})) or env_mod.lower_keys(after.get("Metadata", {})) != kept:
+            self._stop(result, Outcome.FAILED, "cut-over-unverified", "after the rewrite the metadata is not what was written")
+        if after.get("ContentLength") != head.get("ContentLength"):
+            self._stop(result, Outcome.FAILED, "cut-over-unverified", "after the rewrite the object length differs")
+        result.outcome, result.reason, result.message = Outcome.MIGRATED, "cut-over", "metadata envelope removed; readers use .instruction"
 
     def _marked_done(self, existing: StoredFile, envelope: Envelope, fingerprint: str, replacing_source: bool) -> bool:
         """Our own marker says this file already wraps this object's data key under the target."""

@@ -87,6 +87,8 @@ class Migration:
         clients=None,
     ):
         self.settings = settings
+        if settings.mode == "cutover" and settings.suffix != env_mod.DEFAULT_INSTRUCTION_SUFFIX:
+            raise SetupError("--mode cutover writes the default suffix .instruction; drop --suffix")
         self.telemetry = Telemetry()
         try:
             self.s3, self.kms_client = clients or make_clients(settings.clients, self.telemetry)
@@ -135,27 +137,31 @@ class Migration:
             "faults_retried": self.telemetry.faults(),
         }
 
-    def preflight(self) -> None:
-        if not self.settings.dry_run:
+    def preflight(self, needs_target: bool = True) -> None:
+        if needs_target and not self.settings.dry_run:
             try:
                 self.kms.describe_target()
             except KmsError as error:
                 raise SetupError(f"target KMS key: {error}") from None
-        if not self.source_keys and not self.settings.source_kms_key_ids and self.settings.mode != "verify":
-            log.warning("no source keys configured: only objects already on the target key can be skipped")
 
-    def run(self, process_factory: Callable[["Migration"], Callable] | None = None, description: str = "migrating") -> Summary:
+
+    def run(
+        self,
+        process_factory: Callable[["Migration"], Callable] | None = None,
+        description: str = "migrating",
+        needs_target: bool = True,
+    ) -> Summary:
         s = self.settings
         try:
             checkpoint = self._checkpoint()
         except CheckpointError as error:
             raise SetupError(str(error)) from None
-        self.preflight()
+        self.preflight(needs_target)
         rewrapper = ObjectRewrapper(
             self.s3,
             self.kms,
             self.source_keys,
-            Settings(s.bucket, suffix=s.suffix, verify=s.verify, dry_run=s.dry_run, run_id=checkpoint.run_id),
+            Settings(s.bucket, suffix=s.suffix, verify=s.verify, dry_run=s.dry_run, run_id=checkpoint.run_id, mode=s.mode),
         )
         process = process_factory(self) if process_factory else rewrapper.process
         report = ReportWriter.open(s.report)

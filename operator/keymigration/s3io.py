@@ -1,6 +1,8 @@
 """Small S3 helpers with the error mapping the re-wrap needs. Thin over boto3."""
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -12,6 +14,9 @@ NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
 RETRYABLE = {"SlowDown", "503", "500", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException"}
 BODY_CHUNK = 1 << 20
+# Backups of replaced envelopes: <key>.instruction.keymigration-backup (an instruction file,
+# byte for byte) and <key>.keymigration-backup (an envelope removed from object metadata).
+BACKUP_SUFFIX = ".keymigration-backup"
 
 
 class S3Failure(Exception):
@@ -104,6 +109,8 @@ class Bucket:
             kwargs["IfMatch"] = if_match
         elif if_none_match:
             kwargs["IfNoneMatch"] = "*"
+        # Content-MD5: integrity end to end, and what Object Lock buckets demand of every PUT.
+        kwargs["ContentMD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
         try:
             response = self.client.put_object(
                 Bucket=self.name, Key=key, Body=body, Metadata=dict(metadata), ContentType=content_type, **kwargs

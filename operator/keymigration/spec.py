@@ -20,7 +20,7 @@ PLURAL = "keymigrations"
 PROGRESS_KIND = "KeyMigrationProgress"
 PROGRESS_PLURAL = "keymigrationprogresses"
 
-MODES = {"InstructionFile": "instruction-file"}
+MODES = {"InstructionFile": "instruction-file", "CutOver": "cutover"}
 KEY_MOUNT_ROOT = "/var/run/keymigration/keys"
 
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -97,7 +97,13 @@ SPEC_SCHEMA: dict[str, Any] = {
             "default": ".instruction",
             "description": "Suffix of the instruction files, with its dot.",
         },
-        "mode": {"type": "string", "enum": sorted(MODES), "default": "InstructionFile"},
+        "mode": {
+            "type": "string",
+            "enum": sorted(MODES),
+            "default": "InstructionFile",
+            "description": "InstructionFile: write instruction files only. CutOver: also remove the old envelope from "
+            "each object's metadata (backed up first) so every reader's default lookup uses the KMS envelope.",
+        },
         "concurrency": {
             "type": "object",
             "additionalProperties": False,
@@ -324,6 +330,8 @@ class MigrationSpec:
         suffix = spec.get("instructionFileSuffix", ".instruction")
         if suffix.endswith(".keymigration-backup"):
             problems.append("spec.instructionFileSuffix: .keymigration-backup is reserved for backups")
+        if spec.get("mode") == "CutOver" and suffix != ".instruction":
+            problems.append("spec.instructionFileSuffix: mode CutOver writes .instruction (the only suffix every reader finds)")
         if problems:
             raise SpecError(problems)
         concurrency = spec.get("concurrency") or {}
@@ -373,7 +381,7 @@ class MigrationSpec:
             args += ["--source-key", path]
         for key_id in self.source_kms_key_ids:
             args += ["--source-kms-key-id", key_id]
-        args += ["--kms-key-id", self.target_key_id, "--wrap", self.wrap, "--suffix", self.suffix]
+        args += ["--kms-key-id", self.target_key_id, "--wrap", self.wrap, "--suffix", self.suffix, "--mode", MODES[self.mode]]
         args += ["--concurrency", str(self.per_job_concurrency), "--verify", self.verify]
         rate = self.per_job_kms_rate()
         if rate:

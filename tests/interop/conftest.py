@@ -91,3 +91,13 @@ def needs_go():
     if reason:
         _missing(reason)
     oracles.go_build()  # once per session (content-addressed cache across sessions)
+
+
+@pytest.fixture(scope="module")
+def key_files(interop, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("keys")
+    aes = directory / "old.aes"
+    aes.write_bytes(interop.aes_key)
+    rsa = directory / "old-rsa.pem"
+    rsa.write_text(interop.rsa_private_pem_pkcs1)  # PKCS#1 PEM, as many teams store it
+    return aes, rsa

@@ -76,16 +76,6 @@ def corpus(interop, needs_ruby, tmp_path_factory):
     return prefix, objects
 
 
-@pytest.fixture(scope="module")
-def key_files(interop, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("keys")
-    aes = directory / "old.aes"
-    aes.write_bytes(interop.aes_key)
-    rsa = directory / "old-rsa.pem"
-    rsa.write_text(interop.rsa_private_pem_pkcs1)  # PKCS#1 PEM, as many teams store it
-    return aes, rsa
-
-
 def run_cli(interop, *args, env_extra=None):
     env = {**os.environ, **interop.server.env(), **(env_extra or {})}
     return subprocess.run(

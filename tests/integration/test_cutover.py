@@ -1,0 +1,232 @@
+"""Cut-over, rollback and pruning on a moto server: what is kept, what is refused, races."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from keymigration import envelope as e
+from keymigration.cutover import MetadataRewriter, envelope_in_metadata
+from keymigration.envelope import WrapAlgorithm as W
+from keymigration.kms import KmsKeys
+from keymigration.legacy_writer import encrypt_object, put_encrypted
+from keymigration.reader import read_object
+from keymigration.rewrap import ObjectRewrapper, Outcome, Settings
+from keymigration.rollback import Prune, Rollback, RollbackSettings
+from keymigration.s3io import Bucket
+
+from tests.support.fault_proxy import FaultProxy
+from tests.unit.keys import aes, rsa_key
+
+AES = aes(label="aes-master")
+RSA = rsa_key(0, label="rsa-master")
+HEADERS = dict(
+    ContentType="application/x-custom",
+    ContentEncoding="identity",
+    ContentDisposition='attachment; filename="x.bin"',
+    ContentLanguage="de",
+    CacheControl="max-age=60",
+    WebsiteRedirectLocation="/elsewhere",
+)
+
+
+def cutover(aws, s3=None, verify="envelope", dry_run=False, keys=(AES, RSA)):
+    kms = KmsKeys(aws.kms, aws.target_key)
+    kms.describe_target()
+    return ObjectRewrapper(s3 or aws.s3, kms, keys, Settings(aws.bucket, verify=verify, dry_run=dry_run, run_id="r1", mode="cutover"))
+
+
+def put_with_headers(aws, key, fmt="v2", wrap=W.AES_GCM, cek=e.GCM, master=AES, size=300, **extra):
+    body = os.urandom(size)
+    enc = encrypt_object(body, fmt=fmt, wrap=wrap, cek_alg=cek, master=master, kms_client=aws.kms, kms_key_id=extra.pop("kms_key_id", None))
+    params = {**HEADERS, **extra}
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=enc.body, Metadata={**enc.fields, "owner": "team-a", "x-custom": "kept"},
+                      Tagging="project=blue&tier=gold", **params)
+    return body, enc
+
+
+def default_read(aws, key):
+    return read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), key, None)
+
+
+@pytest.mark.parametrize("fmt,wrap,cek,master", [("v1", W.LEGACY, e.CBC, AES), ("v2", W.AES_GCM, e.GCM, AES),
+                                                  ("v2", W.RSA_OAEP_SHA1, e.GCM, RSA), ("v3", W.AES_GCM, None, AES)])
+def test_cut_over_keeps_everything_but_the_envelope(aws, fmt, wrap, cek, master):
+    body, enc = put_with_headers(aws, "k", fmt, wrap, cek, master)
+    before = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    raw = aws.s3.get_object(Bucket=aws.bucket, Key="k")["Body"].read()
+    result = cutover(aws).process("k")
+    assert (result.outcome, result.reason) == (Outcome.MIGRATED, "cut-over"), result
+    after = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k")["Body"].read() == raw
+    assert not envelope_in_metadata(after["Metadata"])
+    kept = {k: v for k, v in before["Metadata"].items() if k not in envelope_in_metadata(before["Metadata"])}
+    assert after["Metadata"] == kept and after["Metadata"]["owner"] == "team-a"
+    if fmt == "v3":
+        assert {"x-amz-c", "x-amz-d", "x-amz-i"} <= set(after["Metadata"])
+    for name in HEADERS:
+        assert after.get(name) == before.get(name), name
+    tags = aws.s3.get_object_tagging(Bucket=aws.bucket, Key="k")["TagSet"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("project", "blue"), ("tier", "gold")]
+    assert default_read(aws, "k") == body  # a default-lookup reader finds the KMS envelope
+    backup = aws.s3.get_object(Bucket=aws.bucket, Key="k.keymigration-backup")["Body"].read()
+    assert b'"envelope"' in backup
+
+
+def test_cut_over_is_idempotent_and_resumes_after_instruction_file_mode(aws):
+    body, _ = put_with_headers(aws, "k")
+    plain = ObjectRewrapper(aws.s3, KmsKeys(aws.kms, aws.target_key), [AES], Settings(aws.bucket))
+    plain.kms.describe_target()
+    assert plain.process("k").reason == "migrated"  # an earlier instruction-file-mode migration
+    worker = cutover(aws)
+    assert worker.process("k").reason == "cut-over"
+    assert set(worker.kms.calls) <= {"describe_key", "re_encrypt"}  # the file was only re-checked
+    again = cutover(aws).process("k")
+    assert (again.outcome, again.reason) == (Outcome.SKIPPED, "already-migrated")
+    assert default_read(aws, "k") == body
+
+
+def test_storage_class_sse_and_lock_are_kept(aws):
+    locked = f"{aws.bucket}-lock"
+    aws.s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).replace(microsecond=0)
+    body = b"x" * 100
+    enc = encrypt_object(body, fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
+    aws.s3.put_object(Bucket=locked, Key="k", Body=enc.body, Metadata=enc.fields, StorageClass="STANDARD_IA",
+                      ServerSideEncryption="AES256", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)
+    kms = KmsKeys(aws.kms, aws.target_key)
+    kms.describe_target()
+    result = ObjectRewrapper(aws.s3, kms, [AES], Settings(locked, mode="cutover")).process("k")
+    assert result.reason == "cut-over", result
+    head = aws.s3.head_object(Bucket=locked, Key="k")
+    assert head["StorageClass"] == "STANDARD_IA" and head["ServerSideEncryption"] == "AES256"
+    assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"] == until
+
+
+def test_versioned_bucket_keeps_the_old_envelope_in_the_previous_version(aws):
+    aws.s3.put_bucket_versioning(Bucket=aws.bucket, VersioningConfiguration={"Status": "Enabled"})
+    body, _ = put_with_headers(aws, "k")
+    assert cutover(aws).process("k").reason == "cut-over"
+    versions = aws.s3.list_object_versions(Bucket=aws.bucket, Prefix="k")["Versions"]
+    of_object = [v for v in versions if v["Key"] == "k"]
+    assert len(of_object) == 2
+    old = next(v for v in of_object if not v["IsLatest"])
+    assert envelope_in_metadata(aws.s3.head_object(Bucket=aws.bucket, Key="k", VersionId=old["VersionId"])["Metadata"])
+    assert default_read(aws, "k") == body
+
+
+def test_multipart_copy_for_large_objects(aws):
+    body, _ = put_with_headers(aws, "big", size=12 * 1024 * 1024 + 5)
+    raw = aws.s3.get_object(Bucket=aws.bucket, Key="big")["Body"].read()
+    worker = cutover(aws)
+    worker.rewriter = MetadataRewriter(worker.bucket, single_copy_limit=5 * 1024 * 1024, part_size=5 * 1024 * 1024)
+    assert worker.process("big").reason == "cut-over"
+    head = aws.s3.head_object(Bucket=aws.bucket, Key="big")
+    assert head["ETag"].endswith('-3"')  # three parts, proving the multipart path ran
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="big")["Body"].read() == raw
+    assert head["ContentType"] == HEADERS["ContentType"] and head["Metadata"]["owner"] == "team-a"
+    tags = aws.s3.get_object_tagging(Bucket=aws.bucket, Key="big")["TagSet"]
+    assert {t["Key"] for t in tags} == {"project", "tier"}
+    assert default_read(aws, "big") == body
+
+
+@pytest.mark.parametrize(
+    "extra,reason",
+    [({"StorageClass": "GLACIER"}, "archived"), ({"ACL": "public-read"}, "custom-acl")],
+)
+def test_refusals_change_nothing(aws, extra, reason):
+    put_with_headers(aws, "k", **extra)
+    before = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    plan = cutover(aws, dry_run=True).process("k")
+    assert (plan.outcome, plan.reason) == (Outcome.FAILED, reason)
+    result = cutover(aws).process("k")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, reason)
+    after = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    assert after["ETag"] == before["ETag"] and after["Metadata"] == before["Metadata"]
+    assert "k.keymigration-backup" not in aws.keys()
+
+
+def test_dry_run_plans_the_cut_over(aws):
+    put_with_headers(aws, "k")
+    before = aws.keys()
+    result = cutover(aws, dry_run=True).process("k")
+    assert (result.outcome, result.reason) == (Outcome.PLANNED, "would-migrate-and-cut-over")
+    assert aws.keys() == before
+
+
+def test_concurrent_write_between_read_and_copy_is_never_clobbered(aws, moto_server):
+    """moto ignores CopySourceIfMatch (moto-fidelity.md), so a proxy on 127.0.0.1 enforces it
+    like S3 does; a writer replaces the object right before our CopyObject."""
+    put_with_headers(aws, "k")
+    new_body = b"the concurrent writer's content"
+    new_enc = encrypt_object(new_body, fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
+    proxy = FaultProxy(moto_server.endpoint).start()
+    proxy.enforce_copy_source_if_match = True
+    raced = []
+
+    def writer(method, path, headers):
+        if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} and not raced:
+            raced.append(path)
+            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=new_enc.body, Metadata=new_enc.fields)
+        return None
+
+    proxy.rule = writer
+    try:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        worker = cutover(aws, s3=s3)
+        first = worker.process("k")
+        assert raced and proxy.stats["copy-source-if-match-412"] == 1
+        assert (first.outcome, first.reason, first.retryable) == (Outcome.FAILED, "object-changed", True)
+        stored = aws.s3.get_object(Bucket=aws.bucket, Key="k")
+        assert stored["Body"].read() == new_enc.body  # the writer's object stands untouched
+        assert envelope_in_metadata(stored["Metadata"])
+        retry = worker.process("k")  # the worker retries: the new object is migrated and cut over
+    finally:
+        proxy.stop()
+    assert retry.reason == "cut-over", retry
+    assert default_read(aws, "k") == new_body
+
+
+def test_rollback_restores_old_envelopes_then_prune(aws):
+    bodies = {}
+    for key, location in (("meta", "metadata"), ("file", "instruction-file")):
+        bodies[key] = os.urandom(200)
+        put_encrypted(aws.s3, aws.bucket, key, encrypt_object(bodies[key], fmt="v1", wrap=W.LEGACY, master=AES), location)
+    originals = {k: (aws.s3.head_object(Bucket=aws.bucket, Key=k)["Metadata"]) for k in bodies}
+    old_file = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
+    worker = cutover(aws)
+    assert {worker.process(k).reason for k in bodies} <= {"cut-over", "migrated"}
+    assert default_read(aws, "meta") == bodies["meta"] and default_read(aws, "file") == bodies["file"]
+
+    planned = Rollback(aws.s3, RollbackSettings(aws.bucket, dry_run=True)).process("meta")
+    assert planned.outcome is Outcome.PLANNED
+    rollback = Rollback(aws.s3, RollbackSettings(aws.bucket, remove_instruction_files=True))
+    assert [rollback.process(k).outcome for k in bodies] == [Outcome.ROLLED_BACK, Outcome.ROLLED_BACK]
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="meta")["Metadata"] == originals["meta"]
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == old_file
+    assert "meta.instruction" not in aws.keys()  # removed as asked; the old envelope is back
+    # The old key reads both again, the way an old reader would.
+    from keymigration.unwrap import unwrap_data_key
+    from keymigration.content import decrypt_stream
+
+    for key in bodies:
+        metadata = aws.s3.head_object(Bucket=aws.bucket, Key=key)["Metadata"]
+        env = e.from_metadata(metadata) if e.detect(metadata) is e.MetadataKind.ENVELOPE else e.from_instruction_file(
+            aws.s3.get_object(Bucket=aws.bucket, Key=key + ".instruction")["Body"].read(), metadata)
+        dk = unwrap_data_key(env, [AES]).data_key
+        raw = aws.s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read()
+        assert b"".join(decrypt_stream(env, dk, [raw])) == bodies[key]
+    again = rollback.process("meta")
+    assert again.outcome is Outcome.SKIPPED  # nothing left to roll back
+
+    # Prune keeps backups of objects that are not migrated (rolled back), deletes after re-migration.
+    prune = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True)
+    assert prune.process("meta").reason == "not-migrated"
+    assert cutover(aws).process("meta").reason == "cut-over"
+    assert Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False).process("meta").reason == "would-prune"
+    assert prune.process("meta").reason == "pruned"
+    assert "meta.keymigration-backup" not in aws.keys()
