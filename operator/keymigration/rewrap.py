@@ -197,6 +197,10 @@ class ObjectRewrapper:
             envelope = env_mod.from_instruction_file(source_file.body, metadata)
         result.format, result.wrap = envelope.format, str(envelope.wrap)
         result.location, result.cek_alg = str(envelope.location), envelope.cek_alg
+        length = head.get("ContentLength")
+        if length is not None and (length < 16 or (envelope.cek_alg == env_mod.CBC and length % 16)):
+            # GCM bodies end in a 16-byte tag; CBC bodies are whole 16-byte blocks (at least one).
+            self._stop(result, Outcome.FAILED, "content-length-invalid", f"a {envelope.cek_alg} body cannot be {length} bytes long")
 
         replacing_source = envelope.location is Location.INSTRUCTION_FILE and target_name == default_name
         existing = source_file if replacing_source else self._read_file(target_name, hint)
@@ -245,7 +249,10 @@ class ObjectRewrapper:
             else:
                 new_etag = self.bucket.put(target_name, body, marker, if_none_match=True)
         except PreconditionFailed:
-            new_etag = self._our_earlier_write(target_name, body)
+            new_etag, theirs = self._our_earlier_write(target_name, body)
+            if new_etag is None and theirs is not None and self._marked_done(theirs, envelope, fingerprint, False):
+                # Another worker on the same prefix (a duplicate Job) got there first.
+                self._stop(result, Outcome.SKIPPED, "already-migrated", f"{target_name!r} was written by another keymigration worker")
             if new_etag is None:
                 self._stop(
                     result,
@@ -258,13 +265,14 @@ class ObjectRewrapper:
             self._check_object_unchanged(key, object_etag, target_name, new_etag, existing, result)
         result.outcome, result.reason = Outcome.MIGRATED, "migrated"
 
-    def _our_earlier_write(self, name: str, body: bytes) -> str | None:
+    def _our_earlier_write(self, name: str, body: bytes) -> tuple[str | None, StoredFile | None]:
         """After a lost response, the SDK retries a conditional PUT that had already landed and
-        gets 412. The file then holds exactly our bytes (its fresh EDK makes them unique)."""
+        gets 412. The file then holds exactly our bytes (its fresh EDK makes them unique).
+        Returns (its ETag if it is ours, else None; the file found)."""
         current = self.bucket.get_small(name)
         if current is not None and current.body == body:
-            return current.etag
-        return None
+            return current.etag, current
+        return None, current
 
     def _plan(self, result: ObjectResult, key_label: str | None) -> None:
         if key_label is None:

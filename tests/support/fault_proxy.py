@@ -149,7 +149,9 @@ class FaultProxy:
                 for k, v in response.getheaders():
                     if k.lower() not in HOP_HEADERS and k.lower() != "content-length":
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer carries the length of the body it does not send.
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
