@@ -165,7 +165,7 @@ def test_concurrent_write_between_read_and_copy_is_never_clobbered(aws, moto_ser
     proxy.enforce_copy_source_if_match = True
     raced = []
 
-    def writer(method, path, headers):
+    def writer(method, path, headers, body):
         if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} and not raced:
             raced.append(path)
             aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=new_enc.body, Metadata=new_enc.fields)

@@ -48,8 +48,9 @@ class FaultProxy:
         self.faults: tuple[str, ...] = ("slowdown",)
         self.slow_seconds = 0.2
         self.enforce_copy_source_if_match = False
-        # Optional hook: (method, path, headers) -> fault name or None, before the random draw.
-        self.rule: Callable[[str, str, dict], str | None] | None = None
+        # Optional hook: (method, path, headers, body) -> fault name or None, before the random
+        # draw. Besides the faults above it may answer "kms-access-denied".
+        self.rule: Callable[..., str | None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -71,9 +72,9 @@ class FaultProxy:
             if seed is not None:
                 self.rng.seed(seed)
 
-    def _draw(self, method: str, path: str, headers: dict) -> str | None:
+    def _draw(self, method: str, path: str, headers: dict, body: bytes = b"") -> str | None:
         if self.rule:
-            chosen = self.rule(method, path, headers)
+            chosen = self.rule(method, path, headers, body)
             if chosen:
                 return chosen
         with self.lock:
@@ -137,6 +138,8 @@ class FaultProxy:
                         self._reply(500, S3_INTERNAL, "application/xml")
                 elif name == "precondition":
                     self._reply(412, S3_PRECONDITION, "application/xml")
+                elif name == "kms-access-denied":
+                    self._reply(400, b'{"__type":"AccessDeniedException","message":"not authorized"}', "application/x-amz-json-1.1")
 
             def _forward(self, body: bytes) -> None:
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
@@ -174,7 +177,7 @@ class FaultProxy:
 
             def handle_one(self) -> None:
                 body = self._body()
-                fault = proxy._draw(self.command, self.path, dict(self.headers))
+                fault = proxy._draw(self.command, self.path, dict(self.headers), body)
                 if fault == "slow":
                     proxy._count("slow")
                     time.sleep(proxy.slow_seconds)
