@@ -1,7 +1,8 @@
 """The CustomResourceDefinitions, generated from spec.py (the one source of truth).
 
-``python -m keymigration.crd`` rewrites crds/ and the chart's copy; a test fails when either
-differs from what this module generates.
+``python -m keymigration.crd`` rewrites crds/ and the chart's byte-identical copy in
+charts/keymigration-operator/files/crds/; tests fail when either differs from what this module
+generates.
 """
 from __future__ import annotations
 
@@ -81,18 +82,22 @@ def render(crd: dict) -> str:
 
 
 def files() -> dict[str, str]:
-    """File name -> content, as they stand in crds/ and charts/keymigration-operator/crds-templates."""
+    """File name -> content, as they stand in crds/ and charts/keymigration-operator/files/crds/."""
     return {
         f"{PLURAL}.{GROUP}.yaml": render(keymigration_crd()),
         f"{PROGRESS_PLURAL}.{GROUP}.yaml": render(progress_crd()),
     }
 
 
+CHART_COPY = Path("charts") / "keymigration-operator" / "files" / "crds"
+
+
 def main(argv: list[str]) -> int:
     root = Path(argv[0]) if argv else Path.cwd()
-    for name, text in files().items():
-        (root / "crds").mkdir(exist_ok=True)
-        (root / "crds" / name).write_text(text)
+    for directory in (root / "crds", root / CHART_COPY):
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in files().items():
+            (directory / name).write_text(text)
     return 0
 
 

@@ -150,7 +150,7 @@ def job_manifest(km: dict, spec: MigrationSpec, prefix: str, config: OperatorCon
                     },
                 },
                 # Node drains and preemption do not count against backoffLimit.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
         "suspend": False,

@@ -190,7 +190,7 @@ def test_job_template_is_locked_down():
     assert manifest["spec"]["backoffLimit"] == CONFIG.backoff_limit and manifest["spec"]["ttlSecondsAfterFinished"] > 0
     rules = manifest["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {1, 2, 3}
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"]} and security["runAsNonRoot"] is True

@@ -1,0 +1,559 @@
+"""Tests of the fake-cluster harness itself: API semantics, watch, kopf, GC, JobRunner, kubectl."""
+from __future__ import annotations
+
+import base64
+import json
+import stat
+import sys
+import threading
+import time
+
+import kopf
+import kopf.testing
+import kubernetes
+import pytest
+import yaml
+
+from .cluster import ApiException, FakeCluster, JobRunner, condition, kopf_test_settings
+from .crds_for_tests import API_VERSION, KEYMIGRATION_CRD, keymigration
+from .jobrunner import PodPending, build_pod_launch
+
+KM = ("keymigration.io/v1alpha1", "KeyMigration")
+
+
+def owner_ref(obj: dict) -> dict:
+    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def job_manifest(name: str, args: list[str], *, namespace: str = "default", command: list[str] | None = None,
+                 **spec) -> dict:
+    container = {"name": "worker", "image": "keymigration:test", "args": args}
+    if command:
+        container["command"] = command
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"backoffLimit": 0, **spec,
+                     "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}}
+
+
+# ------------------------------------------------------------------------------------------------
+# API semantics
+
+
+def test_crud_uid_resource_version_generation(fake_cluster: FakeCluster):
+    created = fake_cluster.create(keymigration("m1"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
+    assert meta["generation"] == 1
+    assert created["spec"]["maxParallel"] == 4  # defaulted from the CRD schema
+    rv1 = int(meta["resourceVersion"])
+
+    got = fake_cluster.get(*KM, "default", "m1")
+    assert got == created
+
+    patched = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "other"}})
+    assert int(patched["metadata"]["resourceVersion"]) > rv1
+    assert patched["metadata"]["generation"] == 2
+
+    # A no-op patch changes nothing: same resourceVersion, no event.
+    again = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "other"}})
+    assert again["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
+
+    # Metadata-only changes do not bump the generation.
+    labelled = fake_cluster.patch(*KM, "default", "m1", {"metadata": {"labels": {"a": "b"}}})
+    assert labelled["metadata"]["generation"] == 2
+
+    with pytest.raises(ApiException) as e:
+        fake_cluster.create(keymigration("m1"))
+    assert e.value.status == 409 and json.loads(e.value.body)["reason"] == "AlreadyExists"
+    with pytest.raises(ApiException) as e:
+        fake_cluster.get(*KM, "default", "missing")
+    assert e.value.status == 404 and json.loads(e.value.body)["reason"] == "NotFound"
+
+    generated = fake_cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
+                                     "metadata": {"generateName": "cm-", "namespace": "default"}, "data": {"k": "v"}})
+    assert generated["metadata"]["name"].startswith("cm-") and len(generated["metadata"]["name"]) == 8
+    assert "generation" not in generated["metadata"]  # built-ins without spec have none
+
+    names = [o["metadata"]["name"] for o in fake_cluster.list(*KM)]
+    assert names == ["m1"]
+    fake_cluster.delete(*KM, "default", "m1")
+    assert fake_cluster.get_or_none(*KM, "default", "m1") is None
+
+
+def test_status_subresource_semantics(fake_cluster: FakeCluster):
+    obj = fake_cluster.create(keymigration("m1"), keep_status=False)
+    # status on create is dropped by the server (status subresource)
+    raw = fake_cluster.request("POST", fake_cluster.path(*KM, "default"),
+                               body=dict(keymigration("m2"), status={"phase": "Fake"}))
+    assert "status" not in raw
+
+    # A main-resource write cannot change status; the spec part still applies.
+    after = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "x"}, "status": {"phase": "Nope"}})
+    assert "status" not in after and after["metadata"]["generation"] == 2
+
+    # A status write changes only status, never the generation, and ignores spec changes.
+    st = fake_cluster.patch_status(*KM, "default", "m1", {"spec": {"bucket": "y"},
+                                                            "status": {"phase": "Running", "observedGeneration": 2}})
+    assert st["status"] == {"phase": "Running", "observedGeneration": 2}
+    assert st["spec"]["bucket"] == "x" and st["metadata"]["generation"] == 2
+    assert int(st["metadata"]["resourceVersion"]) > int(after["metadata"]["resourceVersion"])
+
+    # Undeclared status fields are pruned silently, as by a real server with a structural schema.
+    pruned = fake_cluster.patch_status(*KM, "default", "m1", {"status": {"undeclared": 1, "counts": {"done": 3}}})
+    assert "undeclared" not in pruned["status"] and pruned["status"]["counts"] == {"done": 3}
+
+    # Optimistic concurrency: a stale resourceVersion is a 409 Conflict.
+    stale = dict(obj, metadata=dict(obj["metadata"]))
+    with pytest.raises(ApiException) as e:
+        fake_cluster.replace(stale)
+    assert e.value.status == 409
+    # PUT of a custom resource without resourceVersion is invalid.
+    no_rv = dict(obj, metadata={k: v for k, v in obj["metadata"].items() if k != "resourceVersion"})
+    with pytest.raises(ApiException) as e:
+        fake_cluster.replace(no_rv)
+    assert e.value.status == 422
+    # A JSON patch whose test op fails is a 422 (kopf relies on this).
+    with pytest.raises(ApiException) as e:
+        fake_cluster.patch(*KM, "default", "m1", [{"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
+                                                  {"op": "add", "path": "/metadata/labels", "value": {"x": "y"}}],
+                           patch_type="json")
+    assert e.value.status == 422
+    # Strategic merge patch is refused for custom resources (415), like a real server.
+    with pytest.raises(ApiException) as e:
+        fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "z"}}, patch_type="strategic")
+    assert e.value.status == 415
+
+    # History of versions, from kmock's object store.
+    history = fake_cluster.history(*KM, "default", "m1")
+    assert [h["metadata"]["generation"] for h in history if h] == [1, 2, 2, 2]
+
+
+def test_builtin_strategic_merge_and_job_defaults(fake_cluster: FakeCluster):
+    job = fake_cluster.create(job_manifest("j1", ["--version"]))
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["completions"] == 1
+    assert job["spec"]["template"]["metadata"]["labels"]["job-name"] == "j1"
+    assert job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"] == job["metadata"]["uid"]
+    # conditions merge by type under strategic merge patch (the default of the typed kubernetes client)
+    batch = kubernetes.client.BatchV1Api(fake_cluster.api_client)
+    batch.patch_namespaced_job_status("j1", "default", {"status": {"conditions": [
+        {"type": "A", "status": "True"}]}})
+    batch.patch_namespaced_job_status("j1", "default", {"status": {"conditions": [
+        {"type": "B", "status": "True"}]}})
+    status = batch.read_namespaced_job_status("j1", "default").status
+    assert [c.type for c in status.conditions] == ["A", "B"]
+    # spec.suspend is mutable; spec.template is not (while the job is not suspended)
+    batch.patch_namespaced_job("j1", "default", {"spec": {"suspend": True}})
+    with pytest.raises(ApiException) as e:
+        fake_cluster.patch("batch/v1", "Job", "default", "j1",
+                           {"spec": {"template": {"spec": {"containers": [{"name": "worker", "args": ["x"]}]}}}},
+                           patch_type="strategic")
+    assert e.value.status == 422 and "immutable" in e.value.body
+    # stringData of Secrets becomes base64 data
+    secret = fake_cluster.create({"apiVersion": "v1", "kind": "Secret",
+                                  "metadata": {"name": "s", "namespace": "default"}, "stringData": {"k": "v"}})
+    assert secret["data"] == {"k": base64.b64encode(b"v").decode()} and "stringData" not in secret
+
+
+def test_label_and_field_selectors(fake_cluster: FakeCluster):
+    for name, labels in [("a", {"app": "km", "tier": "x"}), ("b", {"app": "km"}), ("c", {"app": "other"})]:
+        fake_cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": name, "namespace": "default", "labels": labels}})
+    names = lambda **kw: sorted(o["metadata"]["name"] for o in fake_cluster.list("v1", "ConfigMap", "default", **kw))
+    assert names(label_selector="app=km") == ["a", "b"]
+    assert names(label_selector="app=km,tier") == ["a"]
+    assert names(label_selector="!tier") == ["b", "c"]
+    assert names(label_selector="app in (km,other),app!=km") == ["c"]
+    assert names(label_selector="app notin (km)") == ["c"]
+    assert names(field_selector="metadata.name=b") == ["b"]
+    assert names(field_selector="metadata.namespace=default,metadata.name!=a") == ["b", "c"]
+
+
+def test_watch_with_kubernetes_client(fake_cluster: FakeCluster):
+    api = kubernetes.client.CustomObjectsApi(fake_cluster.new_api_client())
+    start_rv = fake_cluster.request("GET", fake_cluster.path(*KM, "default"))["metadata"]["resourceVersion"]
+    events: list[tuple[str, str, str]] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        w = kubernetes.watch.Watch()
+        for ev in w.stream(api.list_namespaced_custom_object, "keymigration.io", "v1alpha1", "default",
+                           "keymigrations", label_selector="watched=yes", resource_version=start_rv,
+                           timeout_seconds=5):
+            events.append((ev["type"], ev["object"]["metadata"]["name"],
+                           (ev["object"].get("status") or {}).get("phase", "")))
+            if ev["type"] == "DELETED" and ev["object"]["metadata"]["name"] == "w1":
+                w.stop()
+        done.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.2)
+    fake_cluster.create(dict(keymigration("w1"), metadata={"name": "w1", "namespace": "default",
+                                                           "labels": {"watched": "yes"}}))
+    fake_cluster.create(keymigration("unwatched"))
+    fake_cluster.patch_status(*KM, "default", "w1", {"status": {"phase": "Running"}})
+    fake_cluster.patch(*KM, "default", "unwatched", {"metadata": {"labels": {"watched": "yes"}}})  # enters
+    fake_cluster.patch(*KM, "default", "unwatched", {"metadata": {"labels": {"watched": "no"}}})  # leaves
+    fake_cluster.delete(*KM, "default", "w1")
+    assert done.wait(10)
+    thread.join()
+    assert events == [("ADDED", "w1", ""), ("MODIFIED", "w1", "Running"), ("ADDED", "unwatched", ""),
+                      ("DELETED", "unwatched", ""), ("DELETED", "w1", "Running")]
+
+    # Resuming from an old resourceVersion replays what happened since; a too-old one is 410.
+    raw = fake_cluster.api_client.rest_client.pool_manager.request(
+        "GET", f"{fake_cluster.url}{fake_cluster.path(*KM, 'default')}?watch=true&resourceVersion={start_rv}"
+               f"&timeoutSeconds=1", preload_content=True)
+    types = [json.loads(line)["type"] for line in raw.data.decode().splitlines()]
+    assert types.count("ADDED") == 2 and types.count("DELETED") == 1
+    fake_cluster.call(lambda s: setattr(s, "log_floor", s.rv))
+    raw = fake_cluster.api_client.rest_client.pool_manager.request(
+        "GET", f"{fake_cluster.url}{fake_cluster.path(*KM, 'default')}?watch=true&resourceVersion={start_rv}")
+    error = json.loads(raw.data.decode().splitlines()[0])
+    assert error["type"] == "ERROR" and error["object"]["code"] == 410
+
+
+def test_finalizers(fake_cluster: FakeCluster):
+    fake_cluster.create(dict(keymigration("f1"), metadata={"name": "f1", "namespace": "default",
+                                                           "finalizers": ["keymigration.io/finalizer"]}))
+    deleting = fake_cluster.delete(*KM, "default", "f1")
+    assert deleting["metadata"]["deletionTimestamp"]
+    obj = fake_cluster.get(*KM, "default", "f1")
+    assert obj["metadata"]["deletionTimestamp"] and obj["metadata"]["generation"] == 2
+    with pytest.raises(ApiException) as e:  # no new finalizers while being deleted
+        fake_cluster.patch(*KM, "default", "f1", {"metadata": {"finalizers": ["keymigration.io/finalizer", "x/y"]}})
+    assert e.value.status == 422
+    fake_cluster.patch(*KM, "default", "f1", {"metadata": {"finalizers": None}})
+    assert fake_cluster.get_or_none(*KM, "default", "f1") is None
+
+
+def test_garbage_collection_cascades(fake_cluster: FakeCluster):
+    fake_cluster.create_namespace("other")
+    km = fake_cluster.create(keymigration("owner"))
+    job = fake_cluster.create(dict(job_manifest("child", ["--version"]),
+                                   metadata={"name": "child", "namespace": "default",
+                                             "ownerReferences": [owner_ref(km)]}))
+    grandchild = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "grandchild", "namespace": "default", "ownerReferences": [owner_ref(job)]}}
+    fake_cluster.create(grandchild)
+    # an owner in another namespace does not count: collected at once, as by the real GC
+    fake_cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "cross-ns", "namespace": "other", "ownerReferences": [owner_ref(km)]}})
+    assert fake_cluster.gc() == 1
+    assert fake_cluster.get_or_none("v1", "ConfigMap", "other", "cross-ns") is None
+    assert fake_cluster.get_or_none("batch/v1", "Job", "default", "child") is not None
+
+    fake_cluster.delete(*KM, "default", "owner")
+    assert fake_cluster.get_or_none("batch/v1", "Job", "default", "child") is not None  # until gc runs
+    assert fake_cluster.gc() == 2  # child, then grandchild (cascading)
+    assert fake_cluster.get_or_none("batch/v1", "Job", "default", "child") is None
+    assert fake_cluster.get_or_none("v1", "ConfigMap", "default", "grandchild") is None
+
+    # Orphan: dependents stay and lose the owner reference.
+    km2 = fake_cluster.create(keymigration("owner2"))
+    fake_cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "kept", "namespace": "default", "ownerReferences": [owner_ref(km2)]}})
+    fake_cluster.delete(*KM, "default", "owner2", propagation_policy="Orphan")
+    fake_cluster.gc()
+    assert "ownerReferences" not in fake_cluster.get("v1", "ConfigMap", "default", "kept")["metadata"]
+
+    # Foreground: the owner waits (deletionTimestamp + foregroundDeletion) until dependents are gone.
+    km3 = fake_cluster.create(keymigration("owner3"))
+    fake_cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "dep3", "namespace": "default", "ownerReferences": [owner_ref(km3)]}})
+    fake_cluster.delete(*KM, "default", "owner3", propagation_policy="Foreground")
+    assert "foregroundDeletion" in fake_cluster.get(*KM, "default", "owner3")["metadata"]["finalizers"]
+    fake_cluster.gc()
+    assert fake_cluster.get_or_none("v1", "ConfigMap", "default", "dep3") is None
+    assert fake_cluster.get_or_none(*KM, "default", "owner3") is None
+
+    # Background GC loop.
+    km4 = fake_cluster.create(keymigration("owner4"))
+    fake_cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "dep4", "namespace": "default", "ownerReferences": [owner_ref(km4)]}})
+    fake_cluster.start_gc(interval=0.1)
+    fake_cluster.delete(*KM, "default", "owner4")
+    fake_cluster.wait_deleted("v1", "ConfigMap", "default", "dep4", timeout=5)
+
+
+def test_namespace_deletion_and_crd_lifecycle(fake_cluster: FakeCluster, tmp_path):
+    fake_cluster.create_namespace("doomed")
+    fake_cluster.create(keymigration("m", namespace="doomed"))
+    fake_cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "doomed"}})
+    fake_cluster.delete("v1", "Namespace", None, "doomed")
+    fake_cluster.wait_deleted("v1", "Namespace", None, "doomed", timeout=5)
+    assert fake_cluster.list(*KM, "doomed") == []
+
+    crd = dict(KEYMIGRATION_CRD, metadata={"name": "widgets.example.com"},
+               spec=dict(KEYMIGRATION_CRD["spec"], group="example.com",
+                         names={"plural": "widgets", "singular": "widget", "kind": "Widget"}))
+    crd_path = tmp_path / "widgets.yaml"
+    crd_path.write_text(yaml.safe_dump(crd))
+    fake_cluster.register_crd(crd_path)  # a YAML path works as well as a dict
+    established = fake_cluster.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "widgets.example.com")
+    assert condition(established, "Established")["status"] == "True"
+    fake_cluster.create({"apiVersion": "example.com/v1alpha1", "kind": "Widget",
+                         "metadata": {"name": "w", "namespace": "default"}, "spec": {}})
+    groups = [g["name"] for g in fake_cluster.request("GET", "/apis")["groups"]]
+    assert "example.com" in groups and "keymigration.io" in groups
+    fake_cluster.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "widgets.example.com")
+    fake_cluster.wait_deleted("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "widgets.example.com",
+                              timeout=5)
+    assert "example.com" not in [g["name"] for g in fake_cluster.request("GET", "/apis")["groups"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# kopf
+
+
+@pytest.mark.parametrize("consistency_timeout", [0, 5.0], ids=["consistency-0", "consistency-default"])
+def test_kopf_operator_patches_status(fake_cluster: FakeCluster, consistency_timeout: float):
+    registry = kopf.OperatorRegistry()
+    fake_cluster.kopf_login_handler(registry)
+    settings = kopf_test_settings("keymigration.io")
+    # 0 is what the project's conventions ask for; kopf's default (5 s) also works, and fast,
+    # because the fake bumps resourceVersion so kopf sees its own patches come back.
+    settings.persistence.consistency_timeout = consistency_timeout
+    seen = threading.Event()
+
+    @kopf.on.create("keymigration.io", "v1alpha1", "keymigrations", registry=registry)
+    def on_create(body, meta, patch, **_):
+        kopf.info(body, reason="Seen", message="on_create saw it")  # an explicit k8s Event
+        patch.status["phase"] = "Seen"
+        patch.status["observedGeneration"] = meta["generation"]
+        seen.set()
+
+    @kopf.on.field("keymigration.io", "v1alpha1", "keymigrations", field="spec.bucket", registry=registry)
+    def on_bucket(meta, new, patch, **_):
+        if meta["generation"] > 1:
+            patch.status["phase"] = f"Bucket {new}"
+
+    args = ["run", "--standalone", "--namespace", "default", "--verbose"]
+    with kopf.testing.KopfRunner(args, registry=registry, settings=settings, timeout=20) as runner:
+        fake_cluster.create(keymigration("k1"))
+        handled = "keymigration.io/last-handled-configuration"
+        obj = fake_cluster.wait_for(*KM, "default", "k1", lambda o: (o.get("status") or {}).get("phase") == "Seen"
+                                    and handled in (o["metadata"].get("annotations") or {}))
+        assert obj["status"]["observedGeneration"] == 1
+        annotations = obj["metadata"].get("annotations") or {}
+        assert all(k.startswith("keymigration.io/") for k in annotations)  # branded storage
+        assert not [k for k in annotations if "on_create" in k]  # progress annotations cleaned up
+        fake_cluster.patch(*KM, "default", "k1", {"spec": {"bucket": "b2"}})
+        fake_cluster.wait_for(*KM, "default", "k1", lambda o: o["status"].get("phase") == "Bucket b2")
+        # kopf posts k8s Events (core v1) through the fake; they are stored and listable.
+        deadline = time.monotonic() + 5
+        while not any("on_create" in e.get("message", "") for e in fake_cluster.events("default", involved_name="k1")):
+            assert time.monotonic() < deadline, fake_cluster.events("default")
+            time.sleep(0.05)
+    assert seen.is_set()
+    assert runner.exit_code == 0, runner.output
+
+
+# ------------------------------------------------------------------------------------------------
+# JobRunner
+
+
+def test_job_runs_to_completion(fake_cluster: FakeCluster, job_runner: JobRunner):
+    fake_cluster.create(job_manifest("version", ["--version"]))
+    job = job_runner.wait_for_job("version", "Complete", timeout=20)
+    status = job["status"]
+    assert status["succeeded"] == 1 and "active" not in status and status["ready"] == 0
+    assert status["startTime"] and status["completionTime"]
+    assert [c["type"] for c in status["conditions"]] == ["SuccessCriteriaMet", "Complete"]
+    assert "keymigration" in job_runner.output("version")
+    assert job_runner.exit_codes("version") == [0]
+    # ttlSecondsAfterFinished: the TTL controller deletes the finished Job.
+    fake_cluster.create(job_manifest("short-lived", ["--version"], ttlSecondsAfterFinished=0))
+    fake_cluster.wait_deleted("batch/v1", "Job", "default", "short-lived", timeout=20)
+    assert job_runner.exit_codes("short-lived") == [0]
+
+
+def test_job_pod_failure_policy_fails_fast(fake_cluster: FakeCluster, job_runner: JobRunner):
+    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}},
+                        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
+    fake_cluster.create(job_manifest("bad-args", ["run", "--no-such-flag"], backoffLimit=5, podFailurePolicy=policy))
+    job = job_runner.wait_for_job("bad-args", "Failed", timeout=20)
+    failed = condition(job, "Failed")
+    assert failed["reason"] == "PodFailurePolicy" and "exit code 2" in failed["message"]
+    assert job["status"]["failed"] == 1 and job_runner.exit_codes("bad-args") == [2]
+    assert "usage: keymigration" in job_runner.output("bad-args")
+
+
+def test_job_backoff_kill_and_suspend(fake_cluster: FakeCluster, tmp_path):
+    sleeper = [sys.executable, "-c", "import sys, time; print('started', flush=True); time.sleep(float(sys.argv[1]))"]
+    runner = JobRunner(fake_cluster, entrypoints={"sleeper": sleeper}, workdir=tmp_path / "runner",
+                       poll_interval=0.05, grace_period=2)
+    with runner:
+        fake_cluster.create(job_manifest("sleepy", ["30"], command=["sleeper"], backoffLimit=1))
+        fake_cluster.wait_for("batch/v1", "Job", "default", "sleepy", lambda j: j.get("status", {}).get("active") == 1)
+        # Suspend: SIGTERM, no failure counted, Suspended condition.
+        fake_cluster.patch("batch/v1", "Job", "default", "sleepy", {"spec": {"suspend": True}})
+        job = fake_cluster.wait_for("batch/v1", "Job", "default", "sleepy",
+                                    lambda j: (condition(j, "Suspended") or {}).get("status") == "True"
+                                    and "active" not in j["status"] and j["status"]["terminating"] == 0)
+        assert "failed" not in job["status"] and runner.exit_codes("sleepy") == [128 + 15]
+        # Resume: a new process.
+        fake_cluster.patch("batch/v1", "Job", "default", "sleepy", {"spec": {"suspend": False}})
+        fake_cluster.wait_for("batch/v1", "Job", "default", "sleepy",
+                              lambda j: j["status"].get("active") == 1
+                              and condition(j, "Suspended")["reason"] == "JobResumed")
+        # Killed twice with backoffLimit 1: BackoffLimitExceeded.
+        runner.kill("sleepy")
+        fake_cluster.wait_for("batch/v1", "Job", "default", "sleepy",
+                              lambda j: j["status"].get("failed") == 1 and j["status"].get("active") == 1)
+        runner.kill("sleepy")
+        job = runner.wait_for_job("sleepy", "Failed", timeout=10)
+        assert condition(job, "Failed")["reason"] == "BackoffLimitExceeded"
+        assert runner.exit_codes("sleepy") == [143, 137, 137]
+        # A disruption matching an Ignore rule does not count; deleting the Job stops its process.
+        policy = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
+        fake_cluster.create(job_manifest("evicted", ["30"], command=["sleeper"], podFailurePolicy=policy))
+        fake_cluster.wait_for("batch/v1", "Job", "default", "evicted", lambda j: j.get("status", {}).get("active") == 1)
+        runner.kill("evicted", disruption=True)
+        fake_cluster.wait_for("batch/v1", "Job", "default", "evicted",
+                              lambda j: len(runner.attempts("evicted")) == 2 and j["status"].get("active") == 1)
+        assert "failed" not in fake_cluster.get("batch/v1", "Job", "default", "evicted")["status"]
+        fake_cluster.delete("batch/v1", "Job", "default", "evicted")
+        assert runner.wait_idle(timeout=10)
+        assert runner.exit_codes("evicted") == [137, 143]
+        # activeDeadlineSeconds
+        fake_cluster.create(job_manifest("slow", ["30"], command=["sleeper"], activeDeadlineSeconds=1))
+        job = runner.wait_for_job("slow", "Failed", timeout=10)
+        assert condition(job, "Failed")["reason"] == "DeadlineExceeded"
+        assert runner.wait_idle(timeout=10) and runner.exit_codes("slow") == [143]
+
+
+WORKER_SCRIPT = """
+import os, sys, kubernetes
+kubernetes.config.load_kube_config()  # KUBECONFIG from the runner's base env
+api = kubernetes.client.CustomObjectsApi()
+ns, name = os.environ["POD_NAMESPACE"], sys.argv[1]
+api.create_namespaced_custom_object("keymigration.io", "v1alpha1", ns, "keymigrationprogresses", {
+    "apiVersion": "keymigration.io/v1alpha1", "kind": "KeyMigrationProgress",
+    "metadata": {"name": name}, "spec": {"migration": "m", "prefix": "p/"}})
+api.patch_namespaced_custom_object_status("keymigration.io", "v1alpha1", ns, "keymigrationprogresses", name,
+                                          {"status": {"checkpoint": "p/0042", "counts": {"done": 42}}})
+print("reported", os.environ["HOSTNAME"])
+"""
+
+
+def test_worker_process_reaches_the_fake_api(fake_cluster: FakeCluster, tmp_path):
+    runner = JobRunner(fake_cluster, base_env=fake_cluster.env(), workdir=tmp_path / "runner", poll_interval=0.05,
+                       entrypoints={"reporter": [sys.executable, "-c", WORKER_SCRIPT]})
+    job = job_manifest("reporter", ["progress-1"], command=["reporter"])
+    job["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    with runner:
+        fake_cluster.create(job)
+        runner.wait_for_job("reporter", "Complete", timeout=20)
+    progress = fake_cluster.get(API_VERSION, "KeyMigrationProgress", "default", "progress-1")
+    assert progress["status"] == {"checkpoint": "p/0042", "counts": {"done": 42}}
+    assert "reported reporter-" in runner.output("reporter")
+
+
+def test_volume_materialization_and_rewrite(tmp_path):
+    job = job_manifest("mig", ["run", "--bucket", "b", "--source-key", "/var/run/keys/0/key",
+                               "--checkpoint=/work/ckpt.json", "--report", "/var/run/keysX/untouched"])
+    pod_spec = job["spec"]["template"]["spec"]
+    pod_spec["containers"][0]["volumeMounts"] = [
+        {"name": "key0", "mountPath": "/var/run/keys/0", "readOnly": True},
+        {"name": "work", "mountPath": "/work"},
+    ]
+    pod_spec["containers"][0]["env"] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "CHECKPOINT_DIR", "value": "/work"},
+        {"name": "IGNORED", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]
+    pod_spec["volumes"] = [
+        {"name": "key0", "secret": {"secretName": "src-key", "defaultMode": 0o400,
+                                    "items": [{"key": "material", "path": "key"}]}},
+        {"name": "work", "emptyDir": {}},
+    ]
+    secrets = {}
+
+    def read(kind, namespace, name):
+        return secrets.get((kind, namespace, name))
+
+    with pytest.raises(PodPending, match='secret "src-key" not found'):
+        build_pod_launch(job, "mig-abcde", tmp_path / "a", read)
+    secrets[("Secret", "default", "src-key")] = {"data": {"material": base64.b64encode(b"\x01\x02secret").decode(),
+                                                          "other": base64.b64encode(b"no").decode()}}
+    launch = build_pod_launch(job, "mig-abcde", tmp_path / "b", read, base_env={"AWS_REGION": "eu-west-1"})
+    key_dir = launch.mounts["/var/run/keys/0"]
+    assert launch.argv[:3] == [sys.executable, "-m", "keymigration.cli"]
+    assert launch.argv[3:] == ["run", "--bucket", "b", "--source-key", f"{key_dir}/key",
+                               f"--checkpoint={launch.mounts['/work']}/ckpt.json", "--report", "/var/run/keysX/untouched"]
+    key_file = tmp_path / "b" / "volumes" / "key0" / "key"
+    assert key_file.read_bytes() == b"\x01\x02secret"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o400
+    assert not (tmp_path / "b" / "volumes" / "key0" / "other").exists()  # items select keys
+    assert launch.env["POD_NAME"] == "mig-abcde" and launch.env["POD_NAMESPACE"] == "default"
+    assert launch.env["CHECKPOINT_DIR"] == launch.mounts["/work"] and "IGNORED" not in launch.env
+    assert launch.env["AWS_REGION"] == "eu-west-1"
+
+
+def test_job_waits_for_its_secret(fake_cluster: FakeCluster, tmp_path):
+    catter = [sys.executable, "-c", "import sys; print(open(sys.argv[1]).read())"]
+    runner = JobRunner(fake_cluster, entrypoints={"catter": catter}, workdir=tmp_path / "runner", poll_interval=0.05)
+    job = job_manifest("reader", ["/var/run/keys/0/key"], command=["catter"])
+    pod_spec = job["spec"]["template"]["spec"]
+    pod_spec["containers"][0]["volumeMounts"] = [{"name": "k", "mountPath": "/var/run/keys/0"}]
+    pod_spec["volumes"] = [{"name": "k", "secret": {"secretName": "late"}}]
+    with runner:
+        fake_cluster.create(job)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if runner.pending_reason("reader"):
+                    break
+            except KeyError:
+                pass
+            time.sleep(0.05)
+        assert "not found" in runner.pending_reason("reader")
+        assert runner.exit_codes("reader") == []
+        fake_cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late", "namespace": "default"},
+                             "stringData": {"key": "s3cr3t"}})
+        runner.wait_for_job("reader", "Complete", timeout=10)
+        assert "s3cr3t" in runner.output("reader")
+
+
+# ------------------------------------------------------------------------------------------------
+# kubectl
+
+
+def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
+    manifest = tmp_path / "km.yaml"
+    manifest.write_text(json.dumps(keymigration("kc")))
+    assert "created" in kubectl("apply", "-f", str(manifest)).stdout
+    assert "unchanged" in kubectl("apply", "-f", str(manifest)).stdout
+    manifest.write_text(json.dumps(keymigration("kc", bucket="changed")))
+    assert "configured" in kubectl("apply", "-f", str(manifest)).stdout
+    obj = fake_cluster.get(*KM, "default", "kc")
+    assert obj["spec"]["bucket"] == "changed" and obj["metadata"]["generation"] == 2
+    assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
+    assert "serverside-applied" in kubectl("apply", "--server-side", "-f", str(manifest)).stdout
+
+    # A stale Ready condition (older observedGeneration) must not satisfy kubectl wait.
+    ready = {"type": "Ready", "status": "True", "reason": "Done", "message": "",
+             "lastTransitionTime": "2025-01-01T00:00:00Z"}
+    fake_cluster.patch_status(*KM, "default", "kc", {"status": {
+        "observedGeneration": 1, "conditions": [dict(ready, observedGeneration=1)]}})
+    stale = kubectl("wait", "--for=condition=Ready", "keymigration/kc", "--timeout=1s", check=False)
+    assert stale.returncode != 0
+
+    def later() -> None:
+        time.sleep(0.5)
+        fake_cluster.patch_status(*KM, "default", "kc", {"status": {
+            "observedGeneration": 2, "conditions": [dict(ready, observedGeneration=2)]}})
+    threading.Thread(target=later).start()
+    waited = kubectl("wait", "--for=condition=Ready", "keymigration/kc", "--timeout=10s")
+    assert "condition met" in waited.stdout
+
+    table = kubectl("get", "keymigrations").stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "REASON", "AGE"] and table[1].split()[:3] == ["kc", "True", "Done"]
+    assert "PHASE" in kubectl("get", "km", "-o", "wide").stdout
+    assert json.loads(kubectl("get", "km", "kc", "-o", "json").stdout)["metadata"]["name"] == "kc"
+    assert "deleted" in kubectl("delete", "-f", str(manifest)).stdout
+    assert fake_cluster.get_or_none(*KM, "default", "kc") is None
