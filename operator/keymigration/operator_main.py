@@ -226,6 +226,12 @@ def build_registry(settings: Settings, api_factory=KubeApi) -> tuple[kopf.Operat
             state["reconciler"] = Reconciler(api_factory(), settings)
         return state["reconciler"]
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        # A private registry gets none of kopf's default login handlers: in a pod the
+        # ServiceAccount token, elsewhere the kubeconfig (KUBECONFIG).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_):
         # Brand kopf's storage with our API group; kopf's defaults would be kopf.zalando.org.

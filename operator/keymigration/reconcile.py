@@ -63,6 +63,13 @@ def _job_condition(job: dict, kind: str) -> dict | None:
     return None
 
 
+def _job_active(job: dict) -> bool:
+    """A Job that still has (or may still start) a pod: not finished and not suspended."""
+    if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
+        return False
+    return not (job.get("spec") or {}).get("suspend")
+
+
 def _checkpoint_after(checkpoint: str | None) -> str | None:
     if not checkpoint:
         return None
@@ -197,6 +204,8 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Operat
                 view.state = RUNNING
             if view.state == RUNNING:
                 running += 1
+            elif view.name in jobs_by_name and _job_active(jobs_by_name[view.name]):
+                running += 1  # its worker reported done, but its pod is still finishing
         remaining = None if spec.max_failed_objects is None else spec.max_failed_objects - totals["failed"] + 1
         for view in views:
             if running >= spec.max_jobs:

@@ -59,9 +59,11 @@ class Seeded:
     plaintext: list[str] = field(default_factory=list)
 
 
-def seed_mixed(aws, prefix: str, count: int, keys: KeySet, plaintext_every: int = 10, concurrency: int = 16) -> Seeded:
+def seed_mixed(aws, prefix: str, count: int, keys: KeySet, plaintext_every: int = 10, concurrency: int = 16,
+               masters: tuple[str, ...] = ("aes", "rsa", "kms")) -> Seeded:
     aes, = load_key_files([str(keys.aes)])
     rsa, = load_key_files([str(keys.rsa)])
+    kinds = [k for k in KINDS if k[3] in masters]
     seeded = Seeded()
 
     def put(i: int):
@@ -70,7 +72,7 @@ def seed_mixed(aws, prefix: str, count: int, keys: KeySet, plaintext_every: int 
         if plaintext_every and i % plaintext_every == plaintext_every - 1:
             aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=body)
             return key, None
-        fmt, wrap, cek, kind, location = KINDS[i % len(KINDS)]
+        fmt, wrap, cek, kind, location = kinds[i % len(kinds)]
         master = {"aes": aes, "rsa": rsa}.get(kind)
         enc = encrypt_object(body, fmt=fmt, wrap=wrap, cek_alg=cek, master=master, kms_client=aws.kms, kms_key_id=keys.old_kms)
         put_encrypted(aws.s3, aws.bucket, key, enc, location=location)

@@ -87,12 +87,15 @@ def _pod_field(fieldpath: str, pod: Mapping[str, Any]) -> str | None:
 
 
 def _rewrite(value: str, mounts: Mapping[str, str]) -> str:
-    for mount in sorted(mounts, key=len, reverse=True):
-        target = mounts[mount]
-        mount_clean = mount.rstrip("/") or "/"
-        pattern = r"(?<![\w.\-/])" + re.escape(mount_clean) + r"(?=/|$|[^\w.\-])"
-        value = re.sub(pattern, lambda _m: target, value)
-    return value
+    """Replace mount paths by their local directories in ONE pass (longest mount first), so a
+    replacement is never rewritten again (a local directory may itself live under /tmp)."""
+    if not mounts:
+        return value
+    ordered = sorted(mounts, key=len, reverse=True)
+    cleaned = {(m.rstrip("/") or "/"): mounts[m] for m in ordered}
+    alternatives = "|".join(re.escape(m) for m in cleaned)
+    pattern = r"(?<![\w.\-/])(" + alternatives + r")(?=/|$|[^\w.\-])"
+    return re.sub(pattern, lambda match: cleaned[match.group(1)], value)
 
 
 def _decode_mode(mode: Any, default: int) -> int:

