@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--worker-resources", default=os.environ.get("KEYMIGRATION_WORKER_RESOURCES"),
                     help="default worker resources as JSON ({\"requests\": {...}, \"limits\": {...}})")
     op.add_argument("--status-interval", type=float, default=3.0, help="minimum seconds between status writes per KeyMigration")
+    op.add_argument("--metrics-port", type=int, default=int(os.environ.get("KEYMIGRATION_METRICS_PORT", 9090)),
+                    help="Prometheus /metrics port, separate from the liveness endpoint (0: off)")
+    op.add_argument("--stall-seconds", type=float, default=float(os.environ.get("KEYMIGRATION_STALL_SECONDS", 900)),
+                    help="keymigration_stalled is 1 after this long without object progress while Reconciling")
 
     demo = sub.add_parser("demo", help="the whole job on embedded S3 and KMS stand-ins (no cloud)")
     demo.add_argument("--objects", type=_positive_int, default=1500)
@@ -237,7 +241,9 @@ def run_operator_command(args: argparse.Namespace) -> int:
     if not args.namespace and not args.all_namespaces:
         log.error("give --namespace NS (repeatable) or --all-namespaces")
         return EXIT_CONFIG
-    run_operator(Settings(config=config, status_interval=args.status_interval), args.namespace, args.all_namespaces, args.liveness or None)
+    settings = Settings(config=config, status_interval=args.status_interval, metrics_port=args.metrics_port or None,
+                        stall_seconds=args.stall_seconds)
+    run_operator(settings, args.namespace, args.all_namespaces, args.liveness or None)
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 import kopf
 
 from .jobs import LABEL_MIGRATION, OperatorConfig
+from .metrics import OperatorMetrics
 from .reconcile import Plan, reconcile, status_changed
 from .spec import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
 
@@ -33,6 +34,8 @@ class Settings:
     status_interval: float = 3.0
     debounce: float = 0.3
     resync_interval: float = 300.0
+    metrics_port: int | None = 9090
+    stall_seconds: float = 900.0
 
 
 class KubeApi:
@@ -130,9 +133,10 @@ def _json(response) -> dict:
 class Reconciler:
     """A per-KeyMigration work queue: debounced, one reconcile at a time per object."""
 
-    def __init__(self, api: KubeApi, settings: Settings):
+    def __init__(self, api: KubeApi, settings: Settings, metrics: OperatorMetrics | None = None):
         self.api = api
         self.settings = settings
+        self.metrics = metrics or OperatorMetrics(settings.stall_seconds)
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self.dirty: set[tuple[str, str]] = set()
         self.last_status_write: dict[tuple[str, str], float] = {}
@@ -150,16 +154,20 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
         self.last_status_write.pop((namespace, name), None)
+        self.metrics.migrations.forget(namespace, name)
 
     async def _loop(self, key: tuple[str, str]) -> None:
         backoff = 1.0
         while key in self.dirty:
             await asyncio.sleep(self.settings.debounce)
             self.dirty.discard(key)
+            started = time.monotonic()
             try:
                 delay = await self.reconcile_once(*key)
                 backoff = 1.0
+                self.metrics.reconciles.labels("ok").inc()
             except Exception as error:
+                self.metrics.reconciles.labels("error").inc()
                 log.warning("reconcile of %s/%s failed (%s); retrying in %.0f s", *key, type(error).__name__, backoff,
                             extra={"namespace": key[0], "migration": key[1]})
                 log.debug("reconcile failure", exc_info=True)
@@ -167,6 +175,8 @@ class Reconciler:
                 backoff = min(backoff * 2, 60.0)
                 self.dirty.add(key)
                 continue
+            finally:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             if delay:
                 await asyncio.sleep(delay)
                 self.dirty.add(key)
@@ -180,6 +190,7 @@ class Reconciler:
         jobs, progresses = await asyncio.to_thread(self.api.children, namespace, name, km["metadata"]["uid"])
         plan = reconcile(km, jobs, progresses, self.settings.config, datetime.now(timezone.utc))
         self.reconciles += 1
+        self.metrics.migrations.record(namespace, name, plan.status, progresses)
         return await self.apply(km, plan)
 
     async def apply(self, km: dict, plan: Plan) -> float | None:
@@ -203,6 +214,7 @@ class Reconciler:
         if wait > 0 and not first_sight and not plan.create and not plan.delete_jobs:
             return wait  # bounded write rate: look again (and write) when the interval has passed
         await asyncio.to_thread(self.api.patch_status, namespace, name, plan.status)
+        self.metrics.status_writes.inc()
         self.last_status_write[key] = time.monotonic()
         for event in plan.events:
             if event.reason != "JobCreated":  # transitions: posted once, with the status that records them
@@ -223,7 +235,10 @@ def build_registry(settings: Settings, api_factory=KubeApi) -> tuple[kopf.Operat
 
     def reconciler() -> Reconciler:
         if "reconciler" not in state:
-            state["reconciler"] = Reconciler(api_factory(), settings)
+            metrics = OperatorMetrics(settings.stall_seconds)
+            if settings.metrics_port:
+                metrics.serve(settings.metrics_port)
+            state["reconciler"] = Reconciler(api_factory(), settings, metrics)
         return state["reconciler"]
 
     @kopf.on.login(registry=registry)
@@ -242,6 +257,7 @@ def build_registry(settings: Settings, api_factory=KubeApi) -> tuple[kopf.Operat
         settings.posting.enabled = False  # our own Events only; never kopf's handler logs as Events
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        # Created now, not at the first event, so /metrics answers from the start.
         state["resync"] = asyncio.get_running_loop().create_task(reconciler().resync())
 
     @kopf.on.cleanup(registry=registry)

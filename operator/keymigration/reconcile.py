@@ -188,6 +188,9 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Operat
         views.append(view)
 
     totals = {k: sum(v.counters[k] for v in views) for k in COUNTER_NAMES}
+    # Objects the workers counted in their prefixes so far (each worker counts its own): with the
+    # rate, what an ETA needs.
+    totals["expected"] = sum(v.total or 0 for v in views)
     too_many = spec.max_failed_objects is not None and totals["failed"] > spec.max_failed_objects
     stopping = spec.suspend or too_many
 
@@ -262,6 +265,8 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Operat
         conds = ((False, "Progressing", summary), (True, "Progressing", summary), (False, "Progressing", ""), (False, "NotSuspended", ""))
 
     old_phase = previous.get("phase")
+    if old_phase in (None, "Invalid"):
+        plan.events.append(Event("Normal", "Validated", f"spec accepted: {total} prefixes of s3://{spec.bucket} to {spec.target_key_id}"))
     if old_phase != phase:
         if phase == "Suspended":
             plan.events.append(Event("Normal", "Suspended", "Jobs suspended"))

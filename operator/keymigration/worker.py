@@ -188,6 +188,11 @@ class PrefixWorker:
                 self.completed.add(result)
                 if self.report:
                     self.report.write(result)
+                # Failures always reach the log; other outcomes only at debug level (volume).
+                if result.outcome is Outcome.FAILED:
+                    log.warning("object failed: %s", result.reason, extra=self._log_fields(result))
+                elif log.isEnabledFor(logging.DEBUG):
+                    log.debug("object %s: %s", result.outcome, result.reason, extra=self._log_fields(result))
                 while self._inflight and self._inflight[0].result is not None:
                     done = self._inflight.popleft()
                     self.committed.add(done.result)
@@ -196,6 +201,9 @@ class PrefixWorker:
         slots.release()
         if self.options.max_failures is not None and failed >= self.options.max_failures:
             self.request_stop(f"max failures ({self.options.max_failures}) reached")
+
+    def _log_fields(self, result: ObjectResult) -> dict:
+        return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}
 
     def _tick(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -211,7 +211,7 @@ def test_every_object_level_of_the_values_schema_is_closed():
     schema = json.loads((CHART / "values.schema.json").read_text())
     open_maps = {
         "global", "annotations", "podAnnotations", "podLabels", "nodeSelector", "labels", "namespaceAnnotations",
-        "nodeAffinity", "podAffinity", "podAntiAffinity", "requests", "limits",
+        "nodeAffinity", "podAffinity", "podAntiAffinity", "requests", "limits", "alertLabels",
     }
 
     def walk(node: dict, path: str) -> None:
@@ -397,7 +397,8 @@ def test_operator_deployment_shape(helm):
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
-    (port,) = container["ports"]
+    port = container["ports"][0]  # then the metrics port (test_observability.py)
+    assert port["name"] == "health"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     service = one(docs, "Service", FULLNAME, NAMESPACE)
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
@@ -426,7 +427,7 @@ def test_operator_command_carries_watch_namespaces_and_worker_settings_from_valu
     values = {
         "watchNamespaces": ["a", "b"],
         "image": {"repository": "registry.example/km", "tag": "9.9.9", "pullPolicy": "Always"},
-        "operator": {"logLevel": "debug", "healthPort": 9090, "statusIntervalSeconds": 5},
+        "operator": {"logLevel": "debug", "healthPort": 9091, "statusIntervalSeconds": 5},
         "worker": {
             "image": {"tag": "1.2.3", "pullPolicy": "IfNotPresent"},
             "serviceAccount": {"name": "km-runner"},
@@ -441,7 +442,7 @@ def test_operator_command_carries_watch_namespaces_and_worker_settings_from_valu
     args = parse_operator_command(container, monkeypatch)
     assert args.namespace == ["a", "b"] and args.all_namespaces is False
     assert args.log_level == "debug" and args.status_interval == 5
-    assert args.liveness == "http://0.0.0.0:9090/healthz" and container["ports"][0]["containerPort"] == 9090
+    assert args.liveness == "http://0.0.0.0:9091/healthz" and container["ports"][0]["containerPort"] == 9091
     assert args.worker_image == "registry.example/km:1.2.3"
     assert args.worker_service_account == "km-runner"
     assert args.image_pull_policy == "IfNotPresent"

@@ -116,6 +116,7 @@ class Operator:
     def __init__(self, cluster: FakeCluster, tmp: Path):
         self.cluster = cluster
         self.port = free_port()
+        self.metrics_port = free_port()
         self.log = tmp / "operator.log"
         self.proc: subprocess.Popen | None = None
 
@@ -124,6 +125,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "operator", "--namespace", NS,
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
+             "--metrics-port", str(self.metrics_port), "--stall-seconds", "3",
              "--worker-image", "registry.example/keymigration:test", "--worker-service-account", "km-worker"],
             env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
@@ -136,6 +138,13 @@ class Operator:
                 assert self.proc.poll() is None, self.log.read_text()[-3000:]
                 time.sleep(0.1)
         raise AssertionError("operator liveness endpoint never answered:\n" + self.log.read_text()[-3000:])
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        """Scrape /metrics: {(name, sorted labels): value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
     def kill(self, sig=signal.SIGKILL):
         self.proc.send_signal(sig)
@@ -210,7 +219,35 @@ def test_example_migrates_with_kubectl_apply_and_wait(cluster, env, operator, ru
     table = kubectl("get", "keymigrations", "-n", NS).stdout
     assert "Succeeded" in table and "2/2" in table
     reasons = {e["reason"] for e in cluster.events(NS, involved_name=NAME)}
-    assert {"JobCreated", "PrefixCompleted", "Succeeded"} <= reasons
+    assert {"Validated", "JobCreated", "PrefixCompleted", "Succeeded"} <= reasons
+    # /metrics agrees with the status, exactly.
+    scraped = operator.metrics()
+    labels = (("migration", NAME), ("namespace", NS))
+    for outcome in ("scanned", "migrated", "skipped", "failed"):
+        assert scraped[("keymigration_objects_total", tuple(sorted(labels + (("outcome", outcome),))))] == status["totals"][outcome]
+    assert scraped[("keymigration_ready", labels)] == 1.0
+    assert scraped[("keymigration_phase", tuple(sorted(labels + (("phase", "Succeeded"),))))] == 1.0
+    assert scraped[("keymigration_prefixes", tuple(sorted(labels + (("state", "completed"),))))] == 2.0
+    assert scraped[("keymigration_stalled", labels)] == 0.0
+    assert scraped[("keymigration_reconciles_total", (("result", "ok"),))] >= 1
+    assert scraped[("keymigration_objects_expected", labels)] == status["totals"]["scanned"]
+
+
+def test_a_stalled_worker_trips_the_stall_gauge(cluster, env, operator, runner):
+    apply_example(cluster, concurrency={"maxJobs": 1, "perJob": 1})
+    job = child_name(NAME, "2019/")
+    cluster.wait_for(*KMP, NS, job, lambda p: (p.get("status") or {}).get("counters", {}).get("scanned", 0) > 0, timeout=60)
+    labels = (("migration", NAME), ("namespace", NS))
+    runner.kill(job, signal.SIGSTOP)  # the worker hangs: no progress, its Job still active
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and operator.metrics().get(("keymigration_stalled", labels)) != 1.0:
+            time.sleep(0.5)
+        assert operator.metrics()[("keymigration_stalled", labels)] == 1.0
+    finally:
+        runner.kill(job, signal.SIGCONT)
+    wait_condition(cluster, "Ready", "True", timeout=180)
+    assert operator.metrics()[("keymigration_stalled", labels)] == 0.0
 
 
 def test_worker_killed_mid_prefix_resumes_with_exact_counters(cluster, env, operator, runner):

@@ -70,7 +70,7 @@ def test_first_sight_creates_up_to_max_jobs_and_says_not_ready():
     assert plan.status["observedGeneration"] == 1
     assert all(c["observedGeneration"] == 1 for c in plan.status["conditions"])
     assert plan.status["prefixCounts"] == {"total": 3, "pending": 1, "running": 2, "suspended": 0, "completed": 0, "failed": 0}
-    assert [e.reason for e in plan.events] == ["JobCreated", "JobCreated"]
+    assert [e.reason for e in plan.events] == ["JobCreated", "JobCreated", "Validated"]
 
 
 def test_queued_prefix_starts_when_a_slot_frees_and_finished_prefixes_never_rerun():
@@ -79,7 +79,7 @@ def test_queued_prefix_starts_when_a_slot_frees_and_finished_prefixes_never_reru
     plan = step(km(), jobs, progs)
     created = [o for o in plan.create if o["kind"] == "Job"]
     assert [o["metadata"]["annotations"]["keymigration.io/prefix"] for o in created] == ["c/"]
-    assert plan.status["totals"] == {"scanned": 13, "migrated": 12, "skipped": 1, "failed": 0}
+    assert plan.status["totals"] == {"scanned": 13, "migrated": 12, "skipped": 1, "failed": 0, "expected": 0}
     assert plan.status["prefixesDone"] == "1/3"
     # The finished Job disappears (TTL): still never re-run, its progress object remembers.
     plan = step(km(status=plan.status), [job("b/"), job("c/")], progs)
