@@ -231,6 +231,16 @@ def test_example_migrates_with_kubectl_apply_and_wait(cluster, env, operator, ru
     assert scraped[("keymigration_stalled", labels)] == 0.0
     assert scraped[("keymigration_reconciles_total", (("result", "ok"),))] >= 1
     assert scraped[("keymigration_objects_expected", labels)] == status["totals"]["scanned"]
+    # Secrets audit, operator side: no form of the master key in the operator's log, the
+    # workers' output, any status, event or metric.
+    from tests.failure.test_secrets_audit import forms
+
+    key = env.keys.aes.read_bytes()
+    haystacks = [operator.log.read_bytes(), json.dumps(km(cluster)).encode(), json.dumps(cluster.events(NS)).encode(),
+                 json.dumps(cluster.list(*KMP, NS)).encode(),
+                 urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read()]
+    haystacks += [runner.output(j["metadata"]["name"], namespace=NS).encode() for j in jobs]
+    assert not [f for f in forms(key) + forms(base64.b64encode(key)) for h in haystacks if f in h]
 
 
 def test_a_stalled_worker_trips_the_stall_gauge(cluster, env, operator, runner):
