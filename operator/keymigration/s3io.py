@@ -1,8 +1,6 @@
 """Small S3 helpers with the error mapping the re-wrap needs. Thin over boto3."""
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -71,16 +69,25 @@ class Bucket:
         except BotoCoreError as error:
             raise failure(error, "HEAD", key) from None
 
-    def get_small(self, key: str, limit: int = MAX_INSTRUCTION_FILE_BYTES) -> StoredFile | None:
-        """GET a small object whole; None when absent. Refuses bodies over ``limit`` bytes."""
+    def _get(self, key: str, **conditions) -> dict | None:
+        """GET; None when absent; PreconditionFailed when a condition (IfMatch) lost."""
         try:
-            response = self.client.get_object(Bucket=self.name, Key=key)
+            return self.client.get_object(Bucket=self.name, Key=key, **conditions)
         except ClientError as error:
-            if error_code(error) in NOT_FOUND:
+            code = error_code(error)
+            if code in NOT_FOUND:
                 return None
+            if code in PRECONDITION:
+                raise PreconditionFailed(key) from None
             raise failure(error, "GET", key) from None
         except BotoCoreError as error:
             raise failure(error, "GET", key) from None
+
+    def get_small(self, key: str, limit: int = MAX_INSTRUCTION_FILE_BYTES) -> StoredFile | None:
+        """GET a small object whole; None when absent. Refuses bodies over ``limit`` bytes."""
+        response = self._get(key)
+        if response is None:
+            return None
         body_stream = response["Body"]
         try:
             if response.get("ContentLength", 0) > limit:
@@ -109,8 +116,8 @@ class Bucket:
             kwargs["IfMatch"] = if_match
         elif if_none_match:
             kwargs["IfNoneMatch"] = "*"
-        # Content-MD5: integrity end to end, and what Object Lock buckets demand of every PUT.
-        kwargs["ContentMD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+        # botocore adds a CRC32 checksum (x-amz-sdk-checksum-algorithm) that S3 verifies: the
+        # integrity check Object Lock buckets demand of every PUT, too.
         try:
             response = self.client.put_object(
                 Bucket=self.name, Key=key, Body=body, Metadata=dict(metadata), ContentType=content_type, **kwargs
@@ -138,14 +145,9 @@ class Bucket:
 
     def open(self, key: str) -> tuple[dict[str, str], Iterator[bytes]] | None:
         """GET: (metadata, body chunks), or None when absent. Close the chunks when done."""
-        try:
-            response = self.client.get_object(Bucket=self.name, Key=key)
-        except ClientError as error:
-            if error_code(error) in NOT_FOUND:
-                return None
-            raise failure(error, "GET", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "GET", key) from None
+        response = self._get(key)
+        if response is None:
+            return None
         return response.get("Metadata", {}), self._chunks(response["Body"], key)
 
     @staticmethod
@@ -158,14 +160,8 @@ class Bucket:
             body.close()
 
     def stream(self, key: str, if_match: str | None = None) -> Iterator[bytes]:
-        """The object body in 1 MiB chunks (constant memory)."""
-        kwargs = {"IfMatch": if_match} if if_match else {}
-        try:
-            response = self.client.get_object(Bucket=self.name, Key=key, **kwargs)
-        except ClientError as error:
-            if error_code(error) in PRECONDITION:
-                raise PreconditionFailed(key) from None
-            raise failure(error, "GET", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "GET", key) from None
+        """The object body in 1 MiB chunks (constant memory); PreconditionFailed if changed."""
+        response = self._get(key, **({"IfMatch": if_match} if if_match else {}))
+        if response is None:
+            raise S3Failure("object-deleted", f"{key!r} is gone")
         yield from self._chunks(response["Body"], key)

@@ -22,9 +22,16 @@ FAKE_CREDENTIALS = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
 }
-# moto's server with werkzeug's per-request access log off (it costs ~10% of its CPU).
+# moto's server with werkzeug's per-request access log off (it costs ~10% of its CPU), and a
+# watchdog that ends it when its parent is gone, so a killed test run or demo leaves no server.
 _LAUNCH = (
-    "import logging, sys; logging.getLogger('werkzeug').setLevel(logging.ERROR); "
+    "import logging, os, sys, threading, time; logging.getLogger('werkzeug').setLevel(logging.ERROR)\n"
+    "parent = os.getppid()\n"
+    "def watch():\n"
+    "    while os.getppid() == parent:\n"
+    "        time.sleep(1)\n"
+    "    os._exit(0)\n"
+    "threading.Thread(target=watch, daemon=True).start()\n"
     "from moto.server import main; main(sys.argv[1:])"
 )
 

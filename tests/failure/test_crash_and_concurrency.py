@@ -74,6 +74,7 @@ def test_kill_9_at_20_random_points(aws, tmp_path):
     assert (counters["scanned"], counters["migrated"], counters["skipped"], counters["failed"]) == (
         OBJECTS, len(seeded.encrypted), len(seeded.plaintext), 0)
     assert_final_state(aws, "crash/", seeded, before)
+    print(f"\ncrash suite: {OBJECTS} objects, {kills} kill -9, checkpoint marks {marks}")
 
 
 def test_two_workers_on_one_prefix_never_corrupt_anything(aws, tmp_path):

@@ -160,6 +160,7 @@ def test_throttling_and_faults_on_10_percent_of_calls_fail_nothing(aws, keys, tm
     assert injected >= 50, proxy.stats
     faults = summary["faults_retried"]
     assert faults.get("throttled", 0) >= 1 and faults.get("server_errors", 0) >= 1
+    print(f"\nfault injection: proxy {dict(proxy.stats)}; worker absorbed {faults}; requests {summary['requests']}")
     assert_all_readable(aws, seeded)
 
 

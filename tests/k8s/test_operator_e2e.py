@@ -135,8 +135,10 @@ class Operator:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).close()
                 return self
             except OSError:
-                assert self.proc.poll() is None, self.log.read_text()[-3000:]
+                if self.proc.poll() is not None:
+                    raise AssertionError("operator exited during start-up:\n" + self.log.read_text()[-3000:]) from None
                 time.sleep(0.1)
+        self.stop()  # never leave an operator process behind
         raise AssertionError("operator liveness endpoint never answered:\n" + self.log.read_text()[-3000:])
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
