@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ttlSecondsAfterFinished of worker Jobs (-1: never delete)")
     op.add_argument("--worker-resources", default=os.environ.get("KEYMIGRATION_WORKER_RESOURCES"),
                     help="default worker resources as JSON ({\"requests\": {...}, \"limits\": {...}})")
+    op.add_argument("--worker-env-secret", default=os.environ.get("KEYMIGRATION_WORKER_ENV_SECRET") or None,
+                    help="Secret (in each KeyMigration's namespace) whose keys become worker environment variables, "
+                    "e.g. static AWS credentials where IRSA/Pod Identity are not available")
     op.add_argument("--status-interval", type=float, default=3.0, help="minimum seconds between status writes per KeyMigration")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("KEYMIGRATION_METRICS_PORT", 9090)),
                     help="Prometheus /metrics port, separate from the liveness endpoint (0: off)")
@@ -237,6 +240,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
         backoff_limit=args.backoff_limit,
         ttl_seconds_after_finished=None if args.job_ttl_seconds < 0 else args.job_ttl_seconds,
         default_resources=resources,
+        worker_env_secret=args.worker_env_secret,
     )
     if not args.namespace and not args.all_namespaces:
         log.error("give --namespace NS (repeatable) or --all-namespaces")

@@ -28,6 +28,10 @@ class OperatorConfig:
         default_factory=lambda: {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
     )
     termination_grace_seconds: int = 60
+    # Name of a Secret (in each KeyMigration namespace) whose keys become the worker's environment,
+    # e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY where IRSA/Pod Identity do not exist (kind,
+    # MinIO). The installer's choice; a KeyMigration cannot name it.
+    worker_env_secret: str | None = None
 
 
 def prefix_hash(prefix: str) -> str:
@@ -95,12 +99,14 @@ def job_manifest(km: dict, spec: MigrationSpec, prefix: str, config: OperatorCon
     env = [{"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]}, {"name": "KEYMIGRATION_NAMESPACE", "value": namespace}]
     env += [{"name": k, "value": v} for k, v in sorted(spec.worker_env().items())]
     worker = spec.worker
+    env_from = [{"secretRef": {"name": config.worker_env_secret}}] if config.worker_env_secret else []
     container = {
         "name": CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
         "args": spec.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures),
         "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         "resources": worker.get("resources") or config.default_resources,
         "volumeMounts": mounts,
         "securityContext": {

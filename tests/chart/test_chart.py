@@ -505,3 +505,9 @@ def test_operator_service_account_can_be_brought_but_must_be_named(helm):
     assert find(docs, "ServiceAccount") == []
     assert one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
     assert one(docs, "ClusterRoleBinding", FULLNAME)["subjects"][0]["name"] == "ops-sa"
+
+
+def test_worker_env_secret_reaches_the_operator(helm):
+    docs = helm.template({"worker": {"namespaces": ["payments"], "envFromSecret": "aws-static-credentials"}})
+    assert env_of(operator_container(docs))["KEYMIGRATION_WORKER_ENV_SECRET"] == "aws-static-credentials"
+    assert "KEYMIGRATION_WORKER_ENV_SECRET" not in env_of(operator_container(helm.template()))

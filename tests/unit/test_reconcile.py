@@ -235,3 +235,12 @@ def test_a_job_still_finishing_counts_against_the_cap():
     assert not plan.create and plan.status["prefixesDone"] == "1/3"
     plan = step(obj, [job("a/", complete=True)], [progress("a/", done=True, scanned=1, migrated=1)])
     assert [o["metadata"]["annotations"]["keymigration.io/prefix"] for o in plan.create if o["kind"] == "Job"] == ["b/"]
+
+
+def test_worker_env_secret_comes_only_from_the_operator_config():
+    spec = MigrationSpec.from_dict(km()["spec"])
+    plain = job_manifest(km(), spec, "a/", CONFIG)["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in plain
+    config = OperatorConfig(worker_env_secret="aws-static-credentials")
+    container = job_manifest(km(), spec, "a/", config)["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "aws-static-credentials"}}]

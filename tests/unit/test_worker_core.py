@@ -39,7 +39,7 @@ def test_out_of_order_completion_checkpoints_only_the_finished_run():
 
     def process(key, hint):
         if key in slow:
-            gate.wait(5)
+            gate.wait(15)
         else:
             time.sleep(random.random() / 1000)
         return ObjectResult(key, Outcome.MIGRATED, "migrated")
@@ -47,10 +47,11 @@ def test_out_of_order_completion_checkpoints_only_the_finished_run():
     w = worker(keys, process, store=store)
     done = threading.Thread(target=lambda: setattr(w, "summary", w.run()))
     done.start()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and w.completed.scanned < 8:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and w.completed.scanned < 20:  # many objects after k005 finish
         time.sleep(0.01)
     w._save_checkpoint()
+    assert w.completed.scanned >= 20
     assert store.saved.after == "k004" and store.saved.counters["migrated"] == 5  # k005 still running
     gate.set()
     done.join()
