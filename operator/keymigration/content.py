@@ -115,3 +115,21 @@ def _cbc(key: bytes, iv: bytes, chunks: Iterable[bytes]) -> Iterator[bytes]:
     if not 1 <= pad <= 16 or not hmac.compare_digest(held[-pad:], bytes([pad]) * pad):
         raise ContentError("content-mismatch", "CBC padding is invalid: the data key does not decrypt this body")
     yield held[:-pad]
+
+
+def check_cbc_tail(envelope: Envelope, data_key: DataKey, tail: bytes, body_length: int) -> None:
+    """Check a CBC data key against the last block(s) of the body, from a ranged GET of the last
+    32 bytes: the final block's PKCS#5 padding must be valid, and match the recorded plaintext
+    length when there is one. A wrong key passes with probability about 2^-8 (2^-128 with a
+    recorded length whose padding is a full block), on top of what the wrap check caught."""
+    assert envelope.iv is not None
+    if body_length < 16 or body_length % 16 or len(tail) not in (16, 32):
+        raise ContentError("content-mismatch", "CBC body length is not a whole number of blocks")
+    previous = tail[:16] if len(tail) == 32 else envelope.iv
+    decryptor = Cipher(algorithms.AES(data_key.reveal()), modes.CBC(previous)).decryptor()
+    block = decryptor.update(tail[-16:]) + decryptor.finalize()
+    pad = block[-1]
+    if not 1 <= pad <= 16 or not hmac.compare_digest(block[-pad:], bytes([pad]) * pad):
+        raise ContentError("content-mismatch", "CBC padding is invalid: the data key does not decrypt this body")
+    if envelope.unencrypted_length is not None and body_length - pad != envelope.unencrypted_length:
+        raise ContentError("content-mismatch", "CBC plaintext length does not match x-amz-unencrypted-content-length")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import datetime, timezone
 from typing import Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -83,6 +84,11 @@ def copy_parameters(head: dict, metadata: dict[str, str]) -> dict:
     for name in CARRIED:
         if head.get(name) is not None:
             params[name] = head[name]
+    until = head.get("ObjectLockRetainUntilDate")
+    if until is not None and until <= datetime.now(timezone.utc):
+        # An expired retention is no retention; S3 refuses a retain-until date in the past.
+        params.pop("ObjectLockRetainUntilDate", None)
+        params.pop("ObjectLockMode", None)
     if head.get("Expires") is not None:
         params["Expires"] = head["Expires"]
     storage = head.get("StorageClass")
@@ -98,26 +104,46 @@ def copy_parameters(head: dict, metadata: dict[str, str]) -> dict:
     return params
 
 
-def backup_body(key: str, head: dict, removed: dict[str, str]) -> bytes:
-    return json.dumps(
-        {
-            "keymigration-backup": 1,
-            "source": "object-metadata",
-            "key": key,
-            "etag": head["ETag"],
-            "version_id": head.get("VersionId"),
-            "envelope": removed,
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-    ).encode()
+def backup_body(key: str, head: dict, removed: dict[str, str], cut_over_etag: str | None = None) -> bytes:
+    data = {
+        "keymigration-backup": 1,
+        "source": "object-metadata",
+        "key": key,
+        "etag": head["ETag"],
+        "length": head.get("ContentLength"),
+        "version_id": head.get("VersionId"),
+        "envelope": removed,
+    }
+    if cut_over_etag:
+        data["cut_over_etag"] = cut_over_etag  # the object as the cut-over left it
+    return json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+
+
+def read_backup_record(stored_body: bytes) -> dict:
+    try:
+        data = json.loads(stored_body)
+    except ValueError:
+        raise ValueError("not a keymigration metadata backup") from None
+    if not isinstance(data, dict) or data.get("keymigration-backup") != 1 or not isinstance(data.get("envelope"), dict):
+        raise ValueError("not a keymigration metadata backup")
+    return data
 
 
 def read_metadata_backup(stored_body: bytes) -> dict[str, str]:
-    data = json.loads(stored_body)
-    if not isinstance(data, dict) or data.get("keymigration-backup") != 1 or not isinstance(data.get("envelope"), dict):
-        raise ValueError("not a keymigration metadata backup")
-    return {str(k): str(v) for k, v in data["envelope"].items()}
+    return {str(k): str(v) for k, v in read_backup_record(stored_body)["envelope"].items()}
+
+
+def record_cut_over(bucket: Bucket, key: str, head: dict, removed: dict[str, str], after: dict) -> None:
+    """Add the cut-over object's ETag to its backup, so a rollback can tell that object from one
+    written later under the same key. Best effort: without it, rollback falls back to checks."""
+    name = key + METADATA_BACKUP_SUFFIX
+    stored = bucket.get_small(name)
+    if stored is None:
+        return
+    try:
+        bucket.put(name, backup_body(key, head, removed, after["ETag"]), stored.metadata, if_match=stored.etag)
+    except PreconditionFailed:
+        pass
 
 
 EMPTY_BODY_MD5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
@@ -164,16 +190,22 @@ class MetadataRewriter:
     def rewrite(self, key: str, head: dict, metadata: dict[str, str]) -> str:
         """Copy the object onto itself with new user metadata; returns the new ETag.
 
-        ``CopySourceIfMatch`` makes S3 refuse (412) if the object is no longer the one read."""
+        The source is the *current* object, never a pinned version: ``CopySourceIfMatch`` then
+        makes S3 refuse (412) if the object is no longer the one read (a pinned version's ETag
+        never changes, so in a versioned bucket the condition would always hold), and the
+        destination's ``IfMatch`` makes the write itself conditional too."""
         client = self.bucket.client
         source = {"Bucket": self.bucket.name, "Key": key}
-        if head.get("VersionId") and head["VersionId"] != "null":
-            source["VersionId"] = head["VersionId"]
         params = copy_parameters(head, metadata)
         try:
             if head.get("ContentLength", 0) <= self.single_copy_limit:
                 response = client.copy_object(
-                    Bucket=self.bucket.name, Key=key, CopySource=source, CopySourceIfMatch=head["ETag"], **params
+                    Bucket=self.bucket.name,
+                    Key=key,
+                    CopySource=source,
+                    CopySourceIfMatch=head["ETag"],
+                    IfMatch=head["ETag"],
+                    **params,
                 )
                 return response["CopyObjectResult"]["ETag"]
             return self._multipart(key, source, head, params)
@@ -209,7 +241,7 @@ class MetadataRewriter:
                 )
                 parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
             done = client.complete_multipart_upload(
-                Bucket=self.bucket.name, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket.name, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, IfMatch=head["ETag"]
             )
             return done["ETag"]
         except BaseException:

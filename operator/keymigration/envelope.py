@@ -210,7 +210,7 @@ def _parse_length(value: Any) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value if value >= 0 else None
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise EnvelopeError("malformed-envelope", f"{UNENCRYPTED_LENGTH} is not a decimal length")
 

@@ -16,8 +16,9 @@ from .envelope import Envelope, EnvelopeError, MetadataKind, WrapAlgorithm
 from .kms import KmsKeys
 from .s3io import Bucket, S3Failure
 
-# Python S3EC v4 refuses an instruction-file read when these linger in the object metadata.
-LEFTOVER_BLOCKING_KEYS = (env_mod.IV, env_mod.CEK_ALG, env_mod.WRAP_ALG)
+# Python S3EC v4 refuses an instruction-file read when the first three linger in the object
+# metadata, and merges the others over the file (a stale context would reach KMS).
+LEFTOVER_BLOCKING_KEYS = (env_mod.IV, env_mod.CEK_ALG, env_mod.WRAP_ALG, env_mod.MATDESC, env_mod.ENCRYPTION_CONTEXT_V3)
 
 
 class NotReadable(Exception):

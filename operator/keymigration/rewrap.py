@@ -24,10 +24,18 @@ from typing import Mapping, Sequence
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import envelope as env_mod
-from .content import ContentError, check_commitment, verify_body
+from .content import ContentError, check_cbc_tail, check_commitment, verify_body
 from .envelope import Envelope, EnvelopeError, Location, MetadataKind
 from .kms import KmsError, KmsKeys, Wrapped
-from .cutover import CutOverRefused, MetadataRewriter, envelope_in_metadata, refusal, store_metadata_backup, stripped_metadata
+from .cutover import (
+    CutOverRefused,
+    MetadataRewriter,
+    envelope_in_metadata,
+    record_cut_over,
+    refusal,
+    store_metadata_backup,
+    stripped_metadata,
+)
 from .s3io import BACKUP_SUFFIX, Bucket, PreconditionFailed, S3Failure, StoredFile, failure
 from .secrets import DataKey
 from .source_keys import MasterKey
@@ -218,13 +226,21 @@ class ObjectRewrapper:
                 self._plan(result, "kms" if self.kms.source_key_ids else None)
             if not self.kms.source_key_ids and self._on_target_key(envelope):
                 self._stop(result, Outcome.SKIPPED, "already-on-target-key", "the envelope is already wrapped by the target KMS key")
-            wrapped = self.kms.reencrypt(envelope)
+            try:
+                wrapped = self.kms.reencrypt(envelope)
+            except KmsError as error:
+                # Objects written with the target key already (new writers) are not wrong.
+                if error.reason == "wrong-key" and self._on_target_key(envelope):
+                    self._stop(result, Outcome.SKIPPED, "already-on-target-key", "the envelope is already wrapped by the target KMS key")
+                raise
         else:
             unwrapped = unwrap_data_key(envelope, self.source_keys)
             data_key = unwrapped.data_key
             result.source_key = unwrapped.key_label
             if envelope.format == "v3":
                 check_commitment(envelope, data_key)  # proves the data key without reading the body
+            elif unwrapped.needs_content_check and settings.verify == "envelope" and not settings.dry_run:
+                self._check_tail(key, head, envelope, data_key, result)
             if settings.dry_run:
                 self._plan(result, unwrapped.key_label)
             if existing is not None and not replacing_source and self._holds_data_key(existing, metadata, data_key):
@@ -244,7 +260,7 @@ class ObjectRewrapper:
 
         try:
             if existing is not None:
-                self._backup(existing)
+                self._backup(existing, envelope)
                 new_etag = self.bucket.put(target_name, body, marker, if_match=existing.etag)
             else:
                 new_etag = self.bucket.put(target_name, body, marker, if_none_match=True)
@@ -261,6 +277,7 @@ class ObjectRewrapper:
                     f"{target_name!r} was created or changed by someone else during the migration; nothing was written",
                 )
 
+        result._written = (target_name, new_etag, existing)
         if settings.verify != "none":
             self._check_object_unchanged(key, object_etag, target_name, new_etag, existing, result)
         result.outcome, result.reason = Outcome.MIGRATED, "migrated"
@@ -309,6 +326,8 @@ class ObjectRewrapper:
         new = env_mod.from_instruction_file(stored.body, kept) if stored is not None else None
         if new is None or not new.wrap.is_kms or stored.metadata.get(MARKER_TARGET) != self.kms.target_arn:
             self._stop(result, Outcome.FAILED, "cut-over-not-ready", f"{name!r} does not hold the target KMS envelope; not stripping the metadata")
+        if stored.metadata.get(MARKER_SOURCE) != source_fingerprint(env_mod.from_metadata(head["Metadata"])):
+            self._stop(result, Outcome.FAILED, "cut-over-not-ready", f"{name!r} was written for another version of the object")
         if self.settings.dry_run:
             refused = self._cut_over_refusal(key, head)
             if refused:
@@ -323,20 +342,46 @@ class ObjectRewrapper:
         try:
             self.rewriter.rewrite(key, head, kept)
         except PreconditionFailed:
-            # Someone wrote the object since we read it: nothing was changed, so the backup we
-            # just made describes an object that no longer exists. Take it back.
-            if backup_etag:
-                try:
-                    self.bucket.delete(key + BACKUP_SUFFIX, if_match=backup_etag)
-                except PreconditionFailed:
-                    pass
-            self._stop(result, Outcome.FAILED, "object-changed", "the object changed before its metadata was rewritten; nothing was changed", retryable=True)
+            now = self.bucket.head(key)
+            ours = (
+                now is not None
+                and env_mod.lower_keys(now.get("Metadata", {})) == kept
+                and now.get("ContentLength") == head.get("ContentLength")
+            )
+            if not ours:
+                # Someone wrote the object since we read it: nothing of ours landed. The backup
+                # just made and the instruction file just written describe an object that no
+                # longer exists: take both back.
+                if backup_etag:
+                    try:
+                        self.bucket.delete(key + BACKUP_SUFFIX, if_match=backup_etag)
+                    except PreconditionFailed:
+                        pass
+                self._withdraw(getattr(result, "_written", None))
+                self._stop(result, Outcome.FAILED, "object-changed", "the object changed before its metadata was rewritten; nothing was changed", retryable=True)
+            # Otherwise our copy landed and only its response was lost (the SDK's retry then
+            # answers 412 because the copy changed the ETag): carry on and verify it.
         after = self.bucket.head(key)
         if after is None or envelope_in_metadata(after.get("Metadata", {})) or env_mod.lower_keys(after.get("Metadata", {})) != kept:
             self._stop(result, Outcome.FAILED, "cut-over-unverified", "after the rewrite the metadata is not what was written")
         if after.get("ContentLength") != head.get("ContentLength"):
             self._stop(result, Outcome.FAILED, "cut-over-unverified", "after the rewrite the object length differs")
+        record_cut_over(self.bucket, key, head, removed, after)
         result.outcome, result.reason, result.message = Outcome.MIGRATED, "cut-over", "metadata envelope removed; readers use .instruction"
+
+    def _withdraw(self, written: tuple[str, str, StoredFile | None] | None) -> None:
+        """Undo an instruction-file write of this call: restore the file it replaced (with its
+        own content type and metadata), or delete ours; never touch a file changed since."""
+        if not written:
+            return
+        name, etag, replaced = written
+        try:
+            if replaced is not None:
+                self.bucket.put(name, replaced.body, replaced.metadata, if_match=etag, content_type=replaced.content_type)
+            else:
+                self.bucket.delete(name, if_match=etag)
+        except PreconditionFailed:
+            pass  # someone else has written the file again since; leave theirs
 
     def _marked_done(self, existing: StoredFile, envelope: Envelope, fingerprint: str, replacing_source: bool) -> bool:
         """Our own marker says this file already wraps this object's data key under the target."""
@@ -379,6 +424,19 @@ class ObjectRewrapper:
         if not again.equals(data_key):
             raise KmsError("verify-failed", "the new envelope does not decrypt to the original data key")
 
+    def _check_tail(self, key: str, head: dict, envelope: Envelope, data_key: DataKey, result: ObjectResult) -> None:
+        """A weakly proven CBC data key (legacy RSA PKCS#1, pinned ECB) is checked against the
+        body's last blocks before anything is written: one ranged GET of 32 bytes."""
+        length = head["ContentLength"]
+        try:
+            tail = self.bucket.tail(key, 32, length, head["ETag"])
+        except PreconditionFailed:
+            self._stop(result, Outcome.FAILED, "object-changed", "the object changed while it was checked", retryable=True)
+        try:
+            check_cbc_tail(envelope, data_key, tail, length)
+        except ContentError:
+            raise UnwrapError("wrong-key", f"the data key from {result.source_key} does not decrypt the body") from None
+
     def _verify_body(self, key: str, etag: str, envelope: Envelope, data_key: DataKey, result: ObjectResult) -> None:
         try:
             verify_body(envelope, data_key, self.bucket.stream(key, if_match=etag))
@@ -401,8 +459,14 @@ class ObjectRewrapper:
             raise EnvelopeError("internal-error", "the serialized instruction file does not parse back to the new envelope")
         return parsed
 
-    def _backup(self, existing: StoredFile) -> None:
-        """Keep a byte-exact copy of an instruction file before replacing it."""
+    def _backup(self, existing: StoredFile, envelope: Envelope) -> None:
+        """Keep a byte-exact copy of an instruction file before replacing it.
+
+        Not for a file of our own that was written for an earlier version of the object while
+        the current envelope lives in the metadata: that file wraps a data key that no longer
+        exists, it is nobody's original, and rollback must never restore it."""
+        if MARKER_TARGET in existing.metadata and envelope.location is Location.METADATA:
+            return
         backup_key = existing.key + BACKUP_SUFFIX
         metadata = dict(existing.metadata)
         metadata[BACKUP_OF] = "instruction-file"
@@ -429,11 +493,5 @@ class ObjectRewrapper:
             return
         # The object was overwritten or deleted after we read it: our file would describe a data
         # key that no longer exists. Put back what was there before.
-        try:
-            if replaced is not None:
-                self.bucket.put(target_name, replaced.body, replaced.metadata, if_match=new_etag)
-            else:
-                self.bucket.delete(target_name, if_match=new_etag)
-        except PreconditionFailed:
-            pass  # someone else has already written the file again; leave theirs
+        self._withdraw((target_name, new_etag, replaced))
         self._stop(result, Outcome.FAILED, "object-changed", "the object changed during the migration; the new file was withdrawn", retryable=True)

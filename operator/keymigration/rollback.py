@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import envelope as env_mod
-from .cutover import METADATA_BACKUP_SUFFIX, MetadataRewriter, envelope_in_metadata, read_metadata_backup
+from .cutover import METADATA_BACKUP_SUFFIX, MetadataRewriter, envelope_in_metadata, read_backup_record, read_metadata_backup
 from .kms import KmsError, KmsKeys
 from .reader import NotReadable, locate
-from .rewrap import MARKER_TARGET, ObjectResult, Outcome
+from .rewrap import MARKER_SOURCE, MARKER_TARGET, ObjectResult, Outcome, source_fingerprint
 from .s3io import BACKUP_SUFFIX, Bucket, PreconditionFailed, S3Failure
 
 FILE_BACKUP_SUFFIX = env_mod.DEFAULT_INSTRUCTION_SUFFIX + BACKUP_SUFFIX
@@ -62,11 +62,16 @@ class Rollback:
         done = []
         metadata_backup = self.bucket.get_small(key + METADATA_BACKUP_SUFFIX)
         if metadata_backup is not None:
+            record = read_backup_record(metadata_backup.body)
             envelope = read_metadata_backup(metadata_backup.body)
             current = envelope_in_metadata(head.get("Metadata", {}))
             if current and current != envelope:
                 result.outcome, result.reason = Outcome.FAILED, "metadata-changed"
                 result.message = "the object's metadata holds a different envelope than the backup (rewritten since?)"
+                return
+            if not current and not self._same_object(key, head, envelope, record):
+                result.outcome, result.reason = Outcome.FAILED, "object-replaced"
+                result.message = "the object was replaced since its cut-over; its backup belongs to the old one"
                 return
             if not current:
                 if not dry:
@@ -75,6 +80,8 @@ class Rollback:
                 done.append("metadata envelope restored")
         file_backup = self.bucket.get_small(key + FILE_BACKUP_SUFFIX)
         target = key + env_mod.DEFAULT_INSTRUCTION_SUFFIX
+        if file_backup is not None and MARKER_TARGET in file_backup.metadata:
+            file_backup = None  # a copy of keymigration's own output, not an original: never restored
         if file_backup is not None:
             current_file = self.bucket.get_small(target)
             if current_file is not None and current_file.body == file_backup.body:
@@ -103,6 +110,24 @@ class Rollback:
             result.outcome = Outcome.PLANNED if dry else Outcome.ROLLED_BACK
             result.reason = "would-roll-back" if dry else "rolled-back"
             result.message = "; ".join(done)
+
+
+    def _same_object(self, key: str, head: dict, envelope: dict[str, str], record: dict) -> bool:
+        """The object is still the one that was cut over: the ETag the cut-over recorded, or
+        (if the run ended before recording it) the same length and our KMS instruction file
+        written for the envelope in the backup."""
+        if record.get("cut_over_etag"):
+            return head.get("ETag") == record["cut_over_etag"]
+        if record.get("length") is not None and head.get("ContentLength") != record["length"]:
+            return False
+        stored = self.bucket.get_small(key + env_mod.DEFAULT_INSTRUCTION_SUFFIX)
+        if stored is None or MARKER_TARGET not in stored.metadata:
+            return False
+        metadata = {**env_mod.lower_keys(head.get("Metadata", {})), **envelope}
+        try:
+            return stored.metadata.get(MARKER_SOURCE) == source_fingerprint(env_mod.from_metadata(metadata))
+        except env_mod.EnvelopeError:
+            return False
 
 
 class Prune:

@@ -138,7 +138,9 @@ class Migration:
         }
 
     def preflight(self, needs_target: bool = True) -> None:
-        if needs_target and not self.settings.dry_run:
+        # A dry run resolves the target too when one is given (a read-only DescribeKey): the
+        # instruction files' markers carry its ARN, so a plan recognises migrated objects.
+        if needs_target and (self.settings.kms_key_id or not self.settings.dry_run):
             try:
                 self.kms.describe_target()
             except KmsError as error:

@@ -47,6 +47,7 @@ class StoredFile:
     body: bytes = field(repr=False)
     etag: str
     metadata: Mapping[str, str]
+    content_type: str = "application/json"
 
 
 class Bucket:
@@ -99,7 +100,8 @@ class Bucket:
             body_stream.close()
         if len(body) > limit:
             raise S3Failure("malformed-instruction-file", f"{key!r} is over {limit} bytes")
-        return StoredFile(key, body, response["ETag"], {k.lower(): v for k, v in response.get("Metadata", {}).items()})
+        metadata = {k.lower(): v for k, v in response.get("Metadata", {}).items()}
+        return StoredFile(key, body, response["ETag"], metadata, response.get("ContentType") or "binary/octet-stream")
 
     def put(
         self,
@@ -154,6 +156,20 @@ class Bucket:
     def _chunks(body, key: str) -> Iterator[bytes]:
         try:
             yield from body.iter_chunks(BODY_CHUNK)
+        except BotoCoreError as error:
+            raise failure(error, "GET", key) from None
+        finally:
+            body.close()
+
+    def tail(self, key: str, size: int, length: int, if_match: str) -> bytes:
+        """The last ``size`` bytes of an object of ``length`` bytes (a ranged GET)."""
+        start = max(0, length - size)
+        response = self._get(key, IfMatch=if_match, Range=f"bytes={start}-{length - 1}")
+        if response is None:
+            raise S3Failure("object-deleted", f"{key!r} is gone")
+        body = response["Body"]
+        try:
+            return body.read()
         except BotoCoreError as error:
             raise failure(error, "GET", key) from None
         finally:

@@ -48,6 +48,15 @@ class UnwrapError(Exception):
 class Unwrapped:
     data_key: DataKey
     key_label: str
+    # How the wrap proved the key right: "authenticated" (GCM, AESWrap, OAEP), "padding-block"
+    # (ECB with a full padding block), or the weaker "pkcs1-structure" (raw PKCS#1 v1.5 check,
+    # ~1e-7 false accept per wrong 2048-bit key) and "pinned" (ECB with 8 padding bytes from a
+    # matdesc-pinned key): the last two call for a check against the body (rewrap.py).
+    proof: str = "authenticated"
+
+    @property
+    def needs_content_check(self) -> bool:
+        return self.proof in ("pkcs1-structure", "pinned")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,4 +246,9 @@ def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
     data_key, label = found[0]
     if envelope.format == "v3" and len(data_key) != 32:
         raise UnwrapError("wrong-key", "V3 objects need a 32-byte data key")
-    return Unwrapped(DataKey(data_key), label)
+    key = next(k for k in candidates if k.label == label)
+    if envelope.wrap is WrapAlgorithm.LEGACY:
+        proof = "pkcs1-structure" if isinstance(key, RsaMasterKey) else ("padding-block" if len(data_key) in (16, 32) else "pinned")
+    else:
+        proof = "authenticated"
+    return Unwrapped(DataKey(data_key), label, proof)

@@ -177,6 +177,17 @@ class PrefixWorker:
 
     def _done(self, entry: _InFlight, future, slots: threading.BoundedSemaphore) -> None:
         try:
+            self._record(entry, future)
+        except Exception:  # e.g. the report's disk is full: stop cleanly rather than hang
+            log.exception("could not record an object's outcome")
+            self.request_stop("could not record an outcome (see the log)")
+        finally:
+            slots.release()
+        if self.options.max_failures is not None and self.completed.failed >= self.options.max_failures:
+            self.request_stop(f"max failures ({self.options.max_failures}) reached")
+
+    def _record(self, entry: _InFlight, future) -> None:
+        try:
             result = future.result()
         except BaseException as exc:  # cancelled at shutdown
             result = ObjectResult(entry.key, Outcome.FAILED, "internal-error", type(exc).__name__, retryable=True)
@@ -197,10 +208,6 @@ class PrefixWorker:
                     done = self._inflight.popleft()
                     self.committed.add(done.result)
                     self.checkpoint.after = done.key
-            failed = self.completed.failed
-        slots.release()
-        if self.options.max_failures is not None and failed >= self.options.max_failures:
-            self.request_stop(f"max failures ({self.options.max_failures}) reached")
 
     def _log_fields(self, result: ObjectResult) -> dict:
         return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}

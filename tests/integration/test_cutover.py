@@ -230,3 +230,83 @@ def test_rollback_restores_old_envelopes_then_prune(aws):
     assert Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False).process("meta").reason == "would-prune"
     assert prune.process("meta").reason == "pruned"
     assert "meta.keymigration-backup" not in aws.keys()
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_concurrent_write_is_caught_in_versioned_buckets_too(aws, moto_server, versioned):
+    """The copy's source is the current object (never a pinned version, whose ETag never
+    changes), so CopySourceIfMatch catches a writer in a versioned bucket as well."""
+    if versioned:
+        aws.s3.put_bucket_versioning(Bucket=aws.bucket, VersioningConfiguration={"Status": "Enabled"})
+    put_with_headers(aws, "k")
+    new_enc = encrypt_object(b"newer", fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
+    proxy = FaultProxy(moto_server.endpoint).start()
+    proxy.enforce_copy_source_if_match = True
+    sent = []
+
+    def writer(method, path, headers, body):
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if method == "PUT" and "x-amz-copy-source" in lowered and not sent:
+            sent.append(lowered["x-amz-copy-source"])
+            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=new_enc.body, Metadata=new_enc.fields)
+        return None
+
+    proxy.rule = writer
+    try:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        first = cutover(aws, s3=s3).process("k")
+    finally:
+        proxy.stop()
+    assert "versionId" not in sent[0]
+    assert first.reason == "object-changed"
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k")["Body"].read() == new_enc.body
+    assert "k.keymigration-backup" not in aws.keys()  # taken back: it described the old object
+    assert "k.instruction" not in aws.keys()  # the file written for the old object is withdrawn
+
+
+def test_a_lost_copy_response_is_recognised_as_our_copy(aws, monkeypatch):
+    body, _ = put_with_headers(aws, "k")
+    worker = cutover(aws)
+    real = worker.rewriter.rewrite
+
+    def lost(key, head, metadata):
+        real(key, head, metadata)  # the copy lands...
+        from keymigration.s3io import PreconditionFailed
+
+        raise PreconditionFailed(key)  # ...and the SDK's retry answers 412
+
+    monkeypatch.setattr(worker.rewriter, "rewrite", lost)
+    result = worker.process("k")
+    assert result.reason == "cut-over", result
+    assert "k.keymigration-backup" in aws.keys()  # the backup is kept
+    assert default_read(aws, "k") == body
+
+
+def test_rollback_refuses_an_object_replaced_after_the_cut_over(aws):
+    put_with_headers(aws, "k")
+    assert cutover(aws).process("k").reason == "cut-over"
+    aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=b"a plaintext object now", Metadata={"owner": "team-a", "x-custom": "kept"})
+    before = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    result = Rollback(aws.s3, RollbackSettings(aws.bucket)).process("k")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "object-replaced")
+    after = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    assert after["Metadata"] == before["Metadata"] and after["ETag"] == before["ETag"]
+
+
+def test_our_stale_file_is_never_backed_up_or_restored(aws):
+    """Migrate, the object is replaced (new data key, envelope in metadata), migrate again: our
+    file for the old object is replaced without a backup, and rollback never restores it."""
+    put_with_headers(aws, "k")
+    plain = ObjectRewrapper(aws.s3, KmsKeys(aws.kms, aws.target_key), [AES], Settings(aws.bucket))
+    plain.kms.describe_target()
+    assert plain.process("k").reason == "migrated"
+    body, _ = put_with_headers(aws, "k")  # a new version of the object
+    assert plain.process("k").reason == "migrated"
+    assert "k.instruction.keymigration-backup" not in aws.keys()
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+    result = Rollback(aws.s3, RollbackSettings(aws.bucket)).process("k")
+    assert result.outcome is Outcome.SKIPPED
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
