@@ -17,64 +17,54 @@ HEADER = "# Generated from operator/keymigration/spec.py by `python -m keymigrat
 LABELS = {"app.kubernetes.io/name": "keymigration", "app.kubernetes.io/part-of": "keymigration"}
 
 
-def keymigration_crd() -> dict:
-    condition = lambda t: f'.status.conditions[?(@.type=="{t}")]'  # noqa: E731
+def _crd(kind: str, plural: str, singular: str, short: str, columns: list[dict], schema: dict) -> dict:
+    """A namespaced, single-version CRD of the project's group with a status subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": LABELS},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": LABELS},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "plural": PLURAL, "singular": "keymigration", "shortNames": ["km"], "listKind": f"{KIND}List", "categories": ["keymigration"]},
+            "names": {"kind": kind, "plural": plural, "singular": singular, "shortNames": [short], "listKind": f"{kind}List", "categories": ["keymigration"]},
             "versions": [
                 {
                     "name": VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Ready", "type": "string", "jsonPath": condition("Ready") + ".status"},
-                        {"name": "Reason", "type": "string", "jsonPath": condition("Ready") + ".reason"},
-                        {"name": "Prefixes", "type": "string", "jsonPath": ".status.prefixesDone", "description": "completed/total"},
-                        {"name": "Migrated", "type": "integer", "jsonPath": ".status.totals.migrated"},
-                        {"name": "Failed", "type": "integer", "jsonPath": ".status.totals.failed"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {"openAPIV3Schema": crd_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def keymigration_crd() -> dict:
+    condition = lambda t: f'.status.conditions[?(@.type=="{t}")]'  # noqa: E731
+    columns = [
+        {"name": "Ready", "type": "string", "jsonPath": condition("Ready") + ".status"},
+        {"name": "Reason", "type": "string", "jsonPath": condition("Ready") + ".reason"},
+        {"name": "Prefixes", "type": "string", "jsonPath": ".status.prefixesDone", "description": "completed/total"},
+        {"name": "Migrated", "type": "integer", "jsonPath": ".status.totals.migrated"},
+        {"name": "Failed", "type": "integer", "jsonPath": ".status.totals.failed"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _crd(KIND, PLURAL, "keymigration", "km", columns, crd_schema())
 
 
 def progress_crd() -> dict:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PROGRESS_PLURAL}.{GROUP}", "labels": LABELS},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": PROGRESS_KIND, "plural": PROGRESS_PLURAL, "singular": "keymigrationprogress", "shortNames": ["kmp"], "listKind": f"{PROGRESS_KIND}List", "categories": ["keymigration"]},
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Prefix", "type": "string", "jsonPath": ".spec.prefix"},
-                        {"name": "Done", "type": "boolean", "jsonPath": ".status.done"},
-                        {"name": "Migrated", "type": "integer", "jsonPath": ".status.counters.migrated"},
-                        {"name": "Failed", "type": "integer", "jsonPath": ".status.counters.failed"},
-                        {"name": "Updated", "type": "date", "jsonPath": ".status.updatedAt"},
-                    ],
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}, **PROGRESS_SCHEMA["properties"]}}},
-                }
-            ],
-        },
-    }
+    columns = [
+        {"name": "Prefix", "type": "string", "jsonPath": ".spec.prefix"},
+        {"name": "Done", "type": "boolean", "jsonPath": ".status.done"},
+        {"name": "Migrated", "type": "integer", "jsonPath": ".status.counters.migrated"},
+        {"name": "Failed", "type": "integer", "jsonPath": ".status.counters.failed"},
+        {"name": "Updated", "type": "date", "jsonPath": ".status.updatedAt"},
+    ]
+    base = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
+    schema = {"type": "object", "properties": {**base, **PROGRESS_SCHEMA["properties"]}}
+    return _crd(PROGRESS_KIND, PROGRESS_PLURAL, "keymigrationprogress", "kmp", columns, schema)
 
 
 def render(crd: dict) -> str:

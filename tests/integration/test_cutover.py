@@ -155,28 +155,36 @@ def test_dry_run_plans_the_cut_over(aws):
     assert aws.keys() == before
 
 
+def racing_proxy(aws, moto_server, new_enc):
+    """A proxy enforcing CopySourceIfMatch like S3, whose rule lets a writer replace "k" right
+    before our first CopyObject; returns (proxy, an S3 client through it, the copy sources seen)."""
+    import boto3
+
+    proxy = FaultProxy(moto_server.endpoint).start()
+    proxy.enforce_copy_source_if_match = True
+    sources: list[str] = []
+
+    def writer(method, path, headers, body):
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if method == "PUT" and "x-amz-copy-source" in lowered and not sources:
+            sources.append(lowered["x-amz-copy-source"])
+            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=new_enc.body, Metadata=new_enc.fields)
+        return None
+
+    proxy.rule = writer
+    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    return proxy, s3, sources
+
+
 def test_concurrent_write_between_read_and_copy_is_never_clobbered(aws, moto_server):
     """moto ignores CopySourceIfMatch (moto-fidelity.md), so a proxy on 127.0.0.1 enforces it
     like S3 does; a writer replaces the object right before our CopyObject."""
     put_with_headers(aws, "k")
     new_body = b"the concurrent writer's content"
     new_enc = encrypt_object(new_body, fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
-    proxy = FaultProxy(moto_server.endpoint).start()
-    proxy.enforce_copy_source_if_match = True
-    raced = []
-
-    def writer(method, path, headers, body):
-        if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} and not raced:
-            raced.append(path)
-            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=new_enc.body, Metadata=new_enc.fields)
-        return None
-
-    proxy.rule = writer
+    proxy, s3, raced = racing_proxy(aws, moto_server, new_enc)
     try:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
         worker = cutover(aws, s3=s3)
         first = worker.process("k")
         assert raced and proxy.stats["copy-source-if-match-412"] == 1
@@ -240,23 +248,8 @@ def test_concurrent_write_is_caught_in_versioned_buckets_too(aws, moto_server, v
         aws.s3.put_bucket_versioning(Bucket=aws.bucket, VersioningConfiguration={"Status": "Enabled"})
     put_with_headers(aws, "k")
     new_enc = encrypt_object(b"newer", fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
-    proxy = FaultProxy(moto_server.endpoint).start()
-    proxy.enforce_copy_source_if_match = True
-    sent = []
-
-    def writer(method, path, headers, body):
-        lowered = {k.lower(): v for k, v in headers.items()}
-        if method == "PUT" and "x-amz-copy-source" in lowered and not sent:
-            sent.append(lowered["x-amz-copy-source"])
-            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=new_enc.body, Metadata=new_enc.fields)
-        return None
-
-    proxy.rule = writer
+    proxy, s3, sent = racing_proxy(aws, moto_server, new_enc)
     try:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
         first = cutover(aws, s3=s3).process("k")
     finally:
         proxy.stop()
