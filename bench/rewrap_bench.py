@@ -84,12 +84,13 @@ def floor_segment(s3, kms, key_arn: str, segment: str, concurrency: int) -> int:
     return len(keys)
 
 
-def worker_segment(s3, kms, endpoint: str, key_arn: str, key_file: Path, segment: str, concurrency: int, verify: str) -> int:
+def worker_segment(endpoint: str, key_arn: str, key_file: Path, segment: str, concurrency: int, verify: str) -> int:
     settings = RunSettings(
         bucket=bucket_of(segment), prefix="data/", kms_key_id=key_arn, source_key_files=[str(key_file)], concurrency=concurrency,
         verify=verify, progress="none", clients=ClientSettings(endpoint_url=endpoint, region=REGION, concurrency=concurrency),
     )
-    summary = Migration(settings, clients=(s3, kms)).run()
+    # The worker's own clients (aws.make_clients), as `keymigration run` builds them.
+    summary = Migration(settings).run()
     assert summary.counters.failed == 0, summary.as_dict()
     return summary.counters.migrated
 
@@ -132,7 +133,7 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
                     if part == "F":
                         results[i] = ("F",) + timed(lambda: floor_segment(s3, kms, key_arn, prefix, c))
                     else:
-                        results[i] = ("W",) + timed(lambda: worker_segment(s3, kms, endpoint, key_arn, key_file, prefix, c, verify))
+                        results[i] = ("W",) + timed(lambda: worker_segment(endpoint, key_arn, key_file, prefix, c, verify))
                 f = [x for x in results.values() if x[0] == "F"]
                 w = [x for x in results.values() if x[0] == "W"]
                 f_rate = sum(x[1] for x in f) / sum(x[2] for x in f)

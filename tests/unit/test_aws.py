@@ -1,0 +1,38 @@
+"""The worker's boto3 clients: the fast timestamp parser gives botocore's values exactly."""
+import pytest
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+from keymigration.aws import ClientSettings, make_clients, parse_timestamp
+
+SAMPLES = [
+    "2026-11-27T19:37:47.000Z",  # ListObjectsV2 LastModified
+    "2026-11-27T19:37:47Z",
+    "2026-11-27T19:37:47.123456789Z",
+    "2026-11-27T19:37:47+02:00",
+    "2026-11-27T19:37:47",  # no zone: botocore keeps it naive
+    "2026-11-27",
+    "Fri, 27 Nov 2026 19:37:47 GMT",  # HeadObject Last-Modified
+    "Fri, 27 Nov 2026 19:37:47 -0000",
+    "Fri, 27 Nov 2026 19:37:47 +0100",
+    "Thu, 01 Jan 1970 00:00:00 GMT",
+    1764272267.5,  # KMS (JSON) epoch seconds
+    "1764272267",
+]
+
+
+@pytest.mark.parametrize("value", SAMPLES, ids=str)
+def test_fast_timestamp_parser_matches_botocore(value):
+    ours, theirs = parse_timestamp(value), botocore_parse_timestamp(value)
+    assert ours == theirs
+    assert (ours.utcoffset() is None) == (theirs.utcoffset() is None)
+
+
+def test_unparseable_timestamp_fails_like_botocore():
+    with pytest.raises(ValueError, match="Invalid timestamp"):
+        parse_timestamp("not a date")
+
+
+def test_clients_parse_timestamps_with_the_fast_parser():
+    s3, _ = make_clients(ClientSettings(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
+    parser = s3._endpoint._response_parser_factory.create_parser("rest-xml")
+    assert parser._timestamp_parser is parse_timestamp
