@@ -94,7 +94,7 @@ def job_manifest(km: dict, spec: MigrationSpec, prefix: str, config: OperatorCon
         # One directory per key, holding one file: only the named key of the Secret is mounted.
         mounts.append({"name": volume, "mountPath": spec.key_file(index).rsplit("/", 1)[0], "readOnly": True})
         volumes.append(
-            {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": "key"}], "defaultMode": 0o440}}
+            {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}}
         )
     env = [{"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]}, {"name": "KEYMIGRATION_NAMESPACE", "value": namespace}]
     env += [{"name": k, "value": v} for k, v in sorted(spec.worker_env().items())]

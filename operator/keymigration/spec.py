@@ -363,8 +363,10 @@ class MigrationSpec:
     # -- the Job's view -----------------------------------------------------------------------
 
     def key_file(self, index: int) -> str:
-        """Where source key ``index`` is mounted in the worker (one directory per key)."""
-        return f"{KEY_MOUNT_ROOT}/{index}/key"
+        """Where source key ``index`` is mounted in the worker: one directory per key, named after
+        the Secret and its key, so that reports and errors name the Secret, not an index."""
+        ref = self.source_keys[index]
+        return f"{KEY_MOUNT_ROOT}/{index}/{ref.secret_name}/{ref.key}"
 
     def per_job_kms_rate(self) -> int | None:
         if not self.kms_requests_per_second:

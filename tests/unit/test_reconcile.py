@@ -197,12 +197,13 @@ def test_job_template_is_locked_down():
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     # The key is a read-only file mount of exactly one Secret key, never an environment variable.
     secret_volumes = [v for v in pod["volumes"] if "secret" in v]
-    assert secret_volumes == [{"name": "source-key-0", "secret": {"secretName": "old-keys", "items": [{"key": "aes.key", "path": "key"}], "defaultMode": 0o440}}]
+    assert secret_volumes == [{"name": "source-key-0", "secret": {"secretName": "old-keys", "items": [{"key": "aes.key", "path": "aes.key"}], "defaultMode": 0o440}}]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "source-key-0")
     assert mount["readOnly"] is True
     assert all("valueFrom" not in e for e in container["env"])
     assert "--source-key" in container["args"]
-    assert container["args"][container["args"].index("--source-key") + 1] == f"{mount['mountPath']}/key:" + '{"team":"x"}'
+    assert container["args"][container["args"].index("--source-key") + 1] == f"{mount['mountPath']}/aes.key:" + '{"team":"x"}'
+    assert mount["mountPath"] == "/var/run/keymigration/keys/0/old-keys"  # reports name the Secret
     assert pod["nodeSelector"] == {"pool": "batch"} and pod["priorityClassName"] == "low"
     assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
 
@@ -222,7 +223,7 @@ def test_worker_args_parse_back_into_the_same_settings():
     args = spec.worker_args("a/", progress_resource="ns/x", max_failures=5)
     settings = settings_from_args(build_parser().parse_args(args))
     assert (settings.bucket, settings.prefix, settings.kms_key_id, settings.wrap, settings.suffix) == ("my-bucket", "a/", "alias/new", "kms+context", ".instruction")
-    assert settings.source_key_files == ['/var/run/keymigration/keys/0/key:{"team":"x"}']
+    assert settings.source_key_files == ['/var/run/keymigration/keys/0/old-keys/aes.key:{"team":"x"}']
     assert settings.source_kms_key_ids == ["alias/old"]
     assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
     assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
