@@ -29,7 +29,9 @@ KMS_KEY_PATTERN = (
     r"|alias/[a-zA-Z0-9/_-]{1,250}|(mrk-)?[a-fA-F0-9-]{32,36})$"
 )
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# A Secret data key as Kubernetes allows it: not ".", not "..", not starting with ".." (it
+# becomes a file name in the worker pod).
+SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 SUFFIX_PATTERN = r"^\.[A-Za-z0-9._-]{1,64}$"
 URL_PATTERN = r"^https?://[^\s]+$"
 

@@ -30,6 +30,8 @@ TABLE = [
     ({"sourceKeys": [{"secretName": "Bad_Name", "key": "k"}]}, "schema", "secretName"),
     ({"sourceKeys": [{"secretName": "s"}]}, "schema", "key"),
     ({"sourceKeys": [{"secretName": "s", "key": "k/../../etc"}]}, "schema", "key"),
+    ({"sourceKeys": [{"secretName": "s", "key": ".."}]}, "schema", "key"),
+    ({"sourceKeys": [{"secretName": "s", "key": "..data"}]}, "schema", "key"),
     ({"sourceKeys": [{"secretName": "s", "key": "k", "materialsDescription": {"a": 1}}]}, "schema", "materialsDescription"),
     ({"sourceKmsKeyIds": ["not a key"]}, "schema", "sourceKmsKeyIds"),
     ({"target": {}}, "schema", "kmsKeyId"),
