@@ -239,7 +239,8 @@ class ObjectRewrapper:
             result.source_key = unwrapped.key_label
             if envelope.format == "v3":
                 check_commitment(envelope, data_key)  # proves the data key without reading the body
-            elif unwrapped.needs_content_check and settings.verify == "envelope" and not settings.dry_run:
+            elif unwrapped.needs_content_check and settings.verify != "body" and not settings.dry_run:
+                # Part of the unwrap's proof, so at every --verify level (body decrypts it all below).
                 self._check_tail(key, head, envelope, data_key, result)
             if settings.dry_run:
                 self._plan(result, unwrapped.key_label)
