@@ -104,7 +104,8 @@ def parse_timestamp(value):
     """
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value) if "T" in value else parsedate_to_datetime(value)
+            # ISO 8601 starts with the year; RFC 7231 with the day's name ("Thu, 01 Jan ...").
+            parsed = datetime.fromisoformat(value) if value[:1].isdigit() else parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             parsed = None
         if parsed is not None and parsed.utcoffset() is not None:

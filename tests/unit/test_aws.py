@@ -12,6 +12,7 @@ SAMPLES = [
     "2026-11-27T19:37:47",  # no zone: botocore keeps it naive
     "2026-11-27",
     "Fri, 27 Nov 2026 19:37:47 GMT",  # HeadObject Last-Modified
+    "Thu, 26 Nov 2026 19:37:47 GMT",
     "Fri, 27 Nov 2026 19:37:47 -0000",
     "Fri, 27 Nov 2026 19:37:47 +0100",
     "Thu, 01 Jan 1970 00:00:00 GMT",
@@ -25,6 +26,18 @@ def test_fast_timestamp_parser_matches_botocore(value):
     ours, theirs = parse_timestamp(value), botocore_parse_timestamp(value)
     assert ours == theirs
     assert (ours.utcoffset() is None) == (theirs.utcoffset() is None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-11-27T19:37:47.000Z", "Tue, 24 Nov 2026 19:37:47 GMT", "Thu, 26 Nov 2026 19:37:47 GMT", "Fri, 27 Nov 2026 19:37:47 GMT"],
+)
+def test_s3_timestamps_never_need_botocores_parser(monkeypatch, value):
+    def slow_path(_):
+        raise AssertionError("took botocore's dateutil path")
+
+    monkeypatch.setattr("keymigration.aws.botocore_parse_timestamp", slow_path)
+    assert parse_timestamp(value).utcoffset() is not None
 
 
 def test_unparseable_timestamp_fails_like_botocore():
