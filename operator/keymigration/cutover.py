@@ -19,7 +19,7 @@ from typing import Mapping
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import envelope as env_mod
-from .s3io import BACKUP_SUFFIX, PRECONDITION, Bucket, PreconditionFailed, S3Failure, error_code, failure
+from .s3io import BACKUP_SUFFIX, Bucket, PreconditionFailed, S3Failure, failure, s3_call
 
 METADATA_BACKUP_SUFFIX = BACKUP_SUFFIX  # <key>.keymigration-backup
 # Envelope keys that leave the metadata (spec content-metadata.md): all V1/V2 keys, and the V3
@@ -197,24 +197,21 @@ class MetadataRewriter:
         client = self.bucket.client
         source = {"Bucket": self.bucket.name, "Key": key}
         params = copy_parameters(head, metadata)
-        try:
-            if head.get("ContentLength", 0) <= self.single_copy_limit:
-                response = client.copy_object(
-                    Bucket=self.bucket.name,
-                    Key=key,
-                    CopySource=source,
-                    CopySourceIfMatch=head["ETag"],
-                    IfMatch=head["ETag"],
-                    **params,
-                )
-                return response["CopyObjectResult"]["ETag"]
-            return self._multipart(key, source, head, params)
-        except ClientError as error:
-            if error_code(error) in PRECONDITION:
-                raise PreconditionFailed(key) from None
-            raise failure(error, "CopyObject", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "CopyObject", key) from None
+
+        def copy() -> str:
+            if head.get("ContentLength", 0) > self.single_copy_limit:
+                return self._multipart(key, source, head, params)
+            response = client.copy_object(
+                Bucket=self.bucket.name,
+                Key=key,
+                CopySource=source,
+                CopySourceIfMatch=head["ETag"],
+                IfMatch=head["ETag"],
+                **params,
+            )
+            return response["CopyObjectResult"]["ETag"]
+
+        return s3_call("CopyObject", key, copy)
 
     def _multipart(self, key: str, source: dict, head: dict, params: dict) -> str:
         client = self.bucket.client

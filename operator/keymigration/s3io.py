@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -39,6 +39,25 @@ def failure(error: Exception, action: str, key: str) -> S3Failure:
     return S3Failure("s3-connection", f"S3 {action} of {key!r} failed: {type(error).__name__}", retryable=True)
 
 
+T = TypeVar("T")
+
+
+def s3_call(action: str, key: str, call: Callable[[], T], absent_ok: bool = False) -> T | None:
+    """Run ``call`` with the re-wrap's error mapping: a lost condition is PreconditionFailed,
+    an absent object None (with ``absent_ok``), anything else an S3Failure naming the action."""
+    try:
+        return call()
+    except ClientError as error:
+        code = error_code(error)
+        if absent_ok and code in NOT_FOUND:
+            return None
+        if code in PRECONDITION:
+            raise PreconditionFailed(key) from None
+        raise failure(error, action, key) from None
+    except BotoCoreError as error:
+        raise failure(error, action, key) from None
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A small S3 object read whole: an instruction file or a backup."""
@@ -58,31 +77,11 @@ class Bucket:
     def head(self, key: str, if_match: str | None = None) -> dict | None:
         """HEAD; None when the object is gone. With if_match, PreconditionFailed when changed."""
         kwargs = {"IfMatch": if_match} if if_match else {}
-        try:
-            return self.client.head_object(Bucket=self.name, Key=key, **kwargs)
-        except ClientError as error:
-            code = error_code(error)
-            if code in NOT_FOUND:
-                return None
-            if code in PRECONDITION:
-                raise PreconditionFailed(key) from None
-            raise failure(error, "HEAD", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "HEAD", key) from None
+        return s3_call("HEAD", key, lambda: self.client.head_object(Bucket=self.name, Key=key, **kwargs), absent_ok=True)
 
     def _get(self, key: str, **conditions) -> dict | None:
         """GET; None when absent; PreconditionFailed when a condition (IfMatch) lost."""
-        try:
-            return self.client.get_object(Bucket=self.name, Key=key, **conditions)
-        except ClientError as error:
-            code = error_code(error)
-            if code in NOT_FOUND:
-                return None
-            if code in PRECONDITION:
-                raise PreconditionFailed(key) from None
-            raise failure(error, "GET", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "GET", key) from None
+        return s3_call("GET", key, lambda: self.client.get_object(Bucket=self.name, Key=key, **conditions), absent_ok=True)
 
     def get_small(self, key: str, limit: int = MAX_INSTRUCTION_FILE_BYTES) -> StoredFile | None:
         """GET a small object whole; None when absent. Refuses bodies over ``limit`` bytes."""
@@ -120,30 +119,18 @@ class Bucket:
             kwargs["IfNoneMatch"] = "*"
         # botocore adds a CRC32 checksum (x-amz-sdk-checksum-algorithm) that S3 verifies: the
         # integrity check Object Lock buckets demand of every PUT, too.
-        try:
-            response = self.client.put_object(
+        response = s3_call(
+            "PUT",
+            key,
+            lambda: self.client.put_object(
                 Bucket=self.name, Key=key, Body=body, Metadata=dict(metadata), ContentType=content_type, **kwargs
-            )
-        except ClientError as error:
-            if error_code(error) in PRECONDITION:
-                raise PreconditionFailed(key) from None
-            raise failure(error, "PUT", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "PUT", key) from None
+            ),
+        )
         return response["ETag"]
 
     def delete(self, key: str, if_match: str | None = None) -> None:
         kwargs = {"IfMatch": if_match} if if_match else {}
-        try:
-            self.client.delete_object(Bucket=self.name, Key=key, **kwargs)
-        except ClientError as error:
-            if error_code(error) in PRECONDITION:
-                raise PreconditionFailed(key) from None
-            if error_code(error) in NOT_FOUND:
-                return
-            raise failure(error, "DELETE", key) from None
-        except BotoCoreError as error:
-            raise failure(error, "DELETE", key) from None
+        s3_call("DELETE", key, lambda: self.client.delete_object(Bucket=self.name, Key=key, **kwargs), absent_ok=True)
 
     def open(self, key: str) -> tuple[dict[str, str], Iterator[bytes]] | None:
         """GET: (metadata, body chunks), or None when absent. Close the chunks when done."""
