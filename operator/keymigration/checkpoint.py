@@ -1,6 +1,6 @@
 """Checkpoints: where a prefix's migration stands, so a killed worker resumes exactly.
 
-The format (JSON, version 1) is an interface shared with the operator (docs/checkpoint.md):
+The format (JSON, version 1) is an interface shared with the operator (docs/worker.md#checkpoints):
 
     {"version": 1, "bucket": "...", "prefix": "...", "suffix": ".instruction",
      "target_key": "<target key as configured>", "mode": "instruction-file", "run_id": "...",

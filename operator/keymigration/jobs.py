@@ -92,7 +92,7 @@ def job_manifest(km: dict, spec: MigrationSpec, prefix: str, config: OperatorCon
     for index, ref in enumerate(spec.source_keys):
         volume = f"source-key-{index}"
         # One directory per key, holding one file: only the named key of the Secret is mounted.
-        mounts.append({"name": volume, "mountPath": spec.key_file(index).rsplit("/", 1)[0], "readOnly": True})
+        mounts.append({"name": volume, "mountPath": spec.key_dir(index), "readOnly": True})
         volumes.append(
             {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}}
         )

@@ -258,7 +258,7 @@ PROGRESS_SCHEMA: dict[str, Any] = {
         "status": {
             "type": "object",
             "properties": {
-                "checkpoint": {"type": "string", "description": "the worker's checkpoint (JSON, docs/checkpoint.md)"},
+                "checkpoint": {"type": "string", "description": "the worker's checkpoint (JSON, docs/worker.md#checkpoints)"},
                 "counters": _COUNTERS,
                 "total": {"type": "integer"},
                 "done": {"type": "boolean"},
@@ -364,11 +364,13 @@ class MigrationSpec:
 
     # -- the Job's view -----------------------------------------------------------------------
 
+    def key_dir(self, index: int) -> str:
+        """The directory source key ``index`` is mounted at in the worker: one per key, named
+        after the Secret, holding one file named after its key, so reports name the Secret."""
+        return f"{KEY_MOUNT_ROOT}/{index}/{self.source_keys[index].secret_name}"
+
     def key_file(self, index: int) -> str:
-        """Where source key ``index`` is mounted in the worker: one directory per key, named after
-        the Secret and its key, so that reports and errors name the Secret, not an index."""
-        ref = self.source_keys[index]
-        return f"{KEY_MOUNT_ROOT}/{index}/{ref.secret_name}/{ref.key}"
+        return f"{self.key_dir(index)}/{self.source_keys[index].key}"
 
     def per_job_kms_rate(self) -> int | None:
         if not self.kms_requests_per_second:

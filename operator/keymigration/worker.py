@@ -27,7 +27,7 @@ log = logging.getLogger("keymigration.worker")
 
 ProcessFn = Callable[[str, ListingHint], ObjectResult]
 
-# Exit codes (the Job's podFailurePolicy relies on them; docs/checkpoint.md).
+# Exit codes (the Job's podFailurePolicy relies on them; docs/worker.md#exit-codes).
 EXIT_OK = 0
 EXIT_FAILED_OBJECTS = 1  # finished; some objects failed (permanent: a retry would not help)
 EXIT_CONFIG = 2  # invalid arguments, keys or target key: nothing was done
