@@ -60,27 +60,17 @@ local function current(c)
   return c
 end
 
-local stalled = current(condition(conditions, "Stalled"))
-if stalled ~= nil and stalled.status == "True" then
-  hs.status = "Degraded"
-  hs.message = message(stalled, "Stalled")
-  return hs
-end
-
-local ready = current(condition(conditions, "Ready"))
-if ready ~= nil and ready.status == "True" then
-  hs.status = "Healthy"
-  hs.message = message(ready, "Ready")
-  return hs
-end
-
-local suspended = current(condition(conditions, "Suspended"))
-if suspended ~= nil and suspended.status == "True" then
-  hs.status = "Suspended"
-  hs.message = message(suspended, "Suspended")
-  return hs
+-- The first true condition decides, in this order.
+local verdicts = {{"Stalled", "Degraded"}, {"Ready", "Healthy"}, {"Suspended", "Suspended"}}
+for _, verdict in ipairs(verdicts) do
+  local c = current(condition(conditions, verdict[1]))
+  if c ~= nil and c.status == "True" then
+    hs.status = verdict[2]
+    hs.message = message(c, verdict[1])
+    return hs
+  end
 end
 
 hs.status = "Progressing"
-hs.message = message(ready, "Migration in progress")
+hs.message = message(current(condition(conditions, "Ready")), "Migration in progress")
 return hs
