@@ -2,7 +2,8 @@
 
 They mirror the shape the project expects (keymigration.io/v1alpha1, namespaced, status
 subresource) with small schemas, so the harness's pruning/defaulting/printer columns get
-exercised. The real CRDs will live in crds/ and can be passed to FakeCluster(crds=[path]).
+exercised. The operator's end-to-end tests pass the real CRDs from crds/ instead
+(FakeCluster(crds=[path])).
 """
 from __future__ import annotations
 
