@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test system-deps lock bench clean
+.PHONY: setup demo test lint system-deps lock bench clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,15 @@ demo: setup
 system-deps:
 	./scripts/system-deps.sh
 
-test: setup system-deps
+test: setup system-deps lint
 	$(PY) -m pytest -q
+
+# The architecture (import layers), style and complexity (ruff, C901 <= 10), and strict types
+# for the pure formats layer. Part of `make test`, so CI runs them.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) bench/rewrap_bench.py

@@ -29,13 +29,13 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from keymigration import envelope as e
-from keymigration.aws import ClientSettings, Telemetry, make_clients
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.legacy_writer import encrypt_object
-from keymigration.runner import Migration, RunSettings
-from keymigration.source_keys import load_key_files
-from keymigration.standins import FAKE_CREDENTIALS, REGION, MotoServer
+from keymigration.aws.clients import ClientOptions, Telemetry, make_clients
+from keymigration.demo.legacy_writer import encrypt_object
+from keymigration.demo.standins import FAKE_CREDENTIALS, REGION, MotoServer
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.source_keys import load_key_files
+from keymigration.migrate.runner import Migration, RunOptions
 
 BUCKET = "bench"
 
@@ -89,13 +89,13 @@ def worker_clients(endpoint: str, concurrency: int):
     parser and telemetry hooks), built once per concurrency as the floor's are: building them
     (loading the service models) costs about 0.15 s of CPU, which belongs to a run's start, not
     to each object."""
-    return make_clients(ClientSettings(endpoint_url=endpoint, region=REGION, concurrency=concurrency), Telemetry())
+    return make_clients(ClientOptions(endpoint_url=endpoint, region=REGION, concurrency=concurrency), Telemetry())
 
 
 def worker_segment(clients, endpoint: str, key_arn: str, key_file: Path, segment: str, concurrency: int, verify: str) -> int:
-    settings = RunSettings(
+    settings = RunOptions(
         bucket=bucket_of(segment), prefix="data/", kms_key_id=key_arn, source_key_files=[str(key_file)], concurrency=concurrency,
-        verify=verify, progress="none", clients=ClientSettings(endpoint_url=endpoint, region=REGION, concurrency=concurrency),
+        verify=verify, progress="none", clients=ClientOptions(endpoint_url=endpoint, region=REGION, concurrency=concurrency),
     )
     summary = Migration(settings, clients=clients).run()
     assert summary.counters.failed == 0, summary.as_dict()

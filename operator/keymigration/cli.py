@@ -7,12 +7,20 @@ import logging
 import os
 import sys
 
-from . import __version__
-from .aws import ClientSettings
-from .jobs import OperatorConfig
-from .logs import setup_logging
-from .runner import Migration, RunSettings, SetupError, verify_process
-from .worker import EXIT_CONFIG, EXIT_OK
+from keymigration import Mode, SetupError, VerifyLevel, __version__
+from keymigration.aws import ClientOptions
+from keymigration.kube import InstallConfig
+from keymigration.logs import setup_logging
+from keymigration.migrate import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    Migration,
+    Prune,
+    Rollback,
+    RollbackOptions,
+    RunOptions,
+    verify_process,
+)
 
 log = logging.getLogger("keymigration")
 
@@ -38,7 +46,7 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--suffix", default=".instruction", help="instruction-file suffix, with its dot (default .instruction)")
     where.add_argument(
         "--mode",
-        choices=("instruction-file", "cutover"),
+        choices=[m.value for m in Mode],
         default="instruction-file",
         help="instruction-file: write <key><suffix> only; cutover: also remove the old envelope from the object's "
         "metadata so every reader's default lookup uses <key>.instruction (docs/cutover.md)",
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="migrate every object under a prefix")
     _add_common(run)
-    run.add_argument("--verify", choices=("envelope", "body", "none"), default="envelope")
+    run.add_argument("--verify", choices=[v.value for v in VerifyLevel], default=VerifyLevel.ENVELOPE.value)
     run.add_argument("--dry-run", action="store_true", help="report what would be done; no KMS calls, no writes")
 
     plan = sub.add_parser("plan", help="what `run` would do: counts by format, wrap, location, key; writes nothing")
@@ -141,12 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     op.add_argument("--liveness", default=os.environ.get("KEYMIGRATION_LIVENESS", "http://0.0.0.0:8080/healthz"),
                     help="kopf liveness endpoint ('' to disable)")
-    op.add_argument("--worker-image", default=os.environ.get("KEYMIGRATION_WORKER_IMAGE", OperatorConfig.worker_image))
+    op.add_argument("--worker-image", default=os.environ.get("KEYMIGRATION_WORKER_IMAGE", InstallConfig.worker_image))
     op.add_argument("--worker-service-account",
-                    default=os.environ.get("KEYMIGRATION_WORKER_SERVICE_ACCOUNT", OperatorConfig.worker_service_account))
-    op.add_argument("--image-pull-policy", default=os.environ.get("KEYMIGRATION_IMAGE_PULL_POLICY", OperatorConfig.image_pull_policy),
+                    default=os.environ.get("KEYMIGRATION_WORKER_SERVICE_ACCOUNT", InstallConfig.worker_service_account))
+    op.add_argument("--image-pull-policy", default=os.environ.get("KEYMIGRATION_IMAGE_PULL_POLICY", InstallConfig.image_pull_policy),
                     choices=("Always", "IfNotPresent", "Never"))
-    op.add_argument("--backoff-limit", type=int, default=int(os.environ.get("KEYMIGRATION_BACKOFF_LIMIT", OperatorConfig.backoff_limit)))
+    op.add_argument("--backoff-limit", type=int, default=int(os.environ.get("KEYMIGRATION_BACKOFF_LIMIT", InstallConfig.backoff_limit)))
     op.add_argument("--job-ttl-seconds", type=int, default=int(os.environ.get("KEYMIGRATION_JOB_TTL_SECONDS", 7 * 24 * 3600)),
                     help="ttlSecondsAfterFinished of worker Jobs (-1: never delete)")
     op.add_argument("--worker-resources", default=os.environ.get("KEYMIGRATION_WORKER_RESOURCES"),
@@ -167,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    return RunSettings(
+def settings_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
         bucket=args.bucket,
         prefix=args.prefix,
         kms_key_id=getattr(args, "kms_key_id", None) or "",
@@ -187,7 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         progress=args.progress,
         count_total=args.count_total,
         progress_resource=args.progress_resource,
-        clients=ClientSettings(
+        clients=ClientOptions(
             endpoint_url=args.endpoint_url,
             region=args.region,
             concurrency=args.concurrency,
@@ -224,16 +232,16 @@ def _print_summary(summary: dict, stream=sys.stdout) -> None:
 
 
 def run_operator_command(args: argparse.Namespace) -> int:
-    from .operator_main import Settings, run_operator
+    from keymigration.kube.operator import OperatorOptions, run_operator
 
-    resources = OperatorConfig().default_resources
+    resources = InstallConfig().default_resources
     if args.worker_resources:
         try:
             resources = json.loads(args.worker_resources)
         except ValueError:
             log.error("--worker-resources is not valid JSON")
             return EXIT_CONFIG
-    config = OperatorConfig(
+    config = InstallConfig(
         worker_image=args.worker_image,
         worker_service_account=args.worker_service_account,
         image_pull_policy=args.image_pull_policy,
@@ -245,35 +253,47 @@ def run_operator_command(args: argparse.Namespace) -> int:
     if not args.namespace and not args.all_namespaces:
         log.error("give --namespace NS (repeatable) or --all-namespaces")
         return EXIT_CONFIG
-    settings = Settings(config=config, status_interval=args.status_interval, metrics_port=args.metrics_port or None,
+    settings = OperatorOptions(config=config, status_interval=args.status_interval, metrics_port=args.metrics_port or None,
                         stall_seconds=args.stall_seconds)
     run_operator(settings, args.namespace, args.all_namespaces, args.liveness or None)
     return EXIT_OK
+
+
+def _progress_channel(settings: RunOptions) -> dict:
+    """In a Job, the checkpoint and progress live in a KeyMigrationProgress object: the CLI is
+    the one place that hands that Kubernetes store to a migration."""
+    resource = settings.progress_resource
+    if not resource:
+        return {}
+    from keymigration.kube import KubernetesProgress
+
+    try:
+        channel = KubernetesProgress(resource)
+    except Exception as error:
+        raise SetupError(f"progress resource {resource}: {type(error).__name__}: {error}") from None
+    settings.checkpoint_interval = max(settings.checkpoint_interval, KubernetesProgress.LIVE_INTERVAL)
+    return {"store": channel, "extra_progress": channel}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     if args.command == "demo":
-        from .demo import run_demo
+        from keymigration.demo import run_demo
 
         return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
     if args.command == "operator":
         return run_operator_command(args)
     settings = settings_from_args(args)
     try:
-        migration = Migration(settings)
+        migration = Migration(settings, **_progress_channel(settings))
         if args.command == "verify":
             suffix = settings.suffix if args.lookup == "explicit" else None
             summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
         elif args.command == "rollback":
-            from .rollback import Rollback, RollbackSettings
-
-            rollback = RollbackSettings(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
+            rollback = RollbackOptions(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
             summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
         elif args.command == "prune-backups":
-            from .rollback import Prune
-
             summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
         else:
             summary = migration.run(description="planning" if args.command == "plan" else "migrating")

@@ -6,6 +6,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from keymigration.clock import utc_timestamp
+
 # Fields a caller may attach with ``extra=``; anything else stays out of the JSON line.
 STRUCTURED_FIELDS = ("migration", "namespace", "prefix", "object_key", "outcome", "reason", "job", "event")
 
@@ -13,7 +15,7 @@ STRUCTURED_FIELDS = ("migration", "namespace", "prefix", "object_key", "outcome"
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "time": utc_timestamp(datetime.fromtimestamp(record.created, timezone.utc), precise=True),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

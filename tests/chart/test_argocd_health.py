@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-import pytest
+import lupa.lua51 as lupa_lua51  # noqa: E402  (a test dependency; Lua 5.1, as Argo CD's gopher-lua)
 
-from keymigration.jobs import OperatorConfig, child_name
-from keymigration.reconcile import reconcile
+from keymigration.kube.jobs import InstallConfig, child_name
+from keymigration.kube.reconcile import reconcile
 
 from .conftest import ROOT
-
-import lupa.lua51 as lupa_lua51  # noqa: E402  (a test dependency; Lua 5.1, as Argo CD's gopher-lua)
 
 SCRIPT = (ROOT / "docs" / "argocd-health.lua").read_text()
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -113,7 +111,7 @@ def job(prefix: str, failed: bool = False) -> dict:
 
 
 def operator_status(obj: dict, jobs=(), progresses=()) -> dict:
-    plan = reconcile(obj, list(jobs), list(progresses), OperatorConfig(), NOW)
+    plan = reconcile(obj, list(jobs), list(progresses), InstallConfig(), NOW)
     return {**obj, "status": plan.status}
 
 

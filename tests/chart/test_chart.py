@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from keymigration import cli
-from keymigration.jobs import RUN_AS, OperatorConfig, job_manifest
-from keymigration.spec import MigrationSpec
+from keymigration.kube.api_types import KeyMigration
+from keymigration.kube.jobs import RUN_AS, InstallConfig, job_manifest
 
 from .conftest import CHART, NAMESPACE, ROOT, find, one
 from .psa import pod_spec_of, restricted_violations
@@ -139,7 +139,7 @@ def worker_job() -> dict:
             "worker": {"nodeSelector": {"kubernetes.io/os": "linux"}},
         },
     }
-    return job_manifest(km, MigrationSpec.from_dict(km["spec"]), "a/", OperatorConfig())
+    return job_manifest(km, KeyMigration.from_fields(km["spec"]), "a/", InstallConfig())
 
 
 def test_the_worker_job_satisfies_pod_security_restricted_and_validates():
@@ -313,7 +313,7 @@ def test_chart_crd_copies_are_byte_identical_to_crds():
     assert chart_copies == sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(CRD_NAMES)
     for name in CRD_NAMES:
         assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
-            f"charts/keymigration-operator/files/crds/{name} differs from crds/{name}: run `python -m keymigration.crd`"
+            f"charts/keymigration-operator/files/crds/{name} differs from crds/{name}: run `python -m keymigration.kube.crd`"
         )
 
 
@@ -414,7 +414,7 @@ def test_operator_command_cluster_wide_with_defaults(helm, monkeypatch):
     assert args.all_namespaces is True and args.namespace == []
     assert args.liveness == f"http://0.0.0.0:{container['ports'][0]['containerPort']}/healthz"
     # The chart's defaults are the operator's own defaults.
-    defaults = OperatorConfig()
+    defaults = InstallConfig()
     assert args.worker_image == defaults.worker_image == "ghcr.io/keymigration/keymigration:0.1.0"
     assert args.worker_service_account == defaults.worker_service_account == WORKER_SA
     assert args.image_pull_policy == defaults.image_pull_policy

@@ -13,11 +13,10 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from keymigration.jobs import RUN_AS
+from keymigration.kube.jobs import RUN_AS
 
 from .conftest import ROOT
 
@@ -118,7 +117,7 @@ def imported_distributions() -> dict[str, set[str]]:
     """Distribution -> modules of keymigration that import it (anywhere, lazy imports too)."""
     owners = metadata.packages_distributions()
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "operator" / "keymigration").glob("*.py")):
+    for path in sorted((ROOT / "operator" / "keymigration").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

@@ -1,6 +1,6 @@
 """Observability: the operator's metrics port in the chart, the optional ServiceMonitor and
 PrometheusRule, docs/prometheus-rules.yaml, docs/grafana-dashboard.json and docs/observability.md,
-all checked against the metrics the operator really exports (keymigration.metrics)."""
+all checked against the metrics the operator really exports (keymigration.kube.metrics)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from keymigration import cli, logs
-from keymigration import metrics as km_metrics
+from keymigration.kube import metrics as km_metrics
 
 from .conftest import CHART, NAMESPACE, ROOT, find, one
 from .test_chart import FULLNAME, K8S_VERSIONS, env_of, operator_container
@@ -88,7 +88,7 @@ def exposition() -> str:
     try:
         operator_metrics = km_metrics.OperatorMetrics(stall_seconds=900)
     except Exception as error:  # the operator could not start its metrics either
-        pytest.fail(f"keymigration.metrics.OperatorMetrics() fails: {type(error).__name__}: {error}", pytrace=False)
+        pytest.fail(f"keymigration.kube.metrics.OperatorMetrics() fails: {type(error).__name__}: {error}", pytrace=False)
     status, progresses = fake_status()
     operator_metrics.migrations.record("payments", "archive", status, progresses)
     for result in ("ok", "error"):
@@ -609,7 +609,7 @@ def test_guide_documents_exactly_the_exported_metrics(guide, exported, families)
 
 
 def test_guide_documents_events_logs_flags_and_values(guide):
-    source = (ROOT / "operator" / "keymigration" / "reconcile.py").read_text()
+    source = (ROOT / "operator" / "keymigration" / "kube" / "reconcile.py").read_text()
     reasons = dict((reason, kind) for kind, reason in re.findall(r'Event\("(Normal|Warning)", "(\w+)"', source))
     assert reasons.keys() >= {"Validated", "JobCreated", "PrefixCompleted", "PrefixCompletedWithFailures", "PrefixFailed",
                               "Suspended", "Resumed", "Succeeded", "TooManyFailures", "InvalidSpec"}

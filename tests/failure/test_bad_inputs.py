@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.legacy_writer import encrypt_object, put_encrypted
-from keymigration.source_keys import load_key_files
-
+from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.source_keys import load_key_files
 from tests.integration.corpus import make_keys
 from tests.support.fault_proxy import FaultProxy
 

@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 
-from keymigration.checkpoint import FileCheckpointStore
-from keymigration.kms import KmsKeys
-from keymigration.reader import read_object
-from keymigration.s3io import Bucket
-
+from keymigration.aws.kms import KmsKeys
+from keymigration.aws.s3 import Bucket
+from keymigration.migrate.checkpoint import FileCheckpointStore
+from keymigration.migrate.reader import read_object
 from tests.integration.corpus import make_keys, seed_mixed
 
 OBJECTS = 5000

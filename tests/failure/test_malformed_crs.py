@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
-from keymigration import crd
-from keymigration.jobs import OperatorConfig
-from keymigration.reconcile import reconcile
+from keymigration.kube import crd
+from keymigration.kube.jobs import InstallConfig
+from keymigration.kube.reconcile import reconcile
 
 EXAMPLE = yaml.safe_load((Path(__file__).parents[2] / "examples" / "keymigration.yaml").read_text())
 SCHEMA = crd.keymigration_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -78,7 +78,7 @@ def test_malformed_keymigration(change, where, needle):
         assert any(needle in error for error in errors), errors
         return
     assert errors == []
-    plan = reconcile(doc, [], [], OperatorConfig(), datetime(2026, 1, 1, tzinfo=timezone.utc))
+    plan = reconcile(doc, [], [], InstallConfig(), datetime(2026, 1, 1, tzinfo=timezone.utc))
     stalled = next(c for c in plan.status["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "InvalidSpec")
     assert needle in stalled["message"] and stalled["observedGeneration"] == 3

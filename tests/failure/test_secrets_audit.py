@@ -8,17 +8,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from keymigration import envelope as e
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.kms import KmsError, KmsKeys
-from keymigration.legacy_writer import encrypt_object, put_encrypted
-from keymigration.source_keys import load_key_files
-from keymigration.unwrap import UnwrapError, unwrap_data_key
-
+from keymigration.aws.kms import KmsKeys
+from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+from keymigration.errors import KmsError, UnwrapError
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.source_keys import load_key_files
+from keymigration.formats.unwrap import unwrap_data_key
 from tests.support.fault_proxy import FaultProxy
 from tests.unit.keys import _rsa_private
 
@@ -119,7 +118,7 @@ def test_no_key_material_anywhere(aws, moto_server, tmp_path):
         except UnwrapError as error:
             texts.append(repr(error) + str(error))
     try:
-        KmsKeys(aws.kms, "alias/missing").encrypt(__import__("keymigration.secrets", fromlist=["DataKey"]).DataKey(wrong_dk), env_)
+        KmsKeys(aws.kms, "alias/missing").encrypt(__import__("keymigration.formats.secrets", fromlist=["DataKey"]).DataKey(wrong_dk), env_)
     except KmsError as error:
         texts.append(repr(error) + str(error))
     outputs["exception texts"] = "\n".join(texts).encode()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from keymigration import envelope as e
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.legacy_writer import encrypt_object, put_encrypted
-from keymigration.source_keys import load_key_files
-
+from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.source_keys import load_key_files
 from tests.unit.keys import _rsa_private
 
 KINDS = [

@@ -6,16 +6,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.cutover import MetadataRewriter, envelope_in_metadata
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.kms import KmsKeys
-from keymigration.legacy_writer import encrypt_object, put_encrypted
-from keymigration.reader import read_object
-from keymigration.rewrap import ObjectRewrapper, Outcome, Settings
-from keymigration.rollback import Prune, Rollback, RollbackSettings
-from keymigration.s3io import Bucket
-
+from keymigration.aws.copy import MetadataRewriter
+from keymigration.aws.kms import KmsKeys
+from keymigration.aws.s3 import Bucket
+from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+from keymigration.errors import PreconditionFailed
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.migrate.cutover import envelope_in_metadata
+from keymigration.migrate.reader import read_object
+from keymigration.migrate.results import Outcome
+from keymigration.migrate.rewrap import ObjectRewrapper, RewrapOptions
+from keymigration.migrate.rollback import Prune, Rollback, RollbackOptions
 from tests.support.fault_proxy import FaultProxy
 from tests.unit.keys import aes, rsa_key
 
@@ -34,7 +36,7 @@ HEADERS = dict(
 def cutover(aws, s3=None, verify="envelope", dry_run=False, keys=(AES, RSA)):
     kms = KmsKeys(aws.kms, aws.target_key)
     kms.describe_target()
-    return ObjectRewrapper(s3 or aws.s3, kms, keys, Settings(aws.bucket, verify=verify, dry_run=dry_run, run_id="r1", mode="cutover"))
+    return ObjectRewrapper(s3 or aws.s3, kms, keys, RewrapOptions(aws.bucket, verify=verify, dry_run=dry_run, run_id="r1", mode="cutover"))
 
 
 def put_with_headers(aws, key, fmt="v2", wrap=W.AES_GCM, cek=e.GCM, master=AES, size=300, **extra):
@@ -76,7 +78,7 @@ def test_cut_over_keeps_everything_but_the_envelope(aws, fmt, wrap, cek, master)
 
 def test_cut_over_is_idempotent_and_resumes_after_instruction_file_mode(aws):
     body, _ = put_with_headers(aws, "k")
-    plain = ObjectRewrapper(aws.s3, KmsKeys(aws.kms, aws.target_key), [AES], Settings(aws.bucket))
+    plain = ObjectRewrapper(aws.s3, KmsKeys(aws.kms, aws.target_key), [AES], RewrapOptions(aws.bucket))
     plain.kms.describe_target()
     assert plain.process("k").reason == "migrated"  # an earlier instruction-file-mode migration
     worker = cutover(aws)
@@ -97,7 +99,7 @@ def test_storage_class_sse_and_lock_are_kept(aws):
                       ServerSideEncryption="AES256", ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)
     kms = KmsKeys(aws.kms, aws.target_key)
     kms.describe_target()
-    result = ObjectRewrapper(aws.s3, kms, [AES], Settings(locked, mode="cutover")).process("k")
+    result = ObjectRewrapper(aws.s3, kms, [AES], RewrapOptions(locked, mode="cutover")).process("k")
     assert result.reason == "cut-over", result
     head = aws.s3.head_object(Bucket=locked, Key="k")
     assert head["StorageClass"] == "STANDARD_IA" and head["ServerSideEncryption"] == "AES256"
@@ -210,16 +212,16 @@ def test_rollback_restores_old_envelopes_then_prune(aws):
     assert {worker.process(k).reason for k in bodies} <= {"cut-over", "migrated"}
     assert default_read(aws, "meta") == bodies["meta"] and default_read(aws, "file") == bodies["file"]
 
-    planned = Rollback(aws.s3, RollbackSettings(aws.bucket, dry_run=True)).process("meta")
+    planned = Rollback(aws.s3, RollbackOptions(aws.bucket, dry_run=True)).process("meta")
     assert planned.outcome is Outcome.PLANNED
-    rollback = Rollback(aws.s3, RollbackSettings(aws.bucket, remove_instruction_files=True))
+    rollback = Rollback(aws.s3, RollbackOptions(aws.bucket, remove_instruction_files=True))
     assert [rollback.process(k).outcome for k in bodies] == [Outcome.ROLLED_BACK, Outcome.ROLLED_BACK]
     assert aws.s3.head_object(Bucket=aws.bucket, Key="meta")["Metadata"] == originals["meta"]
     assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == old_file
     assert "meta.instruction" not in aws.keys()  # removed as asked; the old envelope is back
     # The old key reads both again, the way an old reader would.
-    from keymigration.unwrap import unwrap_data_key
-    from keymigration.content import decrypt_stream
+    from keymigration.formats.content import decrypt_stream
+    from keymigration.formats.unwrap import unwrap_data_key
 
     for key in bodies:
         metadata = aws.s3.head_object(Bucket=aws.bucket, Key=key)["Metadata"]
@@ -267,7 +269,7 @@ def test_a_lost_copy_response_is_recognised_as_our_copy(aws, monkeypatch):
 
     def lost(key, head, metadata):
         real(key, head, metadata)  # the copy lands...
-        from keymigration.s3io import PreconditionFailed
+        
 
         raise PreconditionFailed(key)  # ...and the SDK's retry answers 412
 
@@ -283,7 +285,7 @@ def test_rollback_refuses_an_object_replaced_after_the_cut_over(aws):
     assert cutover(aws).process("k").reason == "cut-over"
     aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=b"a plaintext object now", Metadata={"owner": "team-a", "x-custom": "kept"})
     before = aws.s3.head_object(Bucket=aws.bucket, Key="k")
-    result = Rollback(aws.s3, RollbackSettings(aws.bucket)).process("k")
+    result = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
     assert (result.outcome, result.reason) == (Outcome.FAILED, "object-replaced")
     after = aws.s3.head_object(Bucket=aws.bucket, Key="k")
     assert after["Metadata"] == before["Metadata"] and after["ETag"] == before["ETag"]
@@ -293,13 +295,13 @@ def test_our_stale_file_is_never_backed_up_or_restored(aws):
     """Migrate, the object is replaced (new data key, envelope in metadata), migrate again: our
     file for the old object is replaced without a backup, and rollback never restores it."""
     put_with_headers(aws, "k")
-    plain = ObjectRewrapper(aws.s3, KmsKeys(aws.kms, aws.target_key), [AES], Settings(aws.bucket))
+    plain = ObjectRewrapper(aws.s3, KmsKeys(aws.kms, aws.target_key), [AES], RewrapOptions(aws.bucket))
     plain.kms.describe_target()
     assert plain.process("k").reason == "migrated"
     body, _ = put_with_headers(aws, "k")  # a new version of the object
     assert plain.process("k").reason == "migrated"
     assert "k.instruction.keymigration-backup" not in aws.keys()
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
-    result = Rollback(aws.s3, RollbackSettings(aws.bucket)).process("k")
+    result = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
     assert result.outcome is Outcome.SKIPPED
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body

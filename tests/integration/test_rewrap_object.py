@@ -4,14 +4,15 @@ import os
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.kms import KmsKeys
-from keymigration.legacy_writer import encrypt_object, put_encrypted
-from keymigration.reader import read_object
-from keymigration.rewrap import BACKUP_SUFFIX, ObjectRewrapper, Outcome, Settings
-from keymigration.s3io import Bucket
-
+from keymigration.aws.kms import KmsKeys
+from keymigration.aws.s3 import Bucket
+from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.vocabulary import BACKUP_SUFFIX
+from keymigration.migrate.reader import read_object
+from keymigration.migrate.results import Outcome
+from keymigration.migrate.rewrap import ObjectRewrapper, RewrapOptions
 from tests.unit.keys import aes, rsa_key
 
 FORMATS = [
@@ -32,7 +33,7 @@ RSA = rsa_key(0, label="rsa-master")
 def rewrapper(aws, verify="envelope", suffix=".instruction", source_kms=(), keys=(AES, RSA), run_id=""):
     kms = KmsKeys(aws.kms, aws.target_key, source_key_ids=source_kms)
     kms.describe_target()
-    return ObjectRewrapper(aws.s3, kms, keys, Settings(aws.bucket, suffix=suffix, verify=verify, run_id=run_id))
+    return ObjectRewrapper(aws.s3, kms, keys, RewrapOptions(aws.bucket, suffix=suffix, verify=verify, run_id=run_id))
 
 
 def write(aws, key, body, fmt, wrap, cek, kind, location="metadata", **kw):
@@ -150,7 +151,7 @@ def test_existing_different_backup_blocks_replacement(aws):
 
 
 def test_file_written_by_someone_else_under_target_key_is_recognised(aws):
-    enc = write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
     first = rewrapper(aws).process("k")
     assert first.outcome is Outcome.MIGRATED
     # Strip our marker, as if another tool had written the same envelope.
@@ -225,7 +226,7 @@ def test_a_pkcs1_false_accept_is_caught_by_the_body_before_any_write(aws, monkey
     CBC tail (one ranged GET; the whole body with --verify body) catches it before anything is
     written, at every verification level: it is part of the unwrap's proof, not a verification."""
     write(aws, "k", os.urandom(size), "v1", W.LEGACY, e.CBC, "rsa")
-    import keymigration.unwrap as unwrap_module
+    import keymigration.formats.unwrap as unwrap_module
 
     monkeypatch.setattr(unwrap_module, "unwrap_rsa_pkcs1", lambda key, blob: os.urandom(32))  # a "false accept"
     results = [rewrapper(aws, verify=verify, keys=(RSA,)).process("k") for _ in range(5)]

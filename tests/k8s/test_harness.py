@@ -14,9 +14,15 @@ import kubernetes
 import pytest
 import yaml
 
-from .cluster import ApiException, FakeCluster, JobRunner, condition, kopf_test_settings
-from .crds_for_tests import API_VERSION, KEYMIGRATION_CRD, keymigration
-from .jobrunner import PodPending, build_pod_launch
+from tests.support.k8s.cluster import (
+    ApiException,
+    FakeCluster,
+    JobRunner,
+    condition,
+    kopf_test_settings,
+)
+from tests.support.k8s.crds_for_tests import API_VERSION, KEYMIGRATION_CRD, keymigration
+from tests.support.k8s.jobrunner import PodPending, build_pod_launch
 
 KM = ("keymigration.io/v1alpha1", "KeyMigration")
 

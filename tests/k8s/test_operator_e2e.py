@@ -16,15 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keymigration.jobs import child_name
-from keymigration.kms import KmsKeys
-from keymigration.reader import read_object
-from keymigration.s3io import Bucket
-from keymigration.standins import MotoServer, free_port
-
-from tests.integration.corpus import seed_mixed, KeySet
-
-from .cluster import FakeCluster, JobRunner, condition
+from keymigration.aws.kms import KmsKeys
+from keymigration.aws.s3 import Bucket
+from keymigration.demo.standins import MotoServer, free_port
+from keymigration.kube.jobs import child_name
+from keymigration.migrate.reader import read_object
+from tests.integration.corpus import KeySet, seed_mixed
+from tests.support.k8s.cluster import FakeCluster, JobRunner, condition
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "keymigration.yaml").read_text())

@@ -5,8 +5,8 @@ import os
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keymigration.source_keys import AesMasterKey, RsaMasterKey
-from keymigration.secrets import SecretBytes
+from keymigration.formats.secrets import SecretBytes
+from keymigration.formats.source_keys import AesMasterKey, RsaMasterKey
 
 
 def aes(size=32, matdesc=None, label="aes"):

@@ -2,7 +2,7 @@
 import pytest
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
-from keymigration.aws import ClientSettings, make_clients, parse_timestamp
+from keymigration.aws.clients import ClientOptions, make_clients, parse_timestamp
 
 SAMPLES = [
     "2026-11-27T19:37:47.000Z",  # ListObjectsV2 LastModified
@@ -36,7 +36,7 @@ def test_s3_timestamps_never_need_botocores_parser(monkeypatch, value):
     def slow_path(_):
         raise AssertionError("took botocore's dateutil path")
 
-    monkeypatch.setattr("keymigration.aws.botocore_parse_timestamp", slow_path)
+    monkeypatch.setattr("keymigration.aws.clients.botocore_parse_timestamp", slow_path)
     assert parse_timestamp(value).utcoffset() is not None
 
 
@@ -46,6 +46,6 @@ def test_unparseable_timestamp_fails_like_botocore():
 
 
 def test_clients_parse_timestamps_with_the_fast_parser():
-    s3, _ = make_clients(ClientSettings(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
+    s3, _ = make_clients(ClientOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
     parser = s3._endpoint._response_parser_factory.create_parser("rest-xml")
     assert parser._timestamp_parser is parse_timestamp

@@ -1,4 +1,4 @@
-"""The CRDs offline: generated from spec.py, examples valid, CEL immutability rules hold."""
+"""The CRDs offline: generated from kube/api_types.py, examples valid, CEL immutability rules hold."""
 from pathlib import Path
 
 import celpy
@@ -6,15 +6,15 @@ import jsonschema
 import pytest
 import yaml
 
-from keymigration import crd
-from keymigration.spec import MigrationSpec
+from keymigration.kube import crd
+from keymigration.kube.api_types import KeyMigration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_crds_directory_is_generated_from_the_model():
     for name, text in crd.files().items():
-        assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} is stale: run python -m keymigration.crd"
+        assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} is stale: run python -m keymigration.kube.crd"
 
 
 def schema():
@@ -31,7 +31,7 @@ def examples():
 @pytest.mark.parametrize("name,doc", list(examples()))
 def test_examples_validate_against_the_crd_schema(name, doc):
     jsonschema.Draft7Validator(schema()).validate(doc)
-    MigrationSpec.from_dict(doc["spec"])
+    KeyMigration.from_fields(doc["spec"])
 
 
 def test_crd_object_is_valid_kubernetes():

@@ -3,14 +3,14 @@ import json
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.envelope import EnvelopeError, Location, MetadataKind, WrapAlgorithm
+from keymigration.errors import EnvelopeError
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import Location, MetadataKind, WrapAlgorithm
 
 IV16 = "AAAAAAAAAAAAAAAAAAAAAA=="
 IV12 = "AAAAAAAAAAAAAAAA"
 V2 = {"x-amz-key-v2": "AAAA", "x-amz-iv": IV12, "x-amz-cek-alg": e.GCM, "x-amz-wrap-alg": "AES/GCM",
       "x-amz-matdesc": "{}", "x-amz-tag-len": "128"}
-
 
 
 def v3_object():

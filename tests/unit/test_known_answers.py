@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.content import ContentError, derive_v3_keys, verify_body
-from keymigration.envelope import Envelope, Location, WrapAlgorithm
-from keymigration.secrets import DataKey
-from keymigration.source_keys import load_key_bytes
-from keymigration.unwrap import unwrap_data_key
+from keymigration.errors import ContentError
+from keymigration.formats import envelope as e
+from keymigration.formats.content import derive_v3_keys, verify_body
+from keymigration.formats.envelope import Envelope, Location, WrapAlgorithm
+from keymigration.formats.secrets import DataKey
+from keymigration.formats.source_keys import load_key_bytes
+from keymigration.formats.unwrap import unwrap_data_key
 
 VECTORS = {v["id"]: v for v in json.loads((Path(__file__).parent.parent / "fixtures" / "s3ec-vectors.json").read_text())["vectors"]}
 

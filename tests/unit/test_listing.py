@@ -1,7 +1,7 @@
 """The listing look-ahead: hints are right, complete only when proven, memory bounded."""
 from collections import Counter
 
-from keymigration.listing import Listed, with_hints
+from keymigration.migrate.listing import Listed, with_hints
 
 
 def listing(*keys):

@@ -4,12 +4,17 @@ from datetime import datetime, timezone
 
 import pytest
 
-from keymigration.jobs import ANNOTATION_RETRY, OperatorConfig, child_name, job_manifest
-from keymigration.reconcile import reconcile
-from keymigration.spec import MigrationSpec
+from keymigration.kube.api_types import KeyMigration
+from keymigration.kube.jobs import (
+    ANNOTATION_RETRY,
+    InstallConfig,
+    child_name,
+    job_manifest,
+)
+from keymigration.kube.reconcile import reconcile
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
-CONFIG = OperatorConfig(worker_image="registry.example/keymigration:1.2.3", worker_service_account="km-worker")
+CONFIG = InstallConfig(worker_image="registry.example/keymigration:1.2.3", worker_service_account="km-worker")
 
 
 def km(spec_changes=None, status=None, generation=1, annotations=None, prefixes=("a/", "b/", "c/")):
@@ -178,7 +183,7 @@ def test_transition_times_only_move_on_change():
 
 
 def test_job_template_is_locked_down():
-    spec = MigrationSpec.from_dict(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
+    spec = KeyMigration.from_fields(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
     manifest = job_manifest(km(), spec, "a/", CONFIG)
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -219,7 +224,7 @@ def test_worker_args_parse_back_into_the_same_settings():
     from keymigration.cli import build_parser, settings_from_args
 
     raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"], "aws": {"region": "eu-west-1", "pathStyle": True}})
-    spec = MigrationSpec.from_dict(raw["spec"])
+    spec = KeyMigration.from_fields(raw["spec"])
     args = spec.worker_args("a/", progress_resource="ns/x", max_failures=5)
     settings = settings_from_args(build_parser().parse_args(args))
     assert (settings.bucket, settings.prefix, settings.kms_key_id, settings.wrap, settings.suffix) == ("my-bucket", "a/", "alias/new", "kms+context", ".instruction")
@@ -239,9 +244,9 @@ def test_a_job_still_finishing_counts_against_the_cap():
 
 
 def test_worker_env_secret_comes_only_from_the_operator_config():
-    spec = MigrationSpec.from_dict(km()["spec"])
+    spec = KeyMigration.from_fields(km()["spec"])
     plain = job_manifest(km(), spec, "a/", CONFIG)["spec"]["template"]["spec"]["containers"][0]
     assert "envFrom" not in plain
-    config = OperatorConfig(worker_env_secret="aws-static-credentials")
+    config = InstallConfig(worker_env_secret="aws-static-credentials")
     container = job_manifest(km(), spec, "a/", config)["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "aws-static-credentials"}}]

@@ -3,10 +3,15 @@ import os
 
 import pytest
 
-from keymigration import envelope as e
-from keymigration.envelope import WrapAlgorithm as W
-from keymigration.legacy_writer import encrypt_object
-from keymigration.unwrap import UnwrapError, unwrap_data_key, unwrap_legacy_aes_ecb, unwrap_rsa_pkcs1
+from keymigration.demo.legacy_writer import encrypt_object
+from keymigration.errors import UnwrapError
+from keymigration.formats import envelope as e
+from keymigration.formats.envelope import WrapAlgorithm as W
+from keymigration.formats.unwrap import (
+    unwrap_data_key,
+    unwrap_legacy_aes_ecb,
+    unwrap_rsa_pkcs1,
+)
 
 from .keys import aes, rsa_key
 
@@ -96,7 +101,7 @@ def test_pinned_keys_never_tried_for_other_descriptions():
 
 
 def test_two_different_keys_that_both_open_are_ambiguous(monkeypatch):
-    import keymigration.unwrap as u
+    import keymigration.formats.unwrap as u
 
     env = parsed("v1", W.LEGACY, e.CBC, aes())
     monkeypatch.setattr(u, "_try_key", lambda envelope, key, pinned: key.label.encode() * 4)

@@ -3,10 +3,16 @@ import random
 import threading
 import time
 
-from keymigration.checkpoint import Checkpoint, MemoryCheckpointStore
-from keymigration.ratelimit import TokenBucket
-from keymigration.rewrap import ObjectResult, Outcome
-from keymigration.worker import EXIT_INTERRUPTED, EXIT_OK, EXIT_TOO_MANY_FAILURES, PrefixWorker, WorkerOptions
+from keymigration.aws.ratelimit import TokenBucket
+from keymigration.migrate.checkpoint import Checkpoint, MemoryCheckpointStore
+from keymigration.migrate.results import ObjectResult, Outcome
+from keymigration.migrate.worker import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TOO_MANY_FAILURES,
+    PrefixWorker,
+    WorkerOptions,
+)
 
 
 class FakeS3:
@@ -89,7 +95,7 @@ def test_transient_failures_are_retried_and_counted_once():
 
     w = worker(["x", "y"], process, object_retries=3)
     w.options.object_retries = 3
-    import keymigration.worker as module
+    import keymigration.migrate.worker as module
     original = module.time.sleep
     module.time.sleep = lambda s: None
     try:

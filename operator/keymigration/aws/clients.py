@@ -1,0 +1,134 @@
+"""boto3 clients for the worker: one shared S3 and one shared KMS client per process.
+
+Endpoints come from the standard AWS settings (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``,
+``AWS_ENDPOINT_URL_KMS``, region, credential chain, IRSA, Pod Identity); an explicit endpoint
+overrides them. One client per service is shared by all threads (boto3 clients are
+thread-safe; per-thread clients cost CPU and memory, docs/performance.md).
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+from keymigration.errors import ConfigurationError
+
+THROTTLING_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "SlowDown",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+}
+
+
+class Telemetry:
+    """Counts what the retry layer absorbed: throttles, server errors, connection errors."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def attach(self, client) -> None:
+        client.meta.events.register("needs-retry", self._on_attempt)
+        service = client.meta.service_model.service_name
+        client.meta.events.register(f"before-call.{service}", self._on_call)
+
+    def _on_call(self, model=None, **_):
+        self._add(f"{model.service_model.service_name}:{model.name}" if model else "unknown")
+        return None
+
+    def requests(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in self.counts.items() if ":" in k}
+
+    def faults(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in self.counts.items() if ":" not in k}
+
+    def _on_attempt(self, response=None, caught_exception=None, **_):
+        if caught_exception is not None:
+            self._add("connection_errors")
+            return None
+        if not response:
+            return None
+        http, parsed = response
+        code = (parsed or {}).get("Error", {}).get("Code")
+        if code in THROTTLING_CODES or getattr(http, "status_code", 0) == 503:
+            self._add("throttled")
+        elif getattr(http, "status_code", 0) >= 500:
+            self._add("server_errors")
+        return None
+
+    def _add(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None
+    kms_endpoint_url: str | None = None
+    region: str | None = None
+    concurrency: int = 16
+    retry_mode: str = "standard"
+    max_attempts: int = 10
+    path_style: bool = False
+
+
+
+def parse_timestamp(value):
+    """botocore's timestamp parser, fast for the forms S3 sends.
+
+    botocore parses every timestamp it receives (each listed object's LastModified, each HEAD's
+    Last-Modified) with dateutil, 50-70 us apiece: several percent of a re-wrap's client CPU.
+    S3 sends ISO 8601 in XML and RFC 7231 dates in headers, which the standard library parses in
+    under 5 us to the same instant; anything else (KMS's epoch numbers, other forms, a result
+    without a time zone) goes to botocore's own parser, so values never differ from botocore's.
+    """
+    if isinstance(value, str):
+        try:
+            # ISO 8601 starts with the year; RFC 7231 with the day's name ("Thu, 01 Jan ...").
+            parsed = datetime.fromisoformat(value) if value[:1].isdigit() else parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            parsed = None
+        if parsed is not None and parsed.utcoffset() is not None:
+            return parsed
+    return botocore_parse_timestamp(value)
+
+
+def make_clients(settings: ClientOptions, telemetry: Telemetry | None = None):
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    session = boto3.session.Session(botocore_session=core, region_name=settings.region)
+    if not session.region_name:
+        raise ConfigurationError("no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION")
+    config = Config(
+        # A streaming body holds a connection while the same thread makes another request.
+        max_pool_connections=2 * settings.concurrency + 8,
+        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if settings.path_style else None,
+    )
+    s3 = session.client("s3", endpoint_url=settings.s3_endpoint_url or settings.endpoint_url, config=config)
+    kms = session.client("kms", endpoint_url=settings.kms_endpoint_url or settings.endpoint_url, config=config)
+    if telemetry is not None:
+        telemetry.attach(s3)
+        telemetry.attach(kms)
+    return s3, kms

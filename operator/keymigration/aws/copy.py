@@ -1,0 +1,160 @@
+"""Copying an object onto itself with new user metadata: the only way S3 changes metadata. Its
+bytes, and everything a copy can keep, stay as they were (docs/cutover.md).
+
+``CopySourceIfMatch`` makes S3 refuse (412) when the object is no longer the one read; the
+destination's ``IfMatch`` makes the write itself conditional too.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime, timezone
+from urllib.parse import urlencode
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from keymigration.aws.s3 import Bucket, failure, s3_call
+
+MAX_SINGLE_COPY = 5 * 1024**3  # CopyObject's limit; larger objects use UploadPartCopy
+PART_SIZE = 512 * 1024**2
+# HEAD fields carried over by CopyObject parameters of the same name.
+CARRIED = (
+    "ContentType",
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+    "WebsiteRedirectLocation",
+    "ObjectLockMode",
+    "ObjectLockRetainUntilDate",
+    "ObjectLockLegalHoldStatus",
+)
+
+
+def copy_parameters(head: dict, metadata: dict[str, str]) -> dict:
+    params: dict = {"MetadataDirective": "REPLACE", "TaggingDirective": "COPY", "Metadata": metadata}
+    for name in CARRIED:
+        if head.get(name) is not None:
+            params[name] = head[name]
+    until = head.get("ObjectLockRetainUntilDate")
+    if until is not None and until <= datetime.now(timezone.utc):
+        # An expired retention is no retention; S3 refuses a retain-until date in the past.
+        params.pop("ObjectLockRetainUntilDate", None)
+        params.pop("ObjectLockMode", None)
+    if head.get("Expires") is not None:
+        params["Expires"] = head["Expires"]
+    storage = head.get("StorageClass")
+    if storage:
+        params["StorageClass"] = storage
+    sse = head.get("ServerSideEncryption")
+    if sse:
+        params["ServerSideEncryption"] = sse
+        if head.get("SSEKMSKeyId"):
+            params["SSEKMSKeyId"] = head["SSEKMSKeyId"]
+        if head.get("BucketKeyEnabled") is not None:
+            params["BucketKeyEnabled"] = head["BucketKeyEnabled"]
+    return params
+
+
+EMPTY_BODY_MD5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
+
+
+def _content_md5_for_lock_headers(request, **_):
+    """Writes carrying Object Lock headers must carry Content-MD5 (S3 and S3-compatible stores
+    insist; CopyObject has no body, so it is the MD5 of the empty body)."""
+    if "x-amz-object-lock-mode" in request.headers and "Content-MD5" not in request.headers:
+        request.headers["Content-MD5"] = EMPTY_BODY_MD5
+
+
+class MetadataRewriter:
+    """Rewrites an object's user metadata in place, keeping its bytes and everything else."""
+
+    def __init__(self, bucket: Bucket, single_copy_limit: int = MAX_SINGLE_COPY, part_size: int = PART_SIZE):
+        bucket.client.meta.events.register(
+            "before-sign.s3.CopyObject", _content_md5_for_lock_headers, unique_id="keymigration-lock-md5"
+        )
+        self.bucket = bucket
+        self.single_copy_limit = single_copy_limit
+        self.part_size = part_size
+        self._acls_disabled: bool | None = None
+
+    def acl_grants(self, key: str, head: dict) -> list:
+        """Grants beyond the owner's; none when the bucket has ACLs disabled (the S3 default)."""
+        client = self.bucket.client
+        if self._acls_disabled is None:
+            try:
+                rules = client.get_bucket_ownership_controls(Bucket=self.bucket.name)["OwnershipControls"]["Rules"]
+                self._acls_disabled = any(r.get("ObjectOwnership") == "BucketOwnerEnforced" for r in rules)
+            except (ClientError, BotoCoreError, KeyError):
+                self._acls_disabled = False
+        if self._acls_disabled:
+            return []
+        kwargs = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
+        try:
+            acl = client.get_object_acl(Bucket=self.bucket.name, Key=key, **kwargs)
+        except (ClientError, BotoCoreError) as error:
+            raise failure(error, "GetObjectAcl", key) from None
+        owner = (acl.get("Owner") or {}).get("ID")
+        return [g for g in acl.get("Grants", []) if (g.get("Grantee") or {}).get("ID") != owner]
+
+    def rewrite(self, key: str, head: dict, metadata: dict[str, str]) -> str:
+        """Copy the object onto itself with new user metadata; returns the new ETag.
+
+        The source is the *current* object, never a pinned version: ``CopySourceIfMatch`` then
+        makes S3 refuse (412) if the object is no longer the one read (a pinned version's ETag
+        never changes, so in a versioned bucket the condition would always hold), and the
+        destination's ``IfMatch`` makes the write itself conditional too."""
+        client = self.bucket.client
+        source = {"Bucket": self.bucket.name, "Key": key}
+        params = copy_parameters(head, metadata)
+
+        def copy() -> str:
+            if head.get("ContentLength", 0) > self.single_copy_limit:
+                return self._multipart(key, source, head, params)
+            response = client.copy_object(
+                Bucket=self.bucket.name,
+                Key=key,
+                CopySource=source,
+                CopySourceIfMatch=head["ETag"],
+                IfMatch=head["ETag"],
+                **params,
+            )
+            return response["CopyObjectResult"]["ETag"]
+
+        return s3_call("CopyObject", key, copy)
+
+    def _multipart(self, key: str, source: dict, head: dict, params: dict) -> str:
+        client = self.bucket.client
+        create = {k: v for k, v in params.items() if k not in ("MetadataDirective", "TaggingDirective")}
+        tags = client.get_object_tagging(Bucket=self.bucket.name, Key=key).get("TagSet", [])
+        if tags:
+            create["Tagging"] = urlencode({t["Key"]: t["Value"] for t in tags})
+        upload = client.create_multipart_upload(Bucket=self.bucket.name, Key=key, **create)["UploadId"]
+        try:
+            parts = []
+            size = head["ContentLength"]
+            for number, start in enumerate(range(0, size, self.part_size), start=1):
+                end = min(start + self.part_size, size) - 1
+                part = client.upload_part_copy(
+                    Bucket=self.bucket.name,
+                    Key=key,
+                    UploadId=upload,
+                    PartNumber=number,
+                    CopySource=source,
+                    CopySourceRange=f"bytes={start}-{end}",
+                    CopySourceIfMatch=head["ETag"],
+                )
+                parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
+            done = client.complete_multipart_upload(
+                Bucket=self.bucket.name, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, IfMatch=head["ETag"]
+            )
+            return done["ETag"]
+        except BaseException:
+            try:
+                client.abort_multipart_upload(Bucket=self.bucket.name, Key=key, UploadId=upload)
+            except (ClientError, BotoCoreError):
+                pass
+            raise
+
+
+__all__ = ["MetadataRewriter", "copy_parameters"]

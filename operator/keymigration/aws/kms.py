@@ -1,0 +1,169 @@
+"""Wrapping data keys under the target KMS key (and KMS-to-KMS re-wrapping). Thin over boto3.
+
+Every call passes through the shared token bucket. Error messages carry KMS error codes and key
+ids, never key bytes (KMS error messages do not echo plaintext).
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from botocore.exceptions import ClientError
+
+from keymigration.aws.ratelimit import TokenBucket
+from keymigration.errors import KmsError
+from keymigration.formats.envelope import (
+    Envelope,
+    WrapAlgorithm,
+    kms_context_for,
+    legacy_kms_context,
+)
+from keymigration.formats.secrets import DataKey
+
+# KMS errors that mean "this object, with these keys, will not work": not worth retrying.
+PERMANENT_KMS_ERRORS = {
+    "AccessDeniedException",
+    "IncorrectKeyException",
+    "InvalidCiphertextException",
+    "DisabledException",
+    "KMSInvalidStateException",
+    "NotFoundException",
+    "InvalidKeyUsageException",
+    "ValidationException",
+    "InvalidGrantTokenException",
+}
+
+
+
+def _error(error: ClientError, action: str, key_id: str | None) -> KmsError:
+    code = error.response.get("Error", {}).get("Code", "Unknown")
+    where = f" with key {key_id}" if key_id else ""
+    return KmsError(f"kms-{code}", f"KMS {action}{where} failed: {code}", retryable=code not in PERMANENT_KMS_ERRORS)
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    encrypted_key: bytes
+    context: dict[str, str]
+    key_arn: str
+
+
+class KmsKeys:
+    """The target key and the configured old KMS keys, over one shared KMS client."""
+
+    def __init__(
+        self,
+        client,
+        target_key_id: str,
+        wrap: WrapAlgorithm = WrapAlgorithm.KMS_CONTEXT,
+        source_key_ids: Sequence[str] = (),
+        limiter: TokenBucket | None = None,
+    ):
+        if not wrap.is_kms:
+            raise ValueError("target wrap must be kms or kms+context")
+        self.client = client
+        self.target_key_id = target_key_id
+        self.wrap = wrap
+        self.source_key_ids = list(source_key_ids)
+        self.limiter = limiter or TokenBucket(None)
+        self.target_arn = target_key_id  # replaced by describe_target()
+        self.calls: Counter[str] = Counter()  # KMS requests by action, for reports and tests
+        self._calls_lock = threading.Lock()
+
+    def _call(self, action: str, **kwargs):
+        self.limiter.acquire()
+        with self._calls_lock:
+            self.calls[action] += 1
+        return getattr(self.client, action)(**kwargs)
+
+    def describe_target(self) -> str:
+        """Check the target key exists, is enabled and symmetric; remember its ARN."""
+        try:
+            meta = self._call("describe_key", KeyId=self.target_key_id)["KeyMetadata"]
+        except ClientError as error:
+            raise _error(error, "DescribeKey", self.target_key_id) from None
+        if meta.get("KeyState", "Enabled") != "Enabled":
+            raise KmsError("kms-key-not-enabled", f"target KMS key {self.target_key_id} is {meta.get('KeyState')}")
+        if meta.get("KeySpec", meta.get("CustomerMasterKeySpec", "SYMMETRIC_DEFAULT")) != "SYMMETRIC_DEFAULT":
+            raise KmsError("kms-key-not-symmetric", f"target KMS key {self.target_key_id} is not a symmetric encryption key")
+        if meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":
+            raise KmsError("kms-key-usage", f"target KMS key {self.target_key_id} is not for ENCRYPT_DECRYPT")
+        self.target_arn = meta["Arn"]
+        return self.target_arn
+
+    def target_context(self, envelope: Envelope) -> dict[str, str]:
+        if self.wrap is WrapAlgorithm.KMS and envelope.format != "v3":
+            return legacy_kms_context(self.target_key_id)
+        return kms_context_for(envelope)
+
+    def target_wrap(self, envelope: Envelope) -> WrapAlgorithm:
+        return WrapAlgorithm.KMS_CONTEXT if envelope.format == "v3" else self.wrap
+
+    def encrypt(self, data_key: DataKey, envelope: Envelope) -> Wrapped:
+        context = self.target_context(envelope)
+        try:
+            response = self._call(
+                "encrypt", KeyId=self.target_key_id, Plaintext=data_key.reveal(), EncryptionContext=context
+            )
+        except ClientError as error:
+            raise _error(error, "Encrypt", self.target_key_id) from None
+        return Wrapped(response["CiphertextBlob"], context, response.get("KeyId", self.target_arn))
+
+    def decrypt(self, encrypted_key: bytes, context: Mapping[str, str], key_id: str) -> DataKey:
+        try:
+            response = self._call(
+                "decrypt", CiphertextBlob=encrypted_key, EncryptionContext=dict(context), KeyId=key_id
+            )
+        except ClientError as error:
+            raise _error(error, "Decrypt", key_id) from None
+        return DataKey(response["Plaintext"])
+
+    def source_key_candidates(self, envelope: Envelope) -> list[str]:
+        """Configured old KMS keys, the one named by a legacy kms_cmk_id first."""
+        named = envelope.context.get("kms_cmk_id")
+        ordered = [k for k in self.source_key_ids if k == named] + [k for k in self.source_key_ids if k != named]
+        return ordered
+
+    def reencrypt(self, envelope: Envelope) -> Wrapped:
+        """KMS-to-KMS: ReEncrypt, so the plaintext data key never leaves KMS."""
+        if not self.source_key_ids:
+            raise KmsError(
+                "no-source-key", "the data key is wrapped by KMS but no source KMS key is configured (--source-kms-key-id)"
+            )
+        context = self.target_context(envelope)
+        last: KmsError | None = None
+        for source in self.source_key_candidates(envelope):
+            try:
+                response = self._call(
+                    "re_encrypt",
+                    CiphertextBlob=envelope.encrypted_key,
+                    SourceEncryptionContext=envelope.context,
+                    SourceKeyId=source,
+                    DestinationKeyId=self.target_key_id,
+                    DestinationEncryptionContext=context,
+                )
+            except ClientError as error:
+                last = _error(error, "ReEncrypt", source)
+                if last.reason == "kms-IncorrectKeyException":
+                    continue
+                raise last from None
+            return Wrapped(response["CiphertextBlob"], context, response.get("KeyId", self.target_arn))
+        assert last is not None
+        raise KmsError("wrong-key", "the data key is not wrapped by any configured source KMS key")
+
+    def check_decryptable(self, encrypted_key: bytes, context: Mapping[str, str]) -> None:
+        """Prove a new envelope opens with the target key and its context, without plaintext
+        leaving KMS: ReEncrypt it onto the target key itself and drop the result."""
+        try:
+            self._call(
+                "re_encrypt",
+                CiphertextBlob=encrypted_key,
+                SourceEncryptionContext=dict(context),
+                SourceKeyId=self.target_key_id,
+                DestinationKeyId=self.target_key_id,
+                DestinationEncryptionContext=dict(context),
+            )
+        except ClientError as error:
+            raise _error(error, "ReEncrypt (verification)", self.target_key_id) from None

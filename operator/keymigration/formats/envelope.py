@@ -1,0 +1,452 @@
+"""S3 Encryption Client content metadata ("envelopes"): detection, parsing, serialization.
+
+Pure code, no I/O. Rules cite the S3EC specification
+(awslabs/aws-encryption-sdk-specification, ``s3-encryption/data-format/content-metadata.md`` and
+``metadata-strategy.md``) the way the official clients do, and the project's reference
+``docs/formats.md``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email.header
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from keymigration.errors import EnvelopeError
+from keymigration.formats.vocabulary import WrapAlgorithm
+
+# spec: content-metadata.md "Content Metadata MapKeys". The "x-amz-meta-" prefix is added by S3
+# and MUST NOT appear here; boto3 returns user metadata without it, lower-cased.
+KEY_V1 = "x-amz-key"
+KEY_V2 = "x-amz-key-v2"
+IV = "x-amz-iv"
+MATDESC = "x-amz-matdesc"
+WRAP_ALG = "x-amz-wrap-alg"
+CEK_ALG = "x-amz-cek-alg"
+TAG_LEN = "x-amz-tag-len"
+UNENCRYPTED_LENGTH = "x-amz-unencrypted-content-length"
+INSTRUCTION_FILE_MARKER = "x-amz-crypto-instr-file"
+# V3 (compressed) mapkeys.
+CONTENT_CIPHER_V3 = "x-amz-c"
+ENCRYPTED_DATA_KEY_V3 = "x-amz-3"
+MAT_DESC_V3 = "x-amz-m"
+ENCRYPTION_CONTEXT_V3 = "x-amz-t"
+ENCRYPTED_DATA_KEY_ALGORITHM_V3 = "x-amz-w"
+KEY_COMMITMENT_V3 = "x-amz-d"
+MESSAGE_ID_V3 = "x-amz-i"
+
+# spec: "If there are multiple mapkeys which are meant to be exclusive to different versions,
+# such as x-amz-key, x-amz-key-v2, and x-amz-3 then the S3EC SHOULD throw an exception."
+EXCLUSIVE_KEYS = (KEY_V1, KEY_V2, ENCRYPTED_DATA_KEY_V3)
+V1_V2_KEYS = (KEY_V1, KEY_V2, IV, MATDESC, WRAP_ALG, CEK_ALG, TAG_LEN)
+V3_OBJECT_ONLY_KEYS = (CONTENT_CIPHER_V3, KEY_COMMITMENT_V3, MESSAGE_ID_V3)
+V3_INSTRUCTION_KEYS = (ENCRYPTED_DATA_KEY_V3, ENCRYPTED_DATA_KEY_ALGORITHM_V3, MAT_DESC_V3, ENCRYPTION_CONTEXT_V3)
+ALL_ENVELOPE_KEYS = V1_V2_KEYS + V3_OBJECT_ONLY_KEYS + V3_INSTRUCTION_KEYS
+# Keys other writers put in instruction files that carry no key material: accepted on read,
+# never written (Python S3EC v4 rejects x-amz-unencrypted-content-length in a file).
+TOLERATED_INSTRUCTION_KEYS = (UNENCRYPTED_LENGTH, INSTRUCTION_FILE_MARKER)
+
+MAX_INSTRUCTION_FILE_BYTES = 64 * 1024
+
+CBC = "AES/CBC/PKCS5Padding"
+GCM = "AES/GCM/NoPadding"
+SUITE_115 = "115"  # ALG_AES_256_GCM_HKDF_SHA512_COMMIT_KEY, decimal of 0x0073
+# Ruby V1 wrote "AES/CBC/PKCS7Padding" for the same cipher.
+_CEK_ALIASES = {CBC: CBC, "AES/CBC/PKCS7Padding": CBC, GCM: GCM}
+
+
+
+# spec: content-metadata.md "x-amz-w": "02" AES/GCM, "12" kms+context, "22" RSA-OAEP-SHA1; the
+# value "MUST be translated ... upon retrieval, and vice versa on write".
+V3_WRAP_CODES = {"02": WrapAlgorithm.AES_GCM, "12": WrapAlgorithm.KMS_CONTEXT, "22": WrapAlgorithm.RSA_OAEP_SHA1}
+V3_WRAP_CODE_OF = {alg: code for code, alg in V3_WRAP_CODES.items()}
+
+
+class Location(str, Enum):
+    METADATA = "metadata"
+    INSTRUCTION_FILE = "instruction-file"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One object's S3EC envelope, decoded. Holds only public values (the EDK is wrapped)."""
+
+    format: str  # "v1" | "v2" | "v3"
+    encrypted_key: bytes = field(repr=False)
+    wrap: WrapAlgorithm
+    cek_alg: str  # normalized: CBC, GCM or SUITE_115
+    context: dict[str, str]  # materials description (AES/RSA) or KMS encryption context
+    location: Location
+    iv: bytes | None = None  # V1/V2 content IV
+    message_id: bytes | None = None  # V3 x-amz-i
+    commitment: bytes | None = None  # V3 x-amz-d
+    unencrypted_length: int | None = None
+    raw_cek_alg: str | None = None  # as stored; None when absent (V1)
+    raw_wrap_alg: str | None = None  # as stored (V3: the two-digit code)
+
+    @property
+    def is_gcm(self) -> bool:
+        return self.cek_alg in (GCM, SUITE_115)
+
+    @property
+    def cipher_identifier(self) -> str:
+        """The string bound into AES/GCM AAD, RSA-OAEP-SHA1 pseudo keys and kms+context ECs."""
+        return self.cek_alg
+
+    def summary(self) -> dict[str, str]:
+        return {"format": self.format, "wrap": str(self.wrap), "cek_alg": self.cek_alg, "location": str(self.location)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding helpers
+
+
+def b64decode(value: object, name: str) -> bytes:
+    """Standard base64; whitespace tolerated (Ruby's encode64 wraps lines), nothing else."""
+    if not isinstance(value, str):
+        raise EnvelopeError("malformed-envelope", f"{name} is not a string")
+    compact = "".join(value.split())
+    try:
+        decoded = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise EnvelopeError("malformed-envelope", f"{name} is not valid base64") from None
+    if not decoded:
+        raise EnvelopeError("malformed-envelope", f"{name} is empty")
+    return decoded
+
+
+def b64encode(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def decode_metadata_value(value: str) -> str:
+    """Undo S3's RFC 2047 encoding of non-ASCII user metadata values ("=?UTF-8?B?...?=").
+
+    spec: content-metadata.md "This string MAY be encoded by the esoteric double-encoding scheme
+    used by the S3 web server." Plain ASCII values pass through unchanged.
+    """
+    if "=?" not in value:
+        return value
+    try:
+        parts = email.header.decode_header(value)
+    except (ValueError, LookupError):
+        return value
+    out = []
+    for chunk, charset in parts:
+        out.append(chunk.decode(charset or "utf-8", errors="strict") if isinstance(chunk, bytes) else chunk)
+    return "".join(out)
+
+
+def parse_context(value: str | None, name: str) -> dict[str, str]:
+    """A materials description / encryption context: a JSON object of strings; default {}."""
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(decode_metadata_value(value))
+    except (ValueError, UnicodeDecodeError):
+        raise EnvelopeError("malformed-envelope", f"{name} is not valid JSON") from None
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        raise EnvelopeError("malformed-envelope", f"{name} must be a JSON object of strings")
+    return parsed
+
+
+def canonical_context(context: Mapping[str, str]) -> str:
+    """The JSON text stored in x-amz-matdesc / x-amz-t: compact, keys sorted."""
+    return json.dumps(dict(context), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def _normalize_cek(raw: str | None) -> str:
+    if raw is None:
+        return CBC  # spec: V1 has no x-amz-cek-alg; the content is AES/CBC/PKCS5Padding.
+    try:
+        return _CEK_ALIASES[raw]
+    except KeyError:
+        raise EnvelopeError("unknown-content-algorithm", f"unknown content algorithm {raw!r}") from None
+
+
+def _normalize_wrap(raw: str | None, fmt: str) -> WrapAlgorithm:
+    if raw is None:
+        if fmt == "v1" or fmt == "v2":
+            return WrapAlgorithm.LEGACY
+    else:
+        for alg in WrapAlgorithm:
+            if alg is not WrapAlgorithm.LEGACY and alg.value == raw:
+                return alg
+    raise EnvelopeError("unknown-wrap-algorithm", f"unknown key wrap algorithm {raw!r}")
+
+
+def _parse_length(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise EnvelopeError("malformed-envelope", f"{UNENCRYPTED_LENGTH} is not a decimal length")
+
+
+def _check_iv(iv: bytes, cek_alg: str) -> None:
+    expected = 12 if cek_alg == GCM else 16
+    if len(iv) != expected:
+        raise EnvelopeError("malformed-envelope", f"{IV} is {len(iv)} bytes; {cek_alg} needs {expected}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection over object metadata
+
+
+class MetadataKind(str, Enum):
+    ENVELOPE = "envelope"  # a complete V1/V2/V3 envelope is in the object metadata
+    V3_INSTRUCTION = "v3-instruction"  # x-amz-c/d/i present, x-amz-3 in the instruction file
+    NONE = "none"  # nothing in metadata: readers MUST look for the instruction file
+
+
+def lower_keys(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in metadata.items()}
+
+
+def detect(metadata: Mapping[str, str]) -> MetadataKind:
+    """Where the envelope of an object with this user metadata lives.
+
+    spec: content-metadata.md "Determining S3EC Object Status": V1 = x-amz-iv + x-amz-key,
+    V2 = x-amz-iv + x-amz-key-v2, V3 = x-amz-3 + x-amz-d + x-amz-i; none of these -> the S3EC
+    MUST attempt to get the instruction file; several exclusive mapkeys -> SHOULD throw.
+    """
+    md = lower_keys(metadata)
+    present = [k for k in EXCLUSIVE_KEYS if k in md]
+    if len(present) > 1:
+        raise EnvelopeError("conflicting-envelope", f"object metadata has several exclusive envelope keys: {', '.join(present)}")
+    if present == [ENCRYPTED_DATA_KEY_V3]:
+        missing = [k for k in (KEY_COMMITMENT_V3, MESSAGE_ID_V3, CONTENT_CIPHER_V3) if k not in md]
+        if missing:
+            raise EnvelopeError("malformed-envelope", f"V3 metadata lacks {', '.join(missing)}")
+        return MetadataKind.ENVELOPE
+    if present:
+        if IV not in md:
+            raise EnvelopeError("malformed-envelope", f"object metadata has {present[0]} but no {IV}")
+        if any(k in md for k in V3_OBJECT_ONLY_KEYS):
+            raise EnvelopeError("conflicting-envelope", f"object metadata mixes {present[0]} with V3 keys")
+        return MetadataKind.ENVELOPE
+    if any(k in md for k in V3_OBJECT_ONLY_KEYS):
+        missing = [k for k in V3_OBJECT_ONLY_KEYS if k not in md]
+        if missing:
+            raise EnvelopeError("malformed-envelope", f"V3 metadata lacks {', '.join(missing)}")
+        if any(k in md for k in V1_V2_KEYS):
+            raise EnvelopeError("conflicting-envelope", "object metadata mixes V3 keys with V1/V2 keys")
+        return MetadataKind.V3_INSTRUCTION
+    return MetadataKind.NONE
+
+
+def has_envelope_keys(metadata: Mapping[str, str]) -> bool:
+    md = lower_keys(metadata)
+    return any(k in md for k in ALL_ENVELOPE_KEYS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _from_v1_v2(values: Mapping[str, Any], location: Location, unencrypted_length: Any) -> Envelope:
+    fmt = "v1" if KEY_V1 in values else "v2"
+    edk = b64decode(values[KEY_V1 if fmt == "v1" else KEY_V2], KEY_V1 if fmt == "v1" else KEY_V2)
+    raw_cek = values.get(CEK_ALG)
+    raw_wrap = values.get(WRAP_ALG)
+    for name, value in ((CEK_ALG, raw_cek), (WRAP_ALG, raw_wrap), (MATDESC, values.get(MATDESC))):
+        if value is not None and not isinstance(value, str):
+            raise EnvelopeError("malformed-envelope", f"{name} is not a string")
+    if fmt == "v1" and raw_wrap is not None:
+        raise EnvelopeError("conflicting-envelope", f"V1 envelope ({KEY_V1}) carries {WRAP_ALG}")
+    cek = _normalize_cek(raw_cek)
+    wrap = _normalize_wrap(raw_wrap, fmt)
+    iv = b64decode(values.get(IV), IV) if values.get(IV) is not None else None
+    if iv is None:
+        raise EnvelopeError("malformed-envelope", f"envelope has no {IV}")
+    _check_iv(iv, cek)
+    tag_len = values.get(TAG_LEN)
+    if cek == GCM and tag_len not in (None, "128", 128):
+        raise EnvelopeError("malformed-envelope", f"{TAG_LEN} {tag_len!r} is not 128")
+    return Envelope(
+        format=fmt,
+        encrypted_key=edk,
+        wrap=wrap,
+        cek_alg=cek,
+        context=parse_context(values.get(MATDESC), MATDESC),
+        location=location,
+        iv=iv,
+        unencrypted_length=_parse_length(unencrypted_length),
+        raw_cek_alg=raw_cek,
+        raw_wrap_alg=raw_wrap,
+    )
+
+
+def _from_v3(instruction: Mapping[str, Any], object_md: Mapping[str, str], location: Location) -> Envelope:
+    c = object_md.get(CONTENT_CIPHER_V3)
+    if c != SUITE_115:
+        raise EnvelopeError("unknown-content-algorithm", f"unknown V3 content cipher {c!r}")
+    code = instruction.get(ENCRYPTED_DATA_KEY_ALGORITHM_V3)
+    if code not in V3_WRAP_CODES:
+        raise EnvelopeError("unknown-wrap-algorithm", f"unknown V3 wrap code {code!r}")
+    wrap = V3_WRAP_CODES[code]
+    # spec: x-amz-t is used for kms+context ("12"); x-amz-m for "02" and "22"; default {}.
+    ctx_key = ENCRYPTION_CONTEXT_V3 if wrap is WrapAlgorithm.KMS_CONTEXT else MAT_DESC_V3
+    if not isinstance(instruction.get(ctx_key, ""), str):
+        raise EnvelopeError("malformed-envelope", f"{ctx_key} is not a string")
+    message_id = b64decode(object_md[MESSAGE_ID_V3], MESSAGE_ID_V3)
+    commitment = b64decode(object_md[KEY_COMMITMENT_V3], KEY_COMMITMENT_V3)
+    if len(message_id) != 28 or len(commitment) != 28:
+        raise EnvelopeError("malformed-envelope", "V3 x-amz-i and x-amz-d must be 28 bytes each")
+    return Envelope(
+        format="v3",
+        encrypted_key=b64decode(instruction.get(ENCRYPTED_DATA_KEY_V3), ENCRYPTED_DATA_KEY_V3),
+        wrap=wrap,
+        cek_alg=SUITE_115,
+        context=parse_context(instruction.get(ctx_key), ctx_key),
+        location=location,
+        message_id=message_id,
+        commitment=commitment,
+        raw_cek_alg=c,
+        raw_wrap_alg=code,
+    )
+
+
+def from_metadata(metadata: Mapping[str, str]) -> Envelope:
+    """The envelope held in object metadata (boto3 ``Metadata``); raises if there is none."""
+    md = lower_keys(metadata)
+    if detect(md) is not MetadataKind.ENVELOPE:
+        raise EnvelopeError("not-encrypted", "object metadata holds no S3EC envelope")
+    if ENCRYPTED_DATA_KEY_V3 in md:
+        return _from_v3(md, md, Location.METADATA)
+    return _from_v1_v2(md, Location.METADATA, md.get(UNENCRYPTED_LENGTH))
+
+
+def parse_instruction_json(body: bytes) -> dict[str, Any]:
+    """Decode an instruction file body: one JSON object, no duplicate keys, bounded size."""
+    if len(body) > MAX_INSTRUCTION_FILE_BYTES:
+        raise EnvelopeError("malformed-instruction-file", f"instruction file is {len(body)} bytes (limit {MAX_INSTRUCTION_FILE_BYTES})")
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in seen:
+                raise EnvelopeError("malformed-instruction-file", f"instruction file repeats key {k!r}")
+            seen[k] = v
+        return seen
+
+    try:
+        text = body.decode("utf-8")
+        parsed = json.loads(text, object_pairs_hook=no_duplicates)
+    except UnicodeDecodeError:
+        raise EnvelopeError("malformed-instruction-file", "instruction file is not UTF-8") from None
+    except json.JSONDecodeError:
+        raise EnvelopeError("malformed-instruction-file", "instruction file is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise EnvelopeError("malformed-instruction-file", "instruction file is not a JSON object")
+    return parsed
+
+
+def _check_instruction_keys(values: Mapping[str, Any]) -> str:
+    """Only S3EC keys, none that belongs in object metadata, string values, exactly one
+    encrypted data key; returns the name of that key."""
+    unknown = sorted(k for k in values if k not in ALL_ENVELOPE_KEYS and k not in TOLERATED_INSTRUCTION_KEYS)
+    if unknown:
+        raise EnvelopeError("malformed-instruction-file", f"instruction file has non-S3EC keys: {', '.join(unknown)}")
+    misplaced = [k for k in V3_OBJECT_ONLY_KEYS if k in values]
+    if misplaced:
+        raise EnvelopeError("conflicting-envelope", f"instruction file holds V3 object-only keys: {', '.join(misplaced)}")
+    for k, v in values.items():
+        if k not in (TAG_LEN, UNENCRYPTED_LENGTH) and not isinstance(v, str):
+            raise EnvelopeError("malformed-instruction-file", f"instruction file value of {k} is not a string")
+    present = [k for k in EXCLUSIVE_KEYS if k in values]
+    if not present:
+        raise EnvelopeError("malformed-instruction-file", "instruction file holds no encrypted data key")
+    if len(present) > 1:
+        raise EnvelopeError("conflicting-envelope", f"instruction file has several exclusive envelope keys: {', '.join(present)}")
+    return present[0]
+
+
+def from_instruction_file(body: bytes, object_metadata: Mapping[str, str]) -> Envelope:
+    """The envelope in an instruction file, combined with the object's metadata for V3.
+
+    spec: metadata-strategy.md: V1/V2 store all content metadata in the instruction file; in V3
+    x-amz-c, x-amz-d and x-amz-i MUST be in object metadata and MUST NOT be in the file.
+    """
+    values = parse_instruction_json(body)
+    data_key_name = _check_instruction_keys(values)
+    md = lower_keys(object_metadata)
+    if data_key_name == ENCRYPTED_DATA_KEY_V3:
+        # An explicit instruction-file read (Ruby, Go S3LoadStrategy) takes x-amz-c/d/i from the
+        # metadata even when the metadata still holds the old x-amz-3 as well.
+        missing = [k for k in V3_OBJECT_ONLY_KEYS if k not in md]
+        if missing:
+            raise EnvelopeError("malformed-envelope", f"V3 instruction file but object metadata lacks {', '.join(missing)}")
+        if any(k in values for k in V1_V2_KEYS):
+            raise EnvelopeError("conflicting-envelope", "instruction file mixes V3 and V1/V2 keys")
+        return _from_v3(values, md, Location.INSTRUCTION_FILE)
+    if any(k in values for k in V3_INSTRUCTION_KEYS):
+        raise EnvelopeError("conflicting-envelope", "instruction file mixes V1/V2 and V3 keys")
+    length = values.get(UNENCRYPTED_LENGTH, md.get(UNENCRYPTED_LENGTH))
+    return _from_v1_v2(values, Location.INSTRUCTION_FILE, length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialization of the new KMS envelope
+
+
+def kms_context_for(envelope: Envelope) -> dict[str, str]:
+    """The encryption context of the new ``kms+context`` wrap.
+
+    spec: s3-kms-keyring.md: the reserved key aws:x-amz-cek-alg holds the content cipher, "115"
+    for V3; kms_cmk_id is never carried into a kms+context context (Ruby V2 compares the whole
+    context and rejects extra keys).
+    """
+    return {"aws:x-amz-cek-alg": SUITE_115 if envelope.format == "v3" else envelope.cek_alg}
+
+
+def legacy_kms_context(target_key_id: str) -> dict[str, str]:
+    """The context of the legacy ``kms`` wrap: Java v1 KMSEncryptionMaterials' kms_cmk_id."""
+    return {"kms_cmk_id": target_key_id}
+
+
+def target_fields(source: Envelope, new_encrypted_key: bytes, wrap: WrapAlgorithm, context: Mapping[str, str]) -> dict[str, str]:
+    """The complete new envelope as the instruction file holds it: only S3EC keys, strings.
+
+    V1 sources become V2 (x-amz-key-v2, CBC); spec: content-metadata.md "x-amz-tag-len ... MUST
+    be present" for AES-GCM and "MUST NOT be present" for AES-CBC. V3 puts only 3/w/t in the
+    file (metadata-strategy.md): x-amz-c/d/i stay in the object metadata.
+    """
+    if wrap not in (WrapAlgorithm.KMS, WrapAlgorithm.KMS_CONTEXT):
+        raise ValueError("the target wrap must be kms or kms+context")
+    if source.format == "v3":
+        if wrap is not WrapAlgorithm.KMS_CONTEXT:
+            raise EnvelopeError("unsupported-target", "V3 objects can only be wrapped with kms+context (x-amz-w 12)")
+        return {
+            ENCRYPTED_DATA_KEY_V3: b64encode(new_encrypted_key),
+            ENCRYPTED_DATA_KEY_ALGORITHM_V3: V3_WRAP_CODE_OF[WrapAlgorithm.KMS_CONTEXT],
+            ENCRYPTION_CONTEXT_V3: canonical_context(context),
+        }
+    assert source.iv is not None
+    fields = {
+        KEY_V2: b64encode(new_encrypted_key),
+        IV: b64encode(source.iv),
+        MATDESC: canonical_context(context),
+        WRAP_ALG: wrap.value,
+        CEK_ALG: source.cek_alg,
+    }
+    if source.cek_alg == GCM:
+        fields[TAG_LEN] = "128"
+    return fields
+
+
+def instruction_body(fields: Mapping[str, str]) -> bytes:
+    """Serialize an instruction file: one JSON object, every value a string, ASCII only."""
+    for k, v in fields.items():
+        if k not in ALL_ENVELOPE_KEYS or k in V3_OBJECT_ONLY_KEYS or not isinstance(v, str):
+            raise ValueError(f"refusing to write {k!r} into an instruction file")
+    return json.dumps(dict(fields), separators=(",", ":"), sort_keys=True).encode("ascii")

@@ -1,0 +1,121 @@
+"""The words every layer shares: how a data key is wrapped, where the new envelope goes, how
+much is verified, and the one check of a migration target (mode + instruction-file suffix).
+
+Pure: the CLI, the KeyMigration API types and the re-wrap options all call ``check_target``, so
+a suffix or mode refused in one place is refused in all of them with the same words.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import TypeVar
+
+from keymigration.errors import ConfigurationError
+
+DEFAULT_INSTRUCTION_SUFFIX = ".instruction"
+# Backups of replaced envelopes: <key>.instruction.keymigration-backup (an instruction file,
+# byte for byte) and <key>.keymigration-backup (an envelope removed from object metadata).
+BACKUP_SUFFIX = ".keymigration-backup"
+SUFFIX_PATTERN = r"^\.[A-Za-z0-9._-]{1,64}$"
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def _parse(cls: type[E], value: object, what: str) -> E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise ConfigurationError(f"{what} must be one of {', '.join(m.value for m in cls)}, not {value!r}") from None
+
+
+class WrapAlgorithm(str, Enum):
+    """How the data key is wrapped. LEGACY is V1's absent x-amz-wrap-alg (AES/ECB or RSA PKCS#1)."""
+
+    LEGACY = "legacy"
+    AES_WRAP = "AESWrap"
+    AES_GCM = "AES/GCM"
+    RSA_OAEP_SHA256 = "RSA/ECB/OAEPWithSHA-256AndMGF1Padding"
+    RSA_OAEP_SHA1 = "RSA-OAEP-SHA1"
+    KMS = "kms"
+    KMS_CONTEXT = "kms+context"
+
+    @property
+    def is_kms(self) -> bool:
+        return self in (WrapAlgorithm.KMS, WrapAlgorithm.KMS_CONTEXT)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Mode(str, Enum):
+    """Where the new envelope goes. The value is the CLI's spelling (and the checkpoint's);
+    ``api_name`` the KeyMigration's."""
+
+    INSTRUCTION_FILE = "instruction-file"  # <key><suffix> only; the object is not touched
+    CUTOVER = "cutover"  # also strip the old envelope from the object's metadata
+
+    @property
+    def api_name(self) -> str:
+        return {Mode.INSTRUCTION_FILE: "InstructionFile", Mode.CUTOVER: "CutOver"}[self]
+
+    @classmethod
+    def from_api_name(cls, name: str) -> "Mode":
+        for mode in cls:
+            if mode.api_name == name:
+                return mode
+        raise ConfigurationError(f"unknown mode {name!r}; use one of {', '.join(m.api_name for m in cls)}")
+
+    @classmethod
+    def parse(cls, value: "str | Mode") -> "Mode":
+        return _parse(cls, value, "mode")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VerifyLevel(str, Enum):
+    """How much is proven before a new envelope is written."""
+
+    NONE = "none"  # the unwrap's own proof only
+    ENVELOPE = "envelope"  # KMS opens the new envelope exactly as it will be read
+    BODY = "body"  # also decrypt the whole body with the data key
+
+    @classmethod
+    def parse(cls, value: "str | VerifyLevel") -> "VerifyLevel":
+        return _parse(cls, value, "verify")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def check_target(mode: "Mode | str", suffix: str, *, api_names: bool = False) -> Mode:
+    """The one check of where a migration writes. Returns the mode; raises ConfigurationError
+    naming the problem (callers prefix the field or flag). ``api_names``: ``mode`` and the
+    message use the KeyMigration's spelling (``CutOver``), else the CLI's (``cutover``)."""
+    mode = Mode.from_api_name(mode) if api_names and not isinstance(mode, Mode) else Mode.parse(mode)
+    name = mode.api_name if api_names else mode.value
+    if not isinstance(suffix, str) or not re.match(SUFFIX_PATTERN, suffix):
+        raise ConfigurationError(
+            f"invalid instruction-file suffix {suffix!r}: a dot and 1-64 characters of A-Z a-z 0-9 . _ -"
+        )
+    if suffix.endswith(BACKUP_SUFFIX):
+        raise ConfigurationError(f"instruction-file suffix {suffix!r}: {BACKUP_SUFFIX} is reserved for backups")
+    if mode is Mode.CUTOVER and suffix != DEFAULT_INSTRUCTION_SUFFIX:
+        # Go S3EC v3/v4, .NET and C++ read only <key>.instruction.
+        raise ConfigurationError(
+            f"mode {name} writes {DEFAULT_INSTRUCTION_SUFFIX} (the only suffix every reader finds); "
+            f"the suffix cannot be {suffix!r}"
+        )
+    return mode
+
+
+__all__ = [
+    "BACKUP_SUFFIX",
+    "DEFAULT_INSTRUCTION_SUFFIX",
+    "Mode",
+    "SUFFIX_PATTERN",
+    "VerifyLevel",
+    "WrapAlgorithm",
+    "check_target",
+]

@@ -1,0 +1,425 @@
+"""The ``KeyMigration`` spec: one model for the CRD schema, the operator, the Job and the CLI.
+
+``KEYMIGRATION_SCHEMA`` is the OpenAPI v3 schema the API server enforces (crds/ is generated from it by
+``python -m keymigration.kube.crd``); ``KeyMigration.from_fields`` applies the same schema plus the
+checks a schema cannot express; ``worker_args`` turns a spec and one prefix into the exact
+``keymigration run`` arguments a Job runs, which the CLI parses back into ``RunOptions``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from keymigration.errors import ConfigurationError, InvalidKeyMigration
+from keymigration.formats.vocabulary import (
+    DEFAULT_INSTRUCTION_SUFFIX,
+    SUFFIX_PATTERN,
+    Mode,
+    check_target,
+)
+
+GROUP = "keymigration.io"
+VERSION = "v1alpha1"
+KIND = "KeyMigration"
+PLURAL = "keymigrations"
+PROGRESS_KIND = "KeyMigrationProgress"
+PROGRESS_PLURAL = "keymigrationprogresses"
+
+KEY_MOUNT_ROOT = "/var/run/keymigration/keys"
+
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+KMS_KEY_PATTERN = (
+    r"^(arn:aws[a-zA-Z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[a-zA-Z0-9-]{1,128}|alias/[a-zA-Z0-9/_-]{1,250})"
+    r"|alias/[a-zA-Z0-9/_-]{1,250}|(mrk-)?[a-fA-F0-9-]{32,36})$"
+)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Secret data key as Kubernetes allows it: not ".", not "..", not starting with ".." (it
+# becomes a file name in the worker pod).
+SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+URL_PATTERN = r"^https?://[^\s]+$"
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}, "maxProperties": 32}
+
+
+def _immutable(field_name: str, message: str) -> dict:
+    return {
+        "rule": f"has(self.{field_name}) == has(oldSelf.{field_name}) && (!has(self.{field_name}) || self.{field_name} == oldSelf.{field_name})",
+        "message": message,
+    }
+
+
+KEYMIGRATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "What to migrate and how. bucket, prefixes, source keys, target, suffix and mode are immutable.",
+    "required": ["bucket", "prefixes", "target"],
+    "additionalProperties": False,
+    "properties": {
+        "bucket": {"type": "string", "description": "S3 bucket name.", "pattern": BUCKET_PATTERN, "maxLength": 63},
+        "prefixes": {
+            "type": "array",
+            "description": "Key prefixes; one worker Job each. \"\" means the whole bucket. Must not overlap.",
+            "minItems": 1,
+            "maxItems": 1000,
+            "items": {"type": "string", "maxLength": 1024},
+        },
+        "sourceKeys": {
+            "type": "array",
+            "description": "Old AES (raw or base64) or RSA (PEM) master keys, each a key of a Secret in this namespace, "
+            "mounted read-only as a file into the worker only.",
+            "maxItems": 50,
+            "items": {
+                "type": "object",
+                "required": ["secretName", "key"],
+                "additionalProperties": False,
+                "properties": {
+                    "secretName": {"type": "string", "pattern": DNS_SUBDOMAIN, "maxLength": 253},
+                    "key": {"type": "string", "pattern": SECRET_KEY_PATTERN, "maxLength": 253, "description": "Key within the Secret's data."},
+                    "materialsDescription": {
+                        **_STRING_MAP,
+                        "description": "Pin this key to objects with exactly this x-amz-matdesc (Java v1's materials accessor).",
+                    },
+                },
+            },
+        },
+        "sourceKmsKeyIds": {
+            "type": "array",
+            "description": "Old KMS keys (KMS-to-KMS re-wrap with kms:ReEncrypt).",
+            "maxItems": 20,
+            "items": {"type": "string", "pattern": KMS_KEY_PATTERN, "maxLength": 2048},
+        },
+        "target": {
+            "type": "object",
+            "required": ["kmsKeyId"],
+            "additionalProperties": False,
+            "properties": {
+                "kmsKeyId": {"type": "string", "pattern": KMS_KEY_PATTERN, "maxLength": 2048, "description": "Key id, ARN or alias."},
+                "wrap": {"type": "string", "enum": ["kms+context", "kms"], "default": "kms+context"},
+            },
+        },
+        "instructionFileSuffix": {
+            "type": "string",
+            "pattern": SUFFIX_PATTERN,
+            "default": ".instruction",
+            "description": "Suffix of the instruction files, with its dot.",
+        },
+        "mode": {
+            "type": "string",
+            "enum": sorted(m.api_name for m in Mode),
+            "default": "InstructionFile",
+            "description": "InstructionFile: write instruction files only. CutOver: also remove the old envelope from "
+            "each object's metadata (backed up first) so every reader's default lookup uses the KMS envelope.",
+        },
+        "concurrency": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "maxJobs": {"type": "integer", "minimum": 1, "maximum": 100, "default": 4, "description": "Worker Jobs at once."},
+                "perJob": {"type": "integer", "minimum": 1, "maximum": 256, "default": 16, "description": "Objects in flight per Job."},
+            },
+        },
+        "kmsRequestsPerSecond": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1000000,
+            "description": "Cap on KMS requests per second for the whole migration (split evenly over maxJobs).",
+        },
+        "verify": {"type": "string", "enum": ["envelope", "body", "none"], "default": "envelope"},
+        "suspend": {"type": "boolean", "default": False, "description": "Stop work (Jobs suspended); false resumes."},
+        "maxFailedObjects": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Stop the migration (Stalled, TooManyFailures) once more objects than this have failed.",
+        },
+        "aws": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "For S3-compatible stores or a non-default region; otherwise the worker's environment decides.",
+            "properties": {
+                "region": {"type": "string", "pattern": r"^[a-z0-9-]{2,32}$"},
+                "s3EndpointUrl": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048},
+                "kmsEndpointUrl": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048},
+                "pathStyle": {"type": "boolean"},
+            },
+        },
+        "worker": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Limited pod overrides. The image and ServiceAccount come from the operator's configuration.",
+            "properties": {
+                "resources": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "limits": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}},
+                        "requests": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}},
+                    },
+                },
+                "nodeSelector": _STRING_MAP,
+                "tolerations": {
+                    "type": "array",
+                    "maxItems": 32,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "key": {"type": "string", "maxLength": 316},
+                            "operator": {"type": "string", "enum": ["Exists", "Equal"]},
+                            "value": {"type": "string", "maxLength": 256},
+                            "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+                            "tolerationSeconds": {"type": "integer"},
+                        },
+                    },
+                },
+                "priorityClassName": {"type": "string", "pattern": DNS_SUBDOMAIN, "maxLength": 253},
+                "activeDeadlineSeconds": {"type": "integer", "minimum": 60},
+            },
+        },
+    },
+    "x-kubernetes-validations": [
+        {"rule": "self.bucket == oldSelf.bucket", "message": "bucket is immutable"},
+        {"rule": "self.prefixes == oldSelf.prefixes", "message": "prefixes are immutable"},
+        _immutable("sourceKeys", "sourceKeys are immutable"),
+        _immutable("sourceKmsKeyIds", "sourceKmsKeyIds are immutable"),
+        {"rule": "self.target == oldSelf.target", "message": "target is immutable"},
+        _immutable("instructionFileSuffix", "instructionFileSuffix is immutable"),
+        _immutable("mode", "mode is immutable"),
+    ],
+}
+
+_COUNTERS = {
+    "type": "object",
+    "properties": {name: {"type": "integer"} for name in ("scanned", "migrated", "skipped", "failed", "planned", "verified")},
+    "x-kubernetes-preserve-unknown-fields": True,
+}
+_CONDITIONS = {
+    "type": "array",
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+    "items": {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string", "maxLength": 32768},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+        },
+    },
+}
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "observedGeneration": {"type": "integer"},
+        "conditions": _CONDITIONS,
+        "phase": {"type": "string", "description": "Convenience for printer columns; use conditions."},
+        "startTime": {"type": "string", "format": "date-time"},
+        "completionTime": {"type": "string", "format": "date-time"},
+        "prefixesDone": {"type": "string", "description": "completed/total, for kubectl get"},
+        "prefixCounts": {
+            "type": "object",
+            "properties": {n: {"type": "integer"} for n in ("total", "pending", "running", "completed", "failed", "suspended")},
+        },
+        "totals": _COUNTERS,
+        "prefixes": {
+            "type": "array",
+            "description": "Per-prefix progress (at most 200 entries, unfinished first; all of it lives in KeyMigrationProgress objects).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "prefix": {"type": "string"},
+                    "job": {"type": "string"},
+                    "state": {"type": "string"},
+                    "counters": _COUNTERS,
+                    "total": {"type": "integer"},
+                    "checkpoint": {"type": "string", "description": "every key up to this one is finished"},
+                    "lastError": {"type": "string"},
+                    "startTime": {"type": "string", "format": "date-time"},
+                    "completionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+        "prefixesTruncated": {"type": "boolean"},
+        "retryGeneration": {"type": "string", "description": "last keymigration.io/retry annotation value acted on"},
+    },
+}
+
+PROGRESS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "properties": {
+                "migration": {"type": "string"},
+                "bucket": {"type": "string"},
+                "prefix": {"type": "string"},
+                "job": {"type": "string"},
+            },
+        },
+        "status": {
+            "type": "object",
+            "properties": {
+                "checkpoint": {"type": "string", "description": "the worker's checkpoint (JSON, docs/worker.md#checkpoints)"},
+                "counters": _COUNTERS,
+                "total": {"type": "integer"},
+                "done": {"type": "boolean"},
+                "exitCode": {"type": "integer"},
+                "lastError": {"type": "string"},
+                "rate": {"type": "number"},
+                "faults": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "updatedAt": {"type": "string", "format": "date-time"},
+            },
+        },
+    },
+}
+
+
+
+@dataclass(frozen=True)
+class SourceKeyRef:
+    secret_name: str
+    key: str
+    materials_description: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class KeyMigration:
+    bucket: str
+    prefixes: tuple[str, ...]
+    target_key_id: str
+    wrap: str = "kms+context"
+    source_keys: tuple[SourceKeyRef, ...] = ()
+    source_kms_key_ids: tuple[str, ...] = ()
+    suffix: str = ".instruction"
+    mode: Mode = Mode.INSTRUCTION_FILE
+    max_jobs: int = 4
+    per_job_concurrency: int = 16
+    kms_requests_per_second: int | None = None
+    verify: str = "envelope"
+    suspend: bool = False
+    max_failed_objects: int | None = None
+    region: str | None = None
+    s3_endpoint_url: str | None = None
+    kms_endpoint_url: str | None = None
+    path_style: bool = False
+    worker: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, spec: dict | None) -> "KeyMigration":
+        spec = spec or {}
+        validator = jsonschema.Draft7Validator({k: v for k, v in KEYMIGRATION_SCHEMA.items() if k != "x-kubernetes-validations"})
+        problems = sorted(
+            f"spec.{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+            for error in validator.iter_errors(spec)
+        )
+        if problems:
+            raise InvalidKeyMigration(problems)
+        prefixes = tuple(spec["prefixes"])
+        if len(set(prefixes)) != len(prefixes):
+            problems.append("spec.prefixes: duplicate prefixes")
+        for a in prefixes:
+            for b in prefixes:
+                if a != b and b.startswith(a):
+                    problems.append(f"spec.prefixes: {a!r} contains {b!r}; prefixes must not overlap")
+        if not spec.get("sourceKeys") and not spec.get("sourceKmsKeyIds"):
+            problems.append("spec: give sourceKeys (AES/RSA Secrets) and/or sourceKmsKeyIds")
+        suffix = spec.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
+        try:
+            mode = check_target(spec.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
+        except ConfigurationError as error:
+            problems.append(f"spec.instructionFileSuffix: {error}")
+        if problems:
+            raise InvalidKeyMigration(problems)
+        concurrency = spec.get("concurrency") or {}
+        aws = spec.get("aws") or {}
+        return cls(
+            bucket=spec["bucket"],
+            prefixes=prefixes,
+            target_key_id=spec["target"]["kmsKeyId"],
+            wrap=spec["target"].get("wrap", "kms+context"),
+            source_keys=tuple(
+                SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in spec.get("sourceKeys") or ()
+            ),
+            source_kms_key_ids=tuple(spec.get("sourceKmsKeyIds") or ()),
+            suffix=suffix,
+            mode=mode,
+            max_jobs=concurrency.get("maxJobs", 4),
+            per_job_concurrency=concurrency.get("perJob", 16),
+            kms_requests_per_second=spec.get("kmsRequestsPerSecond"),
+            verify=spec.get("verify", "envelope"),
+            suspend=bool(spec.get("suspend", False)),
+            max_failed_objects=spec.get("maxFailedObjects"),
+            region=aws.get("region"),
+            s3_endpoint_url=aws.get("s3EndpointUrl"),
+            kms_endpoint_url=aws.get("kmsEndpointUrl"),
+            path_style=bool(aws.get("pathStyle", False)),
+            worker=dict(spec.get("worker") or {}),
+        )
+
+    # -- the Job's view -----------------------------------------------------------------------
+
+    def key_dir(self, index: int) -> str:
+        """The directory source key ``index`` is mounted at in the worker: one per key, named
+        after the Secret, holding one file named after its key, so reports name the Secret."""
+        return f"{KEY_MOUNT_ROOT}/{index}/{self.source_keys[index].secret_name}"
+
+    def key_file(self, index: int) -> str:
+        return f"{self.key_dir(index)}/{self.source_keys[index].key}"
+
+    def per_job_kms_rate(self) -> int | None:
+        if not self.kms_requests_per_second:
+            return None
+        return max(1, self.kms_requests_per_second // self.max_jobs)
+
+    def worker_args(self, prefix: str, progress_resource: str | None = None, max_failures: int | None = None) -> list[str]:
+        """The exact ``keymigration run`` arguments of the Job for ``prefix``."""
+        args = ["--log-format", "json", "run", "--bucket", self.bucket, "--prefix", prefix]
+        for index, ref in enumerate(self.source_keys):
+            path = self.key_file(index)
+            if ref.materials_description is not None:
+                path += ":" + json.dumps(ref.materials_description, separators=(",", ":"), sort_keys=True)
+            args += ["--source-key", path]
+        for key_id in self.source_kms_key_ids:
+            args += ["--source-kms-key-id", key_id]
+        args += ["--kms-key-id", self.target_key_id, "--wrap", self.wrap, "--suffix", self.suffix, "--mode", self.mode.value]
+        args += ["--concurrency", str(self.per_job_concurrency), "--verify", self.verify]
+        rate = self.per_job_kms_rate()
+        if rate:
+            args += ["--kms-rate", str(rate)]
+        if max_failures is not None:
+            args += ["--max-failures", str(max_failures)]
+        if self.region:
+            args += ["--region", self.region]
+        if self.path_style:
+            args += ["--path-style"]
+        if progress_resource:
+            args += ["--progress-resource", progress_resource]
+        args += ["--report", "-", "--progress", "json"]
+        return args
+
+    def worker_env(self) -> dict[str, str]:
+        env = {}
+        if self.s3_endpoint_url:
+            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
+        if self.kms_endpoint_url:
+            env["AWS_ENDPOINT_URL_KMS"] = self.kms_endpoint_url
+        return env
+
+
+def crd_schema() -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": KEYMIGRATION_SCHEMA,
+            "status": STATUS_SCHEMA,
+        },
+        "required": ["spec"],
+    }

@@ -1,0 +1,190 @@
+"""The worker Job and its progress object for one prefix (pure manifest builders)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from keymigration.kube.api_types import (
+    GROUP,
+    KIND,
+    PROGRESS_KIND,
+    VERSION,
+    KeyMigration,
+)
+from keymigration.migrate.worker import (
+    EXIT_CONFIG,
+    EXIT_FAILED_OBJECTS,
+    EXIT_TOO_MANY_FAILURES,
+)
+
+LABEL_MIGRATION = f"{GROUP}/migration"
+LABEL_PREFIX_HASH = f"{GROUP}/prefix-hash"
+ANNOTATION_PREFIX = f"{GROUP}/prefix"
+ANNOTATION_RETRY = f"{GROUP}/retry"
+CONTAINER = "worker"
+RUN_AS = 65532  # the image's non-root user (Dockerfile)
+
+
+@dataclass(frozen=True)
+class InstallConfig:
+    """What the operator's installer decides (Helm values), never the KeyMigration author."""
+
+    worker_image: str = "ghcr.io/keymigration/keymigration:0.1.0"
+    worker_service_account: str = "keymigration-worker"
+    image_pull_policy: str = "IfNotPresent"
+    backoff_limit: int = 6
+    ttl_seconds_after_finished: int | None = 7 * 24 * 3600
+    default_resources: dict = field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    )
+    termination_grace_seconds: int = 60
+    # Name of a Secret (in each KeyMigration namespace) whose keys become the worker's environment,
+    # e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY where IRSA/Pod Identity do not exist (kind,
+    # MinIO). The installer's choice; a KeyMigration cannot name it.
+    worker_env_secret: str | None = None
+
+
+def prefix_hash(prefix: str) -> str:
+    return hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:10]
+
+
+def child_name(migration: str, prefix: str) -> str:
+    """Deterministic Job (and progress object) name: <migration>-<hash of prefix>, <= 52 chars,
+    so the Job controller's pod name suffix still fits the 63-character label limit."""
+    return f"{migration[:41].rstrip('-.')}-{prefix_hash(prefix)}"
+
+
+def owner_reference(km: dict) -> dict:
+    meta = km["metadata"]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(km: dict, prefix: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "keymigration-worker",
+        "app.kubernetes.io/part-of": "keymigration",
+        "app.kubernetes.io/managed-by": "keymigration-operator",
+        LABEL_MIGRATION: km["metadata"]["name"],
+        LABEL_PREFIX_HASH: prefix_hash(prefix),
+    }
+
+
+def progress_manifest(km: dict, spec: KeyMigration, prefix: str) -> dict:
+    name = child_name(km["metadata"]["name"], prefix)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": PROGRESS_KIND,
+        "metadata": {
+            "name": name,
+            "namespace": km["metadata"]["namespace"],
+            "labels": labels(km, prefix),
+            "annotations": {ANNOTATION_PREFIX: prefix},
+            "ownerReferences": [owner_reference(km)],
+        },
+        "spec": {"migration": km["metadata"]["name"], "bucket": spec.bucket, "prefix": prefix, "job": name},
+    }
+
+
+def job_manifest(km: dict, spec: KeyMigration, prefix: str, config: InstallConfig, max_failures: int | None = None) -> dict:
+    meta = km["metadata"]
+    name = child_name(meta["name"], prefix)
+    namespace = meta["namespace"]
+    pod_labels = labels(km, prefix)
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    for index, ref in enumerate(spec.source_keys):
+        volume = f"source-key-{index}"
+        # One directory per key, holding one file: only the named key of the Secret is mounted.
+        mounts.append({"name": volume, "mountPath": spec.key_dir(index), "readOnly": True})
+        volumes.append(
+            {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}}
+        )
+    env = [{"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]}, {"name": "KEYMIGRATION_NAMESPACE", "value": namespace}]
+    env += [{"name": k, "value": v} for k, v in sorted(spec.worker_env().items())]
+    worker = spec.worker
+    env_from = [{"secretRef": {"name": config.worker_env_secret}}] if config.worker_env_secret else []
+    container = {
+        "name": CONTAINER,
+        "image": config.worker_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "args": spec.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures),
+        "env": env,
+        **({"envFrom": env_from} if env_from else {}),
+        "resources": worker.get("resources") or config.default_resources,
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict = {
+        "restartPolicy": "Never",
+        "serviceAccountName": config.worker_service_account,
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if worker.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(worker["nodeSelector"])
+    if worker.get("tolerations"):
+        pod_spec["tolerations"] = [dict(t) for t in worker["tolerations"]]
+    if worker.get("priorityClassName"):
+        pod_spec["priorityClassName"] = worker["priorityClassName"]
+    job_spec: dict = {
+        "backoffLimit": config.backoff_limit,
+        # Never two pods on one prefix at once: a replacement starts only after the old pod failed.
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": {
+            "rules": [
+                # Permanent outcomes: bad configuration, objects that failed, too many failures.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_FAILED_OBJECTS, EXIT_CONFIG, EXIT_TOO_MANY_FAILURES],
+                    },
+                },
+                # Node drains and preemption do not count against backoffLimit.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "suspend": False,
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    if config.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
+    if worker.get("activeDeadlineSeconds"):
+        job_spec["activeDeadlineSeconds"] = worker["activeDeadlineSeconds"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": pod_labels,
+            "annotations": {ANNOTATION_PREFIX: prefix},
+            "ownerReferences": [owner_reference(km)],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,118 @@
+"""The worker's progress channel in Kubernetes: the status of its KeyMigrationProgress object.
+
+The operator creates one KeyMigrationProgress per prefix (same name as the Job) and is the only
+writer of KeyMigration.status; the worker only patches its own progress object's status: the
+checkpoint it resumes from after a pod restart, live counters, and the final outcome. RBAC for
+the worker: get and patch on keymigrationprogresses and keymigrationprogresses/status, nothing
+else (docs/operator.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from keymigration.clock import utc_timestamp
+from keymigration.errors import CheckpointError
+from keymigration.kube.api_types import GROUP, PROGRESS_PLURAL, VERSION
+from keymigration.kube.kubeconfig import load_client_config
+from keymigration.migrate.checkpoint import Checkpoint
+
+log = logging.getLogger("keymigration.progress")
+
+
+def _now() -> str:
+    return utc_timestamp()
+
+
+def custom_objects_api():
+    from kubernetes import client
+
+    load_client_config()
+    return client.CustomObjectsApi()
+
+
+class KubernetesProgress:
+    """CheckpointStore and ProgressSink over one KeyMigrationProgress object's status."""
+
+    LIVE_INTERVAL = 5.0
+
+    def __init__(self, resource: str, api=None):
+        namespace, sep, name = resource.partition("/")
+        if not sep or not namespace or not name:
+            raise ValueError("--progress-resource must be NAMESPACE/NAME")
+        self.namespace, self.name = namespace, name
+        self.api = api or custom_objects_api()
+        self._last_live = 0.0
+        self._lock = threading.Lock()
+
+    def _patch(self, status: dict) -> bool:
+        status = {**status, "updatedAt": _now()}
+        with self._lock:
+            try:
+                self.api.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name, {"status": status}
+                )
+                return True
+            except Exception as error:  # the API being away must not stop the migration
+                log.warning("could not update progress %s/%s: %s", self.namespace, self.name, type(error).__name__)
+                return False
+
+    # CheckpointStore
+    def load(self) -> Checkpoint | None:
+        obj = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name)
+        text = ((obj or {}).get("status") or {}).get("checkpoint")
+        if not text:
+            return None
+        try:
+            return Checkpoint.from_json(text)
+        except CheckpointError:
+            log.warning("ignoring an unreadable checkpoint in %s/%s", self.namespace, self.name)
+            return None
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        status = {"checkpoint": checkpoint.to_json()}
+        if checkpoint.done:
+            status["done"] = True
+            status["counters"] = _counters(checkpoint.counters)
+        self._patch(status)
+
+    # ProgressSink
+    def update(self, snapshot: dict) -> None:
+        now = time.monotonic()
+        if now - self._last_live < self.LIVE_INTERVAL:
+            return
+        self._last_live = now
+        self._patch(_live(snapshot))
+
+    def close(self, summary: dict) -> None:
+        status = _live(summary)
+        status["exitCode"] = summary.get("exit_code")
+        if summary.get("stopped"):
+            status["lastError"] = f"stopped: {summary['stopped']}"[:1024]
+        elif summary.get("failed"):
+            status["lastError"] = f"{summary['failed']} objects failed; see the report in the Job's log"
+        self._patch(status)
+
+
+def _counters(counters: dict) -> dict:
+    return {k: counters.get(k, 0) for k in ("scanned", "migrated", "skipped", "failed", "planned", "verified")} | {
+        "reasons": counters.get("reasons", {})
+    }
+
+
+def _live(snapshot: dict) -> dict:
+    status = {"counters": _counters(snapshot)}
+    if snapshot.get("total") is not None:
+        status["total"] = snapshot["total"]
+    elapsed = snapshot.get("elapsed_seconds")
+    if elapsed:
+        status["rate"] = round(snapshot.get("scanned", 0) / elapsed, 2)
+    faults = snapshot.get("faults_retried")
+    if faults:
+        status["faults"] = faults
+    return status
+
+
+__all__ = ["KubernetesProgress", "json"]

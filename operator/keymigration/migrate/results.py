@@ -1,0 +1,59 @@
+"""What processing one object produced, and what the listing already knows about it. Shared by
+every per-object step (re-wrap, cut-over, verify, rollback, prune), the worker and the report."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Mapping
+
+from keymigration.errors import ObjectError
+
+
+class Outcome(str, Enum):
+    MIGRATED = "migrated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    PLANNED = "planned"  # dry run: would be migrated
+    VERIFIED = "verified"  # verify: readable with only the KMS key
+    ROLLED_BACK = "rolled-back"  # rollback: the old envelope is back where old readers look
+    PRUNED = "pruned"  # prune-backups: the backups are deleted
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class ObjectResult:
+    key: str
+    outcome: Outcome
+    reason: str
+    message: str = ""
+    format: str | None = None
+    wrap: str | None = None
+    location: str | None = None
+    cek_alg: str | None = None
+    source_key: str | None = None
+    retryable: bool = False
+    resumed: bool = False  # written by this run before an interruption, counted now
+
+    def fail(self, error: ObjectError) -> "ObjectResult":
+        """This object failed with ``error``: its reason, message and whether to retry it."""
+        self.outcome, self.reason, self.message, self.retryable = Outcome.FAILED, error.reason, str(error), error.retryable
+        return self
+
+    def record(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if v not in (None, "", False)}
+        data["outcome"] = str(self.outcome)
+        return data
+
+
+@dataclass(frozen=True)
+class ListingHint:
+    """Instruction files the listing saw for this object: key -> ETag. When ``complete``, a name
+    missing from ``files`` is known to be absent (saves a GET per object)."""
+
+    files: Mapping[str, str]
+    complete: bool
+
+
+__all__ = ["ListingHint", "ObjectResult", "Outcome"]

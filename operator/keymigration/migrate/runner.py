@@ -1,0 +1,233 @@
+"""Builds a prefix migration from settings and runs it. Shared by the CLI and the Kubernetes
+Job (which runs the CLI): nothing here is CLI-only."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from keymigration.aws.clients import ClientOptions, Telemetry, make_clients
+from keymigration.aws.kms import KmsKeys
+from keymigration.aws.ratelimit import TokenBucket
+from keymigration.aws.s3 import Bucket
+from keymigration.errors import CheckpointError, KmsError, ObjectError, SetupError
+from keymigration.formats.envelope import WrapAlgorithm
+from keymigration.formats.source_keys import load_key_files
+from keymigration.formats.vocabulary import (
+    BACKUP_SUFFIX,
+    DEFAULT_INSTRUCTION_SUFFIX,
+    Mode,
+    VerifyLevel,
+    check_target,
+)
+from keymigration.migrate.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    FileCheckpointStore,
+)
+from keymigration.migrate.progress import JsonProgress, MultiProgress, TerminalProgress
+from keymigration.migrate.reader import decrypt_object
+from keymigration.migrate.report import ReportWriter
+from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
+from keymigration.migrate.rewrap import ObjectRewrapper, RewrapOptions
+from keymigration.migrate.worker import (
+    EXIT_CONFIG,
+    PrefixWorker,
+    ProgressSink,
+    Summary,
+    WorkerOptions,
+)
+
+log = logging.getLogger("keymigration")
+
+@dataclass
+class RunOptions:
+    """Everything one prefix migration needs; the CLI flags and the Job arguments map 1:1."""
+
+    bucket: str
+    prefix: str
+    kms_key_id: str
+    source_key_files: list[str] = field(default_factory=list)
+    source_kms_key_ids: list[str] = field(default_factory=list)
+    suffix: str = DEFAULT_INSTRUCTION_SUFFIX
+    wrap: str = "kms+context"
+    mode: Mode = Mode.INSTRUCTION_FILE
+    concurrency: int = 16
+    kms_rate: float | None = None
+    verify: VerifyLevel = VerifyLevel.ENVELOPE
+    checkpoint: str | None = None
+    report: str | None = None
+    max_failures: int | None = None
+    dry_run: bool = False
+    clients: ClientOptions = field(default_factory=ClientOptions)
+    progress: str = "auto"  # auto | bar | json | none
+    count_total: bool = True
+    # NAMESPACE/NAME of a KeyMigrationProgress (in a Job). The CLI turns it into the checkpoint
+    # store and progress sink it hands to Migration; nothing here imports Kubernetes code.
+    progress_resource: str | None = None
+    checkpoint_interval: float = 2.0
+
+
+def _progress(kind: str, description: str) -> ProgressSink | None:
+    if kind == "auto":
+        kind = "bar" if sys.stderr.isatty() else "json"
+    if kind == "bar":
+        return TerminalProgress(description)
+    if kind == "json":
+        return JsonProgress()
+    return None
+
+
+def _wrap(value: str) -> WrapAlgorithm:
+    if value not in ("kms", "kms+context"):
+        raise SetupError(f"--wrap must be kms+context or kms, not {value!r}")
+    return WrapAlgorithm(value)
+
+
+class Migration:
+    """One prefix: clients, keys, checkpoint, report, worker. ``run()`` returns a Summary."""
+
+    def __init__(
+        self,
+        settings: RunOptions,
+        *,
+        store: CheckpointStore | None = None,
+        extra_progress: ProgressSink | None = None,
+        clients=None,
+    ):
+        self.settings = settings
+        settings.mode = check_target(settings.mode, settings.suffix)
+        settings.verify = VerifyLevel.parse(settings.verify)
+        self.telemetry = Telemetry()
+        self.s3, self.kms_client = clients or make_clients(settings.clients, self.telemetry)
+        self.source_keys = load_key_files(settings.source_key_files)
+        self.kms = KmsKeys(
+            self.kms_client,
+            settings.kms_key_id,
+            _wrap(settings.wrap),
+            settings.source_kms_key_ids,
+            TokenBucket(settings.kms_rate, burst=max(1.0, (settings.kms_rate or 0) / 10)),
+        )
+        self.store = store or (FileCheckpointStore(settings.checkpoint) if settings.checkpoint else None)
+        self.extra_progress = extra_progress
+
+    def _checkpoint(self) -> Checkpoint:
+        s = self.settings
+        try:
+            existing = self.store.load() if self.store else None
+        except CheckpointError:
+            raise
+        except Exception as error:  # the progress object is unreachable: do not start blind
+            raise SetupError(f"cannot read the checkpoint: {type(error).__name__}") from None
+        if existing is None:
+            return Checkpoint(s.bucket, s.prefix, s.suffix, s.kms_key_id, mode=s.mode)
+        existing.check_matches(s.bucket, s.prefix, s.suffix, s.kms_key_id, s.mode)
+        return existing
+
+    def _extra(self) -> dict:
+        return {
+            "kms_requests": dict(self.kms.calls),
+            "requests": self.telemetry.requests(),
+            "faults_retried": self.telemetry.faults(),
+        }
+
+    def preflight(self, needs_target: bool = True) -> None:
+        # A dry run resolves the target too when one is given (a read-only DescribeKey): the
+        # instruction files' markers carry its ARN, so a plan recognises migrated objects.
+        if needs_target and (self.settings.kms_key_id or not self.settings.dry_run):
+            try:
+                self.kms.describe_target()
+            except KmsError as error:
+                raise SetupError(f"target KMS key: {error}") from None
+
+
+    def run(
+        self,
+        process_factory: Callable[["Migration"], Callable] | None = None,
+        description: str = "migrating",
+        needs_target: bool = True,
+    ) -> Summary:
+        s = self.settings
+        checkpoint = self._checkpoint()
+        self.preflight(needs_target)
+        rewrapper = ObjectRewrapper(
+            self.s3,
+            self.kms,
+            self.source_keys,
+            RewrapOptions(s.bucket, suffix=s.suffix, verify=s.verify, dry_run=s.dry_run, run_id=checkpoint.run_id, mode=s.mode),
+        )
+        process = process_factory(self) if process_factory else rewrapper.process
+        report = ReportWriter.open(s.report)
+        sinks = MultiProgress(_progress(s.progress, f"{description} s3://{s.bucket}/{s.prefix}"), self.extra_progress)
+        worker = PrefixWorker(
+            self.s3,
+            process,
+            WorkerOptions(
+                bucket=s.bucket,
+                prefix=s.prefix,
+                concurrency=s.concurrency,
+                max_failures=s.max_failures,
+                file_suffixes=sorted({DEFAULT_INSTRUCTION_SUFFIX, s.suffix}),
+                skip_suffixes=(BACKUP_SUFFIX,),
+                count_total=s.count_total,
+                checkpoint_interval=s.checkpoint_interval,
+            ),
+            checkpoint,
+            # A dry run never moves a real checkpoint.
+            store=None if s.dry_run else self.store,
+            report=report,
+            progress=sinks,
+            extra_summary=self._extra,
+        )
+        self.worker = worker
+        with _stop_on_signals(worker):
+            try:
+                return worker.run()
+            finally:
+                if report:
+                    report.close()
+
+
+class _stop_on_signals:
+    """SIGTERM (pod deletion, Job suspension) and SIGINT stop submitting, finish in-flight
+    objects, write the checkpoint and exit with EXIT_INTERRUPTED."""
+
+    def __init__(self, worker: PrefixWorker):
+        self.worker = worker
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, lambda *_: self.worker.request_stop("signal"))
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def verify_process(migration: Migration, lookup_suffix: str | None) -> Callable[[str, ListingHint], ObjectResult]:
+    """Per object: read it with only the KMS key (``verify`` command)."""
+    bucket = Bucket(migration.s3, migration.settings.bucket)
+
+    def verify_one(key: str, hint: ListingHint) -> ObjectResult:
+        result = ObjectResult(key, Outcome.FAILED, "unreadable")
+        try:
+            length = sum(len(piece) for piece in decrypt_object(bucket, migration.kms, key, lookup_suffix))
+        except ObjectError as error:
+            result.fail(error)
+            if error.reason == "not-encrypted":
+                result.outcome = Outcome.SKIPPED
+        else:
+            result.outcome, result.reason, result.message = Outcome.VERIFIED, "readable", f"{length} bytes"
+        return result
+
+    return verify_one
+
+
+__all__ = ["Migration", "RunOptions", "SetupError", "EXIT_CONFIG", "verify_process"]

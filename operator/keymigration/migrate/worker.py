@@ -1,0 +1,293 @@
+"""The prefix worker: streams a prefix's listing through a bounded thread pool, one object at a
+time per thread, with checkpoints, a report, retries and an early stop on too many failures.
+
+Memory is bounded: the listing look-ahead window, at most ``2 x concurrency`` objects in flight,
+and counters keyed by reason code. Nothing per object is kept once it is reported.
+
+Checkpoints advance a low-water mark: the last key such that it and every key before it are
+finished. Objects finish out of order; the in-flight queue below records their order.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from keymigration.migrate.checkpoint import Checkpoint, CheckpointStore
+from keymigration.migrate.listing import list_keys, with_hints
+from keymigration.migrate.report import Counters, ReportWriter
+from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
+
+log = logging.getLogger("keymigration.worker")
+
+ProcessFn = Callable[[str, ListingHint], ObjectResult]
+
+# Exit codes (the Job's podFailurePolicy relies on them; docs/worker.md#exit-codes).
+EXIT_OK = 0
+EXIT_FAILED_OBJECTS = 1  # finished; some objects failed (permanent: a retry would not help)
+EXIT_CONFIG = 2  # invalid arguments, keys or target key: nothing was done
+EXIT_TOO_MANY_FAILURES = 3  # stopped at --max-failures
+EXIT_INTERRUPTED = 4  # stopped by a signal or a transient error: resume from the checkpoint
+
+
+class ProgressSink(Protocol):
+    def update(self, snapshot: dict) -> None: ...
+
+    def close(self, summary: dict) -> None: ...
+
+
+@dataclass
+class WorkerOptions:
+    bucket: str
+    prefix: str
+    concurrency: int = 16
+    max_failures: int | None = None
+    object_retries: int = 3
+    checkpoint_interval: float = 2.0
+    progress_interval: float = 1.0
+    window: int = 2000
+    file_suffixes: Sequence[str] = (".instruction",)
+    skip_suffixes: Sequence[str] = ()
+    count_total: bool = True
+
+
+@dataclass
+class _InFlight:
+    key: str
+    result: ObjectResult | None = None
+
+
+@dataclass
+class Summary:
+    counters: Counters
+    elapsed: float
+    exit_code: int
+    stopped: str | None = None
+    total: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {
+            **self.counters.as_dict(),
+            "elapsed_seconds": round(self.elapsed, 3),
+            "objects_per_second": round(self.counters.scanned / self.elapsed, 1) if self.elapsed > 0 else None,
+            "exit_code": self.exit_code,
+        }
+        if self.total is not None:
+            out["total"] = self.total
+        if self.stopped:
+            out["stopped"] = self.stopped
+        out.update(self.extra)
+        return out
+
+
+class PrefixWorker:
+    def __init__(
+        self,
+        s3,
+        process: ProcessFn,
+        options: WorkerOptions,
+        checkpoint: Checkpoint,
+        store: CheckpointStore | None = None,
+        report: ReportWriter | None = None,
+        progress: ProgressSink | None = None,
+        extra_summary: Callable[[], dict] | None = None,
+    ):
+        self.s3 = s3
+        self.process = process
+        self.options = options
+        self.checkpoint = checkpoint
+        self.store = store
+        self.report = report
+        self.progress = progress
+        self.extra_summary = extra_summary or dict
+        self.committed = Counters.from_dict(checkpoint.counters)  # objects up to the mark
+        self.completed = self.committed.copy()  # every object finished, also past the mark
+        self.listed_aux: Counter[str] = Counter()
+        self.total: int | None = None
+        self.stop = threading.Event()
+        self.stopped: str | None = None
+        self.listing_error: Exception | None = None
+        self._lock = threading.Lock()
+        self._inflight: deque[_InFlight] = deque()
+        self._last_checkpoint = 0.0
+        self._last_progress = 0.0
+        self._started = 0.0
+
+    # -- public -------------------------------------------------------------------------------
+
+    def request_stop(self, why: str) -> None:
+        if not self.stop.is_set():
+            self.stopped = why
+            self.stop.set()
+
+    def run(self) -> Summary:
+        self._started = time.monotonic()
+        if self.checkpoint.done:
+            return self._finish(interrupted=False)
+        if self.options.count_total:
+            threading.Thread(target=self._count_total, name="count-total", daemon=True).start()
+        slots = threading.BoundedSemaphore(max(1, self.options.concurrency) * 2)
+        listing = list_keys(self.s3, self.options.bucket, self.options.prefix, start_after=self.checkpoint.after)
+        objects = with_hints(
+            listing, self.options.file_suffixes, self.options.skip_suffixes, self.options.window, self.listed_aux
+        )
+        with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency), thread_name_prefix="rewrap") as pool:
+            try:
+                for item in objects:
+                    while not slots.acquire(timeout=0.5):
+                        self._tick()
+                        if self.stop.is_set():
+                            break
+                    if self.stop.is_set():
+                        break
+                    entry = _InFlight(item.key)
+                    with self._lock:
+                        self._inflight.append(entry)
+                    future = pool.submit(self._run_one, item.key, item.hint)
+                    future.add_done_callback(lambda f, e=entry: self._done(e, f, slots))
+                    self._tick()
+            except KeyboardInterrupt:
+                self.request_stop("interrupted")
+            except Exception as exc:  # the listing failed: keep what is done, say why
+                self.listing_error = exc
+                self.request_stop(f"listing failed: {type(exc).__name__}: {exc}")
+        return self._finish(interrupted=self.stop.is_set())
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _run_one(self, key: str, hint: ListingHint) -> ObjectResult:
+        attempt = 0
+        while True:
+            try:
+                result = self.process(key, hint)
+            except Exception as exc:  # a bug must not stop the other objects
+                log.exception("unexpected error processing an object")
+                result = ObjectResult(key, Outcome.FAILED, "internal-error", f"{type(exc).__name__}")
+            if not result.retryable or attempt >= self.options.object_retries or self.stop.is_set():
+                return result
+            attempt += 1
+            hint = None  # the listing's view is stale now
+            time.sleep(min(5.0, 0.25 * 2**attempt) * (0.5 + random.random()))
+
+    def _done(self, entry: _InFlight, future, slots: threading.BoundedSemaphore) -> None:
+        try:
+            self._record(entry, future)
+        except Exception:  # e.g. the report's disk is full: stop cleanly rather than hang
+            log.exception("could not record an object's outcome")
+            self.request_stop("could not record an outcome (see the log)")
+        finally:
+            slots.release()
+        if self.options.max_failures is not None and self.completed.failed >= self.options.max_failures:
+            self.request_stop(f"max failures ({self.options.max_failures}) reached")
+
+    def _record(self, entry: _InFlight, future) -> None:
+        try:
+            result = future.result()
+        except BaseException as exc:  # cancelled at shutdown
+            result = ObjectResult(entry.key, Outcome.FAILED, "internal-error", type(exc).__name__, retryable=True)
+        with self._lock:
+            # A transient failure while stopping is not an outcome: the entry stays unfinished,
+            # so the mark never passes it and a resumed run processes the object again.
+            if not (result.retryable and self.stop.is_set()):
+                entry.result = result
+                self.completed.add(result)
+                if self.report:
+                    self.report.write(result)
+                # Failures always reach the log; other outcomes only at debug level (volume).
+                if result.outcome is Outcome.FAILED:
+                    log.warning("object failed: %s", result.reason, extra=self._log_fields(result))
+                elif log.isEnabledFor(logging.DEBUG):
+                    log.debug("object %s: %s", result.outcome, result.reason, extra=self._log_fields(result))
+                while self._inflight and self._inflight[0].result is not None:
+                    done = self._inflight.popleft()
+                    self.committed.add(done.result)
+                    self.checkpoint.after = done.key
+
+    def _log_fields(self, result: ObjectResult) -> dict:
+        return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}
+
+    def _tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.store and (force or now - self._last_checkpoint >= self.options.checkpoint_interval):
+            self._save_checkpoint()
+            self._last_checkpoint = now
+        if self.progress and (force or now - self._last_progress >= self.options.progress_interval):
+            self.progress.update(self._snapshot())
+            self._last_progress = now
+
+    def _save_checkpoint(self) -> None:
+        with self._lock:
+            self.checkpoint.counters = self.committed.as_dict()
+            snapshot = Checkpoint.from_json(self.checkpoint.to_json())
+        assert self.store is not None
+        self.store.save(snapshot)
+
+    def _snapshot(self) -> dict:
+        with self._lock:
+            counters = self.completed.as_dict()
+        elapsed = time.monotonic() - self._started
+        return {
+            **counters,
+            "total": self.total,
+            "elapsed_seconds": round(elapsed, 1),
+            "after": self.checkpoint.after,
+            **self.extra_summary(),
+        }
+
+    def _count_total(self) -> None:
+        try:
+            n = 0
+            aux = Counter()
+            for _ in with_hints(
+                list_keys(self.s3, self.options.bucket, self.options.prefix),
+                self.options.file_suffixes,
+                self.options.skip_suffixes,
+                self.options.window,
+                aux,
+            ):
+                n += 1
+                if self.stop.is_set():
+                    return
+            self.total = n
+        except Exception:  # counting is a nicety for ETA; never fail the run over it
+            log.debug("counting the prefix failed", exc_info=True)
+
+    def _finish(self, interrupted: bool) -> Summary:
+        finished = not interrupted
+        with self._lock:
+            if finished:
+                self.checkpoint.done = True
+        if self.store:
+            self._save_checkpoint()
+        counters = self.completed
+        if self.stopped and self.stopped.startswith("max failures"):
+            code = EXIT_TOO_MANY_FAILURES
+        elif self.listing_error is not None and _permanent(self.listing_error):
+            code = EXIT_CONFIG
+        elif interrupted:
+            code = EXIT_INTERRUPTED
+        elif counters.failed:
+            code = EXIT_FAILED_OBJECTS
+        else:
+            code = EXIT_OK
+        extra = dict(self.extra_summary())
+        if self.listed_aux:
+            extra["instruction_files_listed"] = dict(self.listed_aux)
+        summary = Summary(counters, time.monotonic() - self._started, code, self.stopped, self.total, extra)
+        if self.report:
+            self.report.summary(summary.as_dict())
+        if self.progress:
+            self.progress.close(summary.as_dict())
+        return summary
+
+
+def _permanent(error: Exception) -> bool:
+    """Listing errors no retry will fix: no such bucket, access denied."""
+    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+    return code in {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName", "403", "404"}
