@@ -5,7 +5,8 @@
 #   1. a stand-in for the Dockerfile's base (FROM python:3.11.14-slim-bookworm): Debian bookworm
 #      made with debootstrap, with its python3 (3.11), python3-venv, python-is-python3 (`python`)
 #      and ca-certificates; built once and cached as a tarball in .cache/image-base/ (git-ignored);
-#   2. imported into buildah's storage under the Dockerfile's exact FROM name (localhost/<name>);
+#   2. imported into buildah's storage under the Dockerfile's exact FROM name (localhost/<name>;
+#      a pinned @sha256: digest is dropped, in a copy of the Dockerfile: the stand-in cannot match it);
 #   3. buildah bud --isolation chroot --network host, pip reaching PyPI from inside the build.
 #
 # Usage: scripts/build-image.sh [TAG]        (default localhost/keymigration:dev; root, or sudo)
@@ -50,12 +51,16 @@ if [ ${#froms[@]} -ne 1 ]; then
   exit 1
 fi
 FROM_NAME=${froms[0]}
-case "$FROM_NAME" in
-  *@sha256:*)
-    echo "build-image: FROM pins a digest ($FROM_NAME); a local stand-in base cannot have it." >&2
-    echo "build-image: build with the real base (docker build) or drop the digest locally." >&2
-    exit 1 ;;
-esac
+DOCKERFILE=Dockerfile
+if [[ "$FROM_NAME" == *@sha256:* ]]; then
+  # A pinned digest names the official image, which the stand-in cannot be: build from a copy
+  # of the Dockerfile whose FROM lines keep the tag only.
+  FROM_NAME=${FROM_NAME%@sha256:*}
+  mkdir -p .cache
+  DOCKERFILE=.cache/Dockerfile.stand-in-base
+  sed -E 's/^([Ff][Rr][Oo][Mm][[:space:]]+[^[:space:]]+)@sha256:[0-9a-f]+/\1/' Dockerfile > "$DOCKERFILE"
+  log "FROM pins a digest: building from $DOCKERFILE, the same without it"
+fi
 name=${FROM_NAME#docker.io/}
 BASE=localhost/${name#library/}
 # What the stand-in is made of; a different key rebuilds the cached base.
@@ -142,7 +147,7 @@ for v in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
 done
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 start=$(date +%s)
-buildah bud "${args[@]}" --build-arg "REVISION=$revision" .
+buildah bud "${args[@]}" --build-arg "REVISION=$revision" -f "$DOCKERFILE" .
 log "image built in $(elapsed "$start") s"
 size=$(buildah images --format '{{.Size}}' "$IMAGE")
 log "image size $size (uncompressed; the base $(buildah images --format '{{.Size}}' "$BASE"))"
