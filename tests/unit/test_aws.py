@@ -1,8 +1,13 @@
 """The worker's boto3 clients: the fast timestamp parser gives botocore's values exactly."""
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from keymigration.aws.clients import ClientOptions, make_clients, parse_timestamp
+from keymigration.aws.kms import KmsKeys
+from keymigration.errors import KmsError
+from keymigration.formats.envelope import Envelope, Location, WrapAlgorithm
+from keymigration.formats.secrets import DataKey
 
 SAMPLES = [
     "2026-11-27T19:37:47.000Z",  # ListObjectsV2 LastModified
@@ -49,3 +54,31 @@ def test_clients_parse_timestamps_with_the_fast_parser():
     s3, _ = make_clients(ClientOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
     parser = s3._endpoint._response_parser_factory.create_parser("rest-xml")
     assert parser._timestamp_parser is parse_timestamp
+
+
+class _Unreachable:
+    """A KMS client whose every request fails before an answer, as botocore reports it."""
+
+    def __getattr__(self, action):
+        def call(**_):
+            raise EndpointConnectionError(endpoint_url="https://kms.invalid")
+
+        return call
+
+
+def test_kms_connection_errors_become_retryable_kms_errors():
+    # The engine (migrate/) catches ObjectError only and may not import botocore (import-linter):
+    # every per-object KMS request must map botocore's own errors too.
+    kms = KmsKeys(_Unreachable(), "arn:aws:kms:eu-west-1:111122223333:key/target", source_key_ids=["old"])
+    envelope = Envelope("v2", b"edk", WrapAlgorithm.KMS_CONTEXT, "AES/GCM/NoPadding", {}, Location.METADATA, iv=b"\0" * 12)
+    calls = [
+        lambda: kms.encrypt(DataKey(b"k" * 32), envelope),
+        lambda: kms.decrypt(b"edk", {}, kms.target_key_id),
+        lambda: kms.reencrypt(envelope),
+        lambda: kms.check_decryptable(b"edk", {}),
+    ]
+    for call in calls:
+        with pytest.raises(KmsError) as caught:
+            call()
+        assert caught.value.reason == "kms-connection" and caught.value.retryable
+        assert "EndpointConnectionError" in str(caught.value)

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from keymigration.aws.ratelimit import TokenBucket
 from keymigration.errors import KmsError
@@ -37,9 +37,13 @@ PERMANENT_KMS_ERRORS = {
 
 
 
-def _error(error: ClientError, action: str, key_id: str | None) -> KmsError:
-    code = error.response.get("Error", {}).get("Code", "Unknown")
+def _error(error: ClientError | BotoCoreError, action: str, key_id: str | None) -> KmsError:
+    """A KmsError for any botocore error, so the engine above never sees botocore's types: a
+    service error keeps its code; a connection error or timeout is ``kms-connection``."""
     where = f" with key {key_id}" if key_id else ""
+    if isinstance(error, BotoCoreError):
+        return KmsError("kms-connection", f"KMS {action}{where} failed: {type(error).__name__}", retryable=True)
+    code = error.response.get("Error", {}).get("Code", "Unknown")
     return KmsError(f"kms-{code}", f"KMS {action}{where} failed: {code}", retryable=code not in PERMANENT_KMS_ERRORS)
 
 
@@ -82,7 +86,7 @@ class KmsKeys:
         """Check the target key exists, is enabled and symmetric; remember its ARN."""
         try:
             meta = self._call("describe_key", KeyId=self.target_key_id)["KeyMetadata"]
-        except ClientError as error:
+        except ClientError as error:  # (a connection error is no configuration problem: it propagates)
             raise _error(error, "DescribeKey", self.target_key_id) from None
         if meta.get("KeyState", "Enabled") != "Enabled":
             raise KmsError("kms-key-not-enabled", f"target KMS key {self.target_key_id} is {meta.get('KeyState')}")
@@ -107,7 +111,7 @@ class KmsKeys:
             response = self._call(
                 "encrypt", KeyId=self.target_key_id, Plaintext=data_key.reveal(), EncryptionContext=context
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             raise _error(error, "Encrypt", self.target_key_id) from None
         return Wrapped(response["CiphertextBlob"], context, response.get("KeyId", self.target_arn))
 
@@ -116,7 +120,7 @@ class KmsKeys:
             response = self._call(
                 "decrypt", CiphertextBlob=encrypted_key, EncryptionContext=dict(context), KeyId=key_id
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             raise _error(error, "Decrypt", key_id) from None
         return DataKey(response["Plaintext"])
 
@@ -144,7 +148,7 @@ class KmsKeys:
                     DestinationKeyId=self.target_key_id,
                     DestinationEncryptionContext=context,
                 )
-            except ClientError as error:
+            except (ClientError, BotoCoreError) as error:
                 last = _error(error, "ReEncrypt", source)
                 if last.reason == "kms-IncorrectKeyException":
                     continue
@@ -165,5 +169,5 @@ class KmsKeys:
                 DestinationKeyId=self.target_key_id,
                 DestinationEncryptionContext=dict(context),
             )
-        except ClientError as error:
+        except (ClientError, BotoCoreError) as error:
             raise _error(error, "ReEncrypt (verification)", self.target_key_id) from None
