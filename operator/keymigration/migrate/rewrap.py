@@ -13,56 +13,39 @@ Safety rules, in order of the steps:
   one, and a file is replaced only after a byte-exact backup is stored next to it.
 * After the write, the object must still be the one that was read (HEAD IfMatch); otherwise the
   new file is withdrawn and the object retried.
+
+The steps are named stages over an ``ObjectState`` (``migrate/state.py``), each a small method
+that returns the state with what it found added, or ends the object with a ``Verdict``:
+read_head -> locate_envelope -> check_body_length -> skip_if_done -> unwrap_data_key ->
+prove_data_key -> plan_dry_run -> skip_if_already_wrapped -> wrap_data_key -> build_envelope ->
+verify_envelope -> verify_body -> write_file -> confirm_unchanged (``rewrap_stages``); in
+cut-over mode ``migrate/cutover.py`` ``CutOver`` follows.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from keymigration.aws.copy import MetadataRewriter
 from keymigration.aws.kms import KmsKeys, Wrapped
-from keymigration.aws.s3 import Bucket, StoredFile, failure
-from keymigration.errors import (
-    ContentError,
-    CutOverRefused,
-    EnvelopeError,
-    KmsError,
-    ObjectError,
-    PreconditionFailed,
-    S3Error,
-    UnwrapError,
-)
+from keymigration.aws.s3 import Bucket, StoredFile
+from keymigration.errors import ContentError, EnvelopeError, KmsError, PreconditionFailed, UnwrapError
 from keymigration.formats import envelope as env_mod
 from keymigration.formats.content import check_cbc_tail, check_commitment, verify_body
-from keymigration.formats.envelope import Envelope, Location, MetadataKind
+from keymigration.formats.envelope import Envelope, MetadataKind
 from keymigration.formats.secrets import DataKey
 from keymigration.formats.source_keys import MasterKey
 from keymigration.formats.unwrap import unwrap_data_key
 from keymigration.formats.vocabulary import (
-    BACKUP_SUFFIX,
     DEFAULT_INSTRUCTION_SUFFIX,
     Mode,
     VerifyLevel,
     check_target,
 )
-from keymigration.migrate.cutover import (
-    envelope_in_metadata,
-    record_cut_over,
-    refusal,
-    store_metadata_backup,
-    stripped_metadata,
-)
+from keymigration.migrate import files
+from keymigration.migrate.cutover import CutOver
+from keymigration.migrate.files import Written
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
-
-# Metadata on the instruction-file object itself (not in its JSON, which holds only S3EC keys).
-MARKER_TARGET = "keymigration-target-key"
-MARKER_SOURCE = "keymigration-source"
-MARKER_RUN = "keymigration-run"
-BACKUP_OF = "keymigration-backup-of"
-BACKUP_ETAG = "keymigration-backup-etag"
+from keymigration.migrate.state import MIGRATED, ObjectState, Stage, Verdict, run_stages
 
 
 @dataclass(frozen=True)
@@ -79,282 +62,236 @@ class RewrapOptions:
         object.__setattr__(self, "mode", check_target(self.mode, self.suffix))
 
 
-class _Stop(Exception):
-    """Ends one object's processing with a result."""
-
-    def __init__(self, result: ObjectResult):
-        self.result = result
-
-
-def source_fingerprint(envelope: Envelope) -> str:
-    """Identifies the old envelope (public values only: the EDK and IV are stored in clear)."""
-    digest = hashlib.sha256(envelope.encrypted_key + (envelope.iv or envelope.message_id or b""))
-    return digest.hexdigest()[:32]
-
-
-def instruction_file_metadata(target_arn: str, fingerprint: str, run_id: str) -> dict[str, str]:
-    # x-amz-crypto-instr-file: "" is what Java v1, Java S3EC and .NET put on instruction files.
-    marker = {env_mod.INSTRUCTION_FILE_MARKER: "", MARKER_TARGET: target_arn, MARKER_SOURCE: fingerprint}
-    if run_id:
-        marker[MARKER_RUN] = run_id
-    return marker
-
-
 class ObjectRewrapper:
-    """Processes one object at a time; safe to share between threads."""
+    """Processes one object at a time; safe to share between threads.
 
-    def __init__(self, s3_client, kms: KmsKeys, source_keys: Sequence[MasterKey], settings: RewrapOptions):
-        self.bucket = Bucket(s3_client, settings.bucket)
+    ``process`` passes an ``ObjectState`` through ``self.stages`` (chosen once from the
+    options, see ``rewrap_stages``); in cut-over mode, ``CutOver`` then takes the object on."""
+
+    def __init__(self, s3_client, kms: KmsKeys, source_keys: Sequence[MasterKey], options: RewrapOptions):
+        self.bucket = Bucket(s3_client, options.bucket)
         self.kms = kms
         self.source_keys = list(source_keys)
-        self.settings = settings
-        self.rewriter = MetadataRewriter(self.bucket)
+        self.options = options
+        self.cut_over = CutOver(self.bucket, kms, options.verify, options.dry_run) if options.mode is Mode.CUTOVER else None
+        self.stages: tuple[Stage[ObjectState], ...] = self.rewrap_stages()
+
+    @property
+    def rewriter(self):
+        """The in-place copy the cut-over uses (``aws/copy.py``)."""
+        return self.cut_over.rewriter if self.cut_over else None
+
+    @rewriter.setter
+    def rewriter(self, rewriter) -> None:
+        if self.cut_over:
+            self.cut_over.rewriter = rewriter
+
+    def rewrap_stages(self) -> tuple[Stage[ObjectState], ...]:
+        """The re-wrap of one object, in order. Each stage returns the state with what it found
+        added, or ends the object (a ``Verdict``, or an ``ObjectError`` for a failure)."""
+        verify = self.options.verify
+        return (
+            self.read_head,
+            self.locate_envelope,
+            self.check_body_length,
+            self.skip_if_done,
+            self.unwrap_data_key,
+            self.prove_data_key,
+            self.plan_dry_run,
+            self.skip_if_already_wrapped,
+            self.wrap_data_key,
+            self.build_envelope,
+            *((self.verify_envelope,) if verify is not VerifyLevel.NONE else ()),
+            *((self.verify_body,) if verify is VerifyLevel.BODY else ()),
+            self.write_file,
+            *((self.confirm_unchanged,) if verify is not VerifyLevel.NONE else ()),
+        )
 
     # -- entry point ------------------------------------------------------------------------
 
     def process(self, key: str, hint: ListingHint | None = None) -> ObjectResult:
-        result = ObjectResult(key, Outcome.FAILED, "internal-error")
-        try:
-            try:
-                self._process(key, hint, result)
-            except _Stop as stop:
-                result = stop.result
-            if self.settings.mode is Mode.CUTOVER and self._wants_cut_over(result):
-                self._cut_over(key, result)
-        except _Stop as stop:
-            return stop.result
-        except ObjectError as error:
-            result.fail(error)
-        except (ClientError, BotoCoreError) as error:  # a request the AWS layer did not map
-            result.fail(failure(error, "request", key))
+        state, verdict = run_stages(self.stages, ObjectState.start(key, hint, key + self.options.suffix))
+        verdict = verdict or MIGRATED
+        result = state.result(verdict)
+        if self.cut_over and self.cut_over.wants(state, verdict):
+            self.cut_over.run(state, verdict).apply(result)
         return result
 
-    def _stop(self, result: ObjectResult, outcome: Outcome, reason: str, message: str = "", retryable: bool = False):
-        result.outcome, result.reason, result.message, result.retryable = outcome, reason, message, retryable
-        raise _Stop(result)
+    # -- stages -----------------------------------------------------------------------------
 
-    # -- steps ------------------------------------------------------------------------------
+    def read_head(self, state: ObjectState) -> ObjectState:
+        head = self.bucket.head(state.key)
+        if head is None:
+            raise Verdict.skipped("object-deleted", "the object was deleted after it was listed")
+        return state.add(head=head, metadata=env_mod.lower_keys(head.get("Metadata", {})))
+
+    def locate_envelope(self, state: ObjectState) -> ObjectState:
+        """The envelope readers use today: object metadata first, else ``<key>.instruction``."""
+        kind = env_mod.detect(state.metadata)
+        if kind is MetadataKind.ENVELOPE:
+            return state.add(envelope=env_mod.from_metadata(state.metadata))
+        name = state.key + DEFAULT_INSTRUCTION_SUFFIX
+        source_file = self._read_file(name, state.hint)
+        if source_file is None:
+            if kind is MetadataKind.NONE:
+                raise Verdict.skipped("not-encrypted", "no S3EC envelope in metadata and no instruction file")
+            raise Verdict.failed("missing-instruction-file", f"V3 metadata but {name!r} does not exist")
+        return state.add(envelope=env_mod.from_instruction_file(source_file.body, state.metadata), source_file=source_file)
+
+    def check_body_length(self, state: ObjectState) -> ObjectState:
+        envelope, length = state.envelope, state.head.get("ContentLength")
+        if length is not None and (length < 16 or (envelope.cek_alg == env_mod.CBC and length % 16)):
+            # GCM bodies end in a 16-byte tag; CBC bodies are whole 16-byte blocks (at least one).
+            raise Verdict.failed("content-length-invalid", f"a {envelope.cek_alg} body cannot be {length} bytes long")
+        return state
+
+    def skip_if_done(self, state: ObjectState) -> ObjectState:
+        """Our marker on the file at the target name says it already holds this data key."""
+        existing = state.source_file if state.replaces_source else self._read_file(state.target_name, state.hint)
+        state = state.add(existing=existing, fingerprint=files.source_fingerprint(state.envelope))
+        if existing is None or not self._marked_done(existing, state, state.replaces_source):
+            return state
+        options = self.options
+        if options.run_id and existing.metadata.get(files.MARKER_RUN) == options.run_id and not options.dry_run:
+            raise Verdict(Outcome.MIGRATED, "migrated", "written by this run before an interruption", resumed=True)
+        raise Verdict.skipped("already-migrated", f"{state.target_name!r} already wraps the data key under the target key")
+
+    def unwrap_data_key(self, state: ObjectState) -> ObjectState:
+        """AES/RSA sources: the data key, from exactly one proven source key."""
+        if state.envelope.wrap.is_kms:
+            return state
+        return state.add(unwrapped=unwrap_data_key(state.envelope, self.source_keys))
+
+    def prove_data_key(self, state: ObjectState) -> ObjectState:
+        """Proofs the unwrap itself could not give, at every --verify level."""
+        envelope, unwrapped = state.envelope, state.unwrapped
+        if unwrapped is None:
+            return state
+        if envelope.format == "v3":
+            check_commitment(envelope, unwrapped.data_key)  # proves the data key without reading the body
+        elif unwrapped.needs_content_check and self.options.verify is not VerifyLevel.BODY and not self.options.dry_run:
+            self._check_tail(state)  # (--verify body decrypts the whole body later)
+        return state
+
+    def plan_dry_run(self, state: ObjectState) -> ObjectState:
+        if not self.options.dry_run:
+            return state
+        if state.data_key is None and not self.kms.source_key_ids:
+            raise Verdict.failed("no-source-key", "the data key is wrapped by KMS but no source KMS key is configured")
+        if self.cut_over:
+            refused = self.cut_over.refusal(state.key, state.head)
+            if refused:
+                raise Verdict.failed(refused.reason, str(refused))
+            raise Verdict.planned("would-migrate-and-cut-over", "would write .instruction, then strip the metadata envelope")
+        raise Verdict.planned("would-migrate", f"would write {state.target_name!r}")
+
+    def skip_if_already_wrapped(self, state: ObjectState) -> ObjectState:
+        """Envelopes someone else already wrapped under the target key are not wrong."""
+        if state.data_key is None:
+            if not self.kms.source_key_ids and self._on_target_key(state.envelope):
+                raise _already_on_target()
+            return state
+        if state.existing is not None and not state.replaces_source and self._holds_data_key(state, state.data_key):
+            raise Verdict.skipped("already-migrated", f"{state.target_name!r} already wraps the data key under the target key")
+        return state
+
+    def wrap_data_key(self, state: ObjectState) -> ObjectState:
+        """The data key under the target key: Encrypt, or KMS-to-KMS ReEncrypt (the plaintext
+        data key never leaves KMS)."""
+        if state.data_key is not None:
+            return state.add(wrapped=self.kms.encrypt(state.data_key, state.envelope))
+        try:
+            return state.add(wrapped=self.kms.reencrypt(state.envelope))
+        except KmsError as error:
+            # Objects written with the target key already (new writers) are not wrong.
+            if error.reason == "wrong-key" and self._on_target_key(state.envelope):
+                raise _already_on_target() from None
+            raise
+
+    def build_envelope(self, state: ObjectState) -> ObjectState:
+        """The new envelope as the instruction file will hold it, parsed back (pure, cheap)."""
+        envelope, wrapped = state.envelope, state.wrapped
+        fields = env_mod.target_fields(envelope, wrapped.encrypted_key, self.kms.target_wrap(envelope), wrapped.context)
+        body = env_mod.instruction_body(fields)
+        return state.add(fields=fields, body=body, new_envelope=_parse_back(body, state.metadata, envelope, wrapped))
+
+    def verify_envelope(self, state: ObjectState) -> ObjectState:
+        """KMS opens the envelope exactly as it will be read back from the file."""
+        written = state.new_envelope
+        if state.data_key is None:
+            self.kms.check_decryptable(written.encrypted_key, written.context)
+            return state
+        again = self.kms.decrypt(written.encrypted_key, written.context, self.kms.target_key_id)
+        if not again.equals(state.data_key):
+            raise KmsError("verify-failed", "the new envelope does not decrypt to the original data key")
+        return state
+
+    def verify_body(self, state: ObjectState) -> ObjectState:
+        """--verify body: the whole body decrypts with the data key the new envelope holds."""
+        data_key = state.data_key
+        if data_key is None:
+            data_key = self.kms.decrypt(state.new_envelope.encrypted_key, state.new_envelope.context, self.kms.target_key_id)
+        try:
+            verify_body(state.envelope, data_key, self.bucket.stream(state.key, if_match=state.etag))
+        except PreconditionFailed:
+            raise Verdict.failed("object-changed", "the object changed while it was verified", retryable=True) from None
+        return state
+
+    def write_file(self, state: ObjectState) -> ObjectState:
+        """A conditional PUT of ``<key><suffix>``, after a byte-exact backup of a file it replaces."""
+        marker = files.instruction_file_metadata(self.kms.target_arn, state.fingerprint, self.options.run_id)
+        existing, name = state.existing, state.target_name
+        try:
+            if existing is not None:
+                files.back_up_instruction_file(self.bucket, existing, state.envelope)
+                etag = self.bucket.put(name, state.body, marker, if_match=existing.etag)
+            else:
+                etag = self.bucket.put(name, state.body, marker, if_none_match=True)
+        except PreconditionFailed:
+            etag = self._after_lost_condition(state)
+        return state.add(written=Written(name, etag, existing))
+
+    def confirm_unchanged(self, state: ObjectState) -> ObjectState:
+        """After the write, the object must still be the one that was read."""
+        try:
+            still_there = self.bucket.head(state.key, if_match=state.etag) is not None
+        except PreconditionFailed:
+            still_there = False
+        if still_there:
+            return state
+        # The object was overwritten or deleted after we read it: our file would describe a data
+        # key that no longer exists. Put back what was there before.
+        files.withdraw(self.bucket, state.written)
+        raise Verdict.failed("object-changed", "the object changed during the migration; the new file was withdrawn", retryable=True)
+
+    # -- helpers ----------------------------------------------------------------------------
 
     def _read_file(self, name: str, hint: ListingHint | None) -> StoredFile | None:
         if hint is not None and hint.complete and name not in hint.files:
             return None
         return self.bucket.get_small(name)
 
-    def _process(self, key: str, hint: ListingHint | None, result: ObjectResult) -> None:
-        settings = self.settings
-        head = self.bucket.head(key)
-        if head is None:
-            self._stop(result, Outcome.SKIPPED, "object-deleted", "the object was deleted after it was listed")
-        metadata = env_mod.lower_keys(head.get("Metadata", {}))
-        object_etag = head["ETag"]
-        result._head = head  # for the cut-over step
-        kind = env_mod.detect(metadata)
+    def _marked_done(self, existing: StoredFile, state: ObjectState, replaces_source: bool) -> bool:
+        return files.marked_done(existing, self.kms.target_arn, state.envelope, state.fingerprint, replaces_source)
 
-        default_name = key + DEFAULT_INSTRUCTION_SUFFIX
-        target_name = key + settings.suffix
-        source_file: StoredFile | None = None
-        if kind is MetadataKind.ENVELOPE:
-            envelope = env_mod.from_metadata(metadata)
-        else:
-            source_file = self._read_file(default_name, hint)
-            if source_file is None:
-                if kind is MetadataKind.NONE:
-                    self._stop(result, Outcome.SKIPPED, "not-encrypted", "no S3EC envelope in metadata and no instruction file")
-                self._stop(result, Outcome.FAILED, "missing-instruction-file", f"V3 metadata but {default_name!r} does not exist")
-            envelope = env_mod.from_instruction_file(source_file.body, metadata)
-        result.format, result.wrap = envelope.format, str(envelope.wrap)
-        result.location, result.cek_alg = str(envelope.location), envelope.cek_alg
-        length = head.get("ContentLength")
-        if length is not None and (length < 16 or (envelope.cek_alg == env_mod.CBC and length % 16)):
-            # GCM bodies end in a 16-byte tag; CBC bodies are whole 16-byte blocks (at least one).
-            self._stop(result, Outcome.FAILED, "content-length-invalid", f"a {envelope.cek_alg} body cannot be {length} bytes long")
+    def _after_lost_condition(self, state: ObjectState) -> str:
+        """The conditional PUT lost: our own earlier write (its response was lost), another
+        keymigration worker's, or someone else's. Returns our file's ETag or ends the object."""
+        etag, theirs = files.our_earlier_write(self.bucket, state.target_name, state.body)
+        if etag is not None:
+            return etag
+        if theirs is not None and self._marked_done(theirs, state, False):
+            # Another worker on the same prefix (a duplicate Job) got there first.
+            raise Verdict.skipped("already-migrated", f"{state.target_name!r} was written by another keymigration worker")
+        raise Verdict.failed(
+            "instruction-file-conflict",
+            f"{state.target_name!r} was created or changed by someone else during the migration; nothing was written",
+        )
 
-        replacing_source = envelope.location is Location.INSTRUCTION_FILE and target_name == default_name
-        existing = source_file if replacing_source else self._read_file(target_name, hint)
-        fingerprint = source_fingerprint(envelope)
-        if existing is not None and self._marked_done(existing, envelope, fingerprint, replacing_source):
-            resumed = bool(settings.run_id) and existing.metadata.get(MARKER_RUN) == settings.run_id
-            if resumed and not settings.dry_run:
-                result.resumed = True
-                self._stop(result, Outcome.MIGRATED, "migrated", "written by this run before an interruption")
-            self._stop(result, Outcome.SKIPPED, "already-migrated", f"{target_name!r} already wraps the data key under the target key")
-
-        data_key: DataKey | None = None
-        if envelope.wrap.is_kms:
-            if settings.dry_run:
-                self._plan(result, "kms" if self.kms.source_key_ids else None)
-            if not self.kms.source_key_ids and self._on_target_key(envelope):
-                self._stop(result, Outcome.SKIPPED, "already-on-target-key", "the envelope is already wrapped by the target KMS key")
-            try:
-                wrapped = self.kms.reencrypt(envelope)
-            except KmsError as error:
-                # Objects written with the target key already (new writers) are not wrong.
-                if error.reason == "wrong-key" and self._on_target_key(envelope):
-                    self._stop(result, Outcome.SKIPPED, "already-on-target-key", "the envelope is already wrapped by the target KMS key")
-                raise
-        else:
-            unwrapped = unwrap_data_key(envelope, self.source_keys)
-            data_key = unwrapped.data_key
-            result.source_key = unwrapped.key_label
-            if envelope.format == "v3":
-                check_commitment(envelope, data_key)  # proves the data key without reading the body
-            elif unwrapped.needs_content_check and settings.verify is not VerifyLevel.BODY and not settings.dry_run:
-                # Part of the unwrap's proof, so at every --verify level (body decrypts it all below).
-                self._check_tail(key, head, envelope, data_key, result)
-            if settings.dry_run:
-                self._plan(result, unwrapped.key_label)
-            if existing is not None and not replacing_source and self._holds_data_key(existing, metadata, data_key):
-                self._stop(result, Outcome.SKIPPED, "already-migrated", f"{target_name!r} already wraps the data key under the target key")
-            wrapped = self.kms.encrypt(data_key, envelope)
-
-        fields = env_mod.target_fields(envelope, wrapped.encrypted_key, self.kms.target_wrap(envelope), wrapped.context)
-        body = env_mod.instruction_body(fields)
-        written = self._check_round_trip(body, metadata, envelope, wrapped)
-        if settings.verify is not VerifyLevel.NONE:
-            self._verify_envelope(written, data_key)
-        if settings.verify is VerifyLevel.BODY:
-            if data_key is None:
-                data_key = self.kms.decrypt(written.encrypted_key, written.context, self.kms.target_key_id)
-            self._verify_body(key, object_etag, envelope, data_key, result)
-        marker = instruction_file_metadata(self.kms.target_arn, fingerprint, settings.run_id)
-
-        try:
-            if existing is not None:
-                self._backup(existing, envelope)
-                new_etag = self.bucket.put(target_name, body, marker, if_match=existing.etag)
-            else:
-                new_etag = self.bucket.put(target_name, body, marker, if_none_match=True)
-        except PreconditionFailed:
-            new_etag, theirs = self._our_earlier_write(target_name, body)
-            if new_etag is None and theirs is not None and self._marked_done(theirs, envelope, fingerprint, False):
-                # Another worker on the same prefix (a duplicate Job) got there first.
-                self._stop(result, Outcome.SKIPPED, "already-migrated", f"{target_name!r} was written by another keymigration worker")
-            if new_etag is None:
-                self._stop(
-                    result,
-                    Outcome.FAILED,
-                    "instruction-file-conflict",
-                    f"{target_name!r} was created or changed by someone else during the migration; nothing was written",
-                )
-
-        result._written = (target_name, new_etag, existing)
-        if settings.verify is not VerifyLevel.NONE:
-            self._check_object_unchanged(key, object_etag, target_name, new_etag, existing, result)
-        result.outcome, result.reason = Outcome.MIGRATED, "migrated"
-
-    def _our_earlier_write(self, name: str, body: bytes) -> tuple[str | None, StoredFile | None]:
-        """After a lost response, the SDK retries a conditional PUT that had already landed and
-        gets 412. The file then holds exactly our bytes (its fresh EDK makes them unique).
-        Returns (its ETag if it is ours, else None; the file found)."""
-        current = self.bucket.get_small(name)
-        if current is not None and current.body == body:
-            return current.etag, current
-        return None, current
-
-    def _plan(self, result: ObjectResult, key_label: str | None) -> None:
-        if key_label is None:
-            self._stop(result, Outcome.FAILED, "no-source-key", "the data key is wrapped by KMS but no source KMS key is configured")
-        if self.settings.mode is Mode.CUTOVER:
-            refused = self._cut_over_refusal(result.key, result._head)
-            if refused:
-                self._stop(result, Outcome.FAILED, refused.reason, str(refused))
-            self._stop(result, Outcome.PLANNED, "would-migrate-and-cut-over", "would write .instruction, then strip the metadata envelope")
-        self._stop(result, Outcome.PLANNED, "would-migrate", f"would write {result.key + self.settings.suffix!r}")
-
-    # -- cut-over (docs/cutover.md) ---------------------------------------------------------
-
-    def _wants_cut_over(self, result: ObjectResult) -> bool:
-        head = getattr(result, "_head", None)
-        if head is None or not envelope_in_metadata(head.get("Metadata", {})):
-            return False
-        if result.outcome is Outcome.MIGRATED:
-            return True
-        return result.outcome in (Outcome.SKIPPED, Outcome.PLANNED) and result.reason == "already-migrated"
-
-    def _cut_over_refusal(self, key: str, head: dict) -> CutOverRefused | None:
-        # The cheap checks first: an archived object cannot even answer GetObjectAcl.
-        return refusal(head, None) or refusal(head, self.rewriter.acl_grants(key, head))
-
-    def _cut_over(self, key: str, result: ObjectResult) -> None:
-        """Strip the old envelope from the metadata once <key>.instruction holds our verified
-        KMS envelope; the removed envelope goes to <key>.keymigration-backup first."""
-        head = result._head
-        removed = envelope_in_metadata(head["Metadata"])
-        kept = stripped_metadata(head["Metadata"])
-        name = key + DEFAULT_INSTRUCTION_SUFFIX
-        stored = self.bucket.get_small(name)
-        new = env_mod.from_instruction_file(stored.body, kept) if stored is not None else None
-        if new is None or not new.wrap.is_kms or stored.metadata.get(MARKER_TARGET) != self.kms.target_arn:
-            self._stop(result, Outcome.FAILED, "cut-over-not-ready", f"{name!r} does not hold the target KMS envelope; not stripping the metadata")
-        if stored.metadata.get(MARKER_SOURCE) != source_fingerprint(env_mod.from_metadata(head["Metadata"])):
-            self._stop(result, Outcome.FAILED, "cut-over-not-ready", f"{name!r} was written for another version of the object")
-        if self.settings.dry_run:
-            refused = self._cut_over_refusal(key, head)
-            if refused:
-                self._stop(result, Outcome.FAILED, refused.reason, str(refused))
-            self._stop(result, Outcome.PLANNED, "would-cut-over", "would strip the metadata envelope")
-        if result.reason == "already-migrated" and self.settings.verify is not VerifyLevel.NONE:
-            self.kms.check_decryptable(new.encrypted_key, new.context)  # written by an earlier run
-        refused = self._cut_over_refusal(key, head)
-        if refused:
-            raise refused
-        backup_etag = store_metadata_backup(self.bucket, key, head, removed)
-        try:
-            self.rewriter.rewrite(key, head, kept)
-        except PreconditionFailed:
-            now = self.bucket.head(key)
-            ours = (
-                now is not None
-                and env_mod.lower_keys(now.get("Metadata", {})) == kept
-                and now.get("ContentLength") == head.get("ContentLength")
-            )
-            if not ours:
-                # Someone wrote the object since we read it: nothing of ours landed. The backup
-                # just made and the instruction file just written describe an object that no
-                # longer exists: take both back.
-                if backup_etag:
-                    try:
-                        self.bucket.delete(key + BACKUP_SUFFIX, if_match=backup_etag)
-                    except PreconditionFailed:
-                        pass
-                self._withdraw(getattr(result, "_written", None))
-                self._stop(result, Outcome.FAILED, "object-changed", "the object changed before its metadata was rewritten; nothing was changed", retryable=True)
-            # Otherwise our copy landed and only its response was lost (the SDK's retry then
-            # answers 412 because the copy changed the ETag): carry on and verify it.
-        after = self.bucket.head(key)
-        if after is None or envelope_in_metadata(after.get("Metadata", {})) or env_mod.lower_keys(after.get("Metadata", {})) != kept:
-            self._stop(result, Outcome.FAILED, "cut-over-unverified", "after the rewrite the metadata is not what was written")
-        if after.get("ContentLength") != head.get("ContentLength"):
-            self._stop(result, Outcome.FAILED, "cut-over-unverified", "after the rewrite the object length differs")
-        record_cut_over(self.bucket, key, head, removed, after)
-        result.outcome, result.reason, result.message = Outcome.MIGRATED, "cut-over", "metadata envelope removed; readers use .instruction"
-
-    def _withdraw(self, written: tuple[str, str, StoredFile | None] | None) -> None:
-        """Undo an instruction-file write of this call: restore the file it replaced (with its
-        own content type and metadata), or delete ours; never touch a file changed since."""
-        if not written:
-            return
-        name, etag, replaced = written
-        try:
-            if replaced is not None:
-                self.bucket.put(name, replaced.body, replaced.metadata, if_match=etag, content_type=replaced.content_type)
-            else:
-                self.bucket.delete(name, if_match=etag)
-        except PreconditionFailed:
-            pass  # someone else has written the file again since; leave theirs
-
-    def _marked_done(self, existing: StoredFile, envelope: Envelope, fingerprint: str, replacing_source: bool) -> bool:
-        """Our own marker says this file already wraps this object's data key under the target."""
-        if existing.metadata.get(MARKER_TARGET) != self.kms.target_arn:
-            return False
-        if replacing_source:
-            return envelope.wrap.is_kms  # the source envelope is our own output
-        return existing.metadata.get(MARKER_SOURCE) == fingerprint
-
-    def _holds_data_key(self, existing: StoredFile, metadata: Mapping[str, str], data_key: DataKey) -> bool:
+    def _holds_data_key(self, state: ObjectState, data_key: DataKey) -> bool:
         """A file someone else wrote that already wraps this data key under the target key."""
         try:
-            other = env_mod.from_instruction_file(existing.body, metadata)
+            other = env_mod.from_instruction_file(state.existing.body, state.metadata)
         except EnvelopeError:
             return False
         if not other.wrap.is_kms:
@@ -375,83 +312,35 @@ class ObjectRewrapper:
             return False
         return True
 
-    def _verify_envelope(self, written: Envelope, data_key: DataKey | None) -> None:
-        """KMS opens the envelope exactly as it will be read back from the file."""
-        if data_key is None:
-            self.kms.check_decryptable(written.encrypted_key, written.context)
-            return
-        again = self.kms.decrypt(written.encrypted_key, written.context, self.kms.target_key_id)
-        if not again.equals(data_key):
-            raise KmsError("verify-failed", "the new envelope does not decrypt to the original data key")
-
-    def _check_tail(self, key: str, head: dict, envelope: Envelope, data_key: DataKey, result: ObjectResult) -> None:
+    def _check_tail(self, state: ObjectState) -> None:
         """A weakly proven CBC data key (legacy RSA PKCS#1, pinned ECB) is checked against the
         body's last blocks before anything is written: one ranged GET of 32 bytes."""
-        length = head["ContentLength"]
+        length = state.head["ContentLength"]
         try:
-            tail = self.bucket.tail(key, 32, length, head["ETag"])
+            tail = self.bucket.tail(state.key, 32, length, state.etag)
         except PreconditionFailed:
-            self._stop(result, Outcome.FAILED, "object-changed", "the object changed while it was checked", retryable=True)
+            raise Verdict.failed("object-changed", "the object changed while it was checked", retryable=True) from None
         try:
-            check_cbc_tail(envelope, data_key, tail, length)
+            check_cbc_tail(state.envelope, state.data_key, tail, length)
         except ContentError:
-            raise UnwrapError("wrong-key", f"the data key from {result.source_key} does not decrypt the body") from None
+            raise UnwrapError("wrong-key", f"the data key from {state.source_key} does not decrypt the body") from None
 
-    def _verify_body(self, key: str, etag: str, envelope: Envelope, data_key: DataKey, result: ObjectResult) -> None:
-        try:
-            verify_body(envelope, data_key, self.bucket.stream(key, if_match=etag))
-        except PreconditionFailed:
-            self._stop(result, Outcome.FAILED, "object-changed", "the object changed while it was verified", retryable=True)
 
-    @staticmethod
-    def _check_round_trip(body: bytes, metadata: Mapping[str, str], envelope: Envelope, wrapped: Wrapped) -> Envelope:
-        """The file we are about to write parses back to the new envelope (pure, cheap)."""
-        v3_metadata = {k: metadata[k] for k in env_mod.V3_OBJECT_ONLY_KEYS if k in metadata}
-        parsed = env_mod.from_instruction_file(body, v3_metadata)
-        same = (
-            parsed.encrypted_key == wrapped.encrypted_key
-            and parsed.iv == envelope.iv
-            and parsed.cek_alg == envelope.cek_alg
-            and parsed.context == wrapped.context
-            and parsed.message_id == envelope.message_id
-        )
-        if not same:
-            raise EnvelopeError("internal-error", "the serialized instruction file does not parse back to the new envelope")
-        return parsed
+def _already_on_target() -> Verdict:
+    return Verdict.skipped("already-on-target-key", "the envelope is already wrapped by the target KMS key")
 
-    def _backup(self, existing: StoredFile, envelope: Envelope) -> None:
-        """Keep a byte-exact copy of an instruction file before replacing it.
 
-        Not for a file of our own that was written for an earlier version of the object while
-        the current envelope lives in the metadata: that file wraps a data key that no longer
-        exists, it is nobody's original, and rollback must never restore it."""
-        if MARKER_TARGET in existing.metadata and envelope.location is Location.METADATA:
-            return
-        backup_key = existing.key + BACKUP_SUFFIX
-        metadata = dict(existing.metadata)
-        metadata[BACKUP_OF] = "instruction-file"
-        metadata[BACKUP_ETAG] = existing.etag.strip('"')
-        try:
-            self.bucket.put(backup_key, existing.body, metadata, if_none_match=True)
-        except PreconditionFailed:
-            stored = self.bucket.get_small(backup_key)
-            if stored is None or stored.body != existing.body:
-                raise S3Error(
-                    "backup-exists",
-                    f"{backup_key!r} already holds a different envelope (an earlier migration's backup); "
-                    "confirm that migration and prune its backups first",
-                ) from None
-
-    def _check_object_unchanged(
-        self, key: str, etag: str, target_name: str, new_etag: str, replaced: StoredFile | None, result: ObjectResult
-    ) -> None:
-        try:
-            still_there = self.bucket.head(key, if_match=etag) is not None
-        except PreconditionFailed:
-            still_there = False
-        if still_there:
-            return
-        # The object was overwritten or deleted after we read it: our file would describe a data
-        # key that no longer exists. Put back what was there before.
-        self._withdraw((target_name, new_etag, replaced))
-        self._stop(result, Outcome.FAILED, "object-changed", "the object changed during the migration; the new file was withdrawn", retryable=True)
+def _parse_back(body: bytes, metadata: Mapping[str, str], envelope: Envelope, wrapped: Wrapped) -> Envelope:
+    """The file we are about to write parses back to the new envelope."""
+    v3_metadata = {k: metadata[k] for k in env_mod.V3_OBJECT_ONLY_KEYS if k in metadata}
+    parsed = env_mod.from_instruction_file(body, v3_metadata)
+    same = (
+        parsed.encrypted_key == wrapped.encrypted_key
+        and parsed.iv == envelope.iv
+        and parsed.cek_alg == envelope.cek_alg
+        and parsed.context == wrapped.context
+        and parsed.message_id == envelope.message_id
+    )
+    if not same:
+        raise EnvelopeError("internal-error", "the serialized instruction file does not parse back to the new envelope")
+    return parsed

@@ -26,9 +26,9 @@ from keymigration.migrate.cutover import (
     read_backup_record,
     read_metadata_backup,
 )
+from keymigration.migrate.files import MARKER_SOURCE, MARKER_TARGET, source_fingerprint
 from keymigration.migrate.reader import locate
 from keymigration.migrate.results import ObjectResult, Outcome
-from keymigration.migrate.rewrap import MARKER_SOURCE, MARKER_TARGET, source_fingerprint
 
 FILE_BACKUP_SUFFIX = DEFAULT_INSTRUCTION_SUFFIX + BACKUP_SUFFIX
 

@@ -1,0 +1,105 @@
+"""The files keymigration writes next to an object, and the marks it leaves on them.
+
+An instruction file written by keymigration carries, in its own S3 metadata (never in its JSON,
+which holds only S3EC keys), the target key's ARN and a fingerprint of the envelope it replaced:
+that is how a later run, the cut-over and the rollback recognise keymigration's own output. A
+file it replaces is first kept byte for byte in ``<name>.keymigration-backup``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from keymigration.aws.s3 import Bucket, StoredFile
+from keymigration.errors import PreconditionFailed, S3Error
+from keymigration.formats import envelope as env_mod
+from keymigration.formats.envelope import Envelope, Location
+from keymigration.formats.vocabulary import BACKUP_SUFFIX
+
+# Metadata on the instruction-file object itself (not in its JSON, which holds only S3EC keys).
+MARKER_TARGET = "keymigration-target-key"
+MARKER_SOURCE = "keymigration-source"
+MARKER_RUN = "keymigration-run"
+BACKUP_OF = "keymigration-backup-of"
+BACKUP_ETAG = "keymigration-backup-etag"
+
+
+def source_fingerprint(envelope: Envelope) -> str:
+    """Identifies the old envelope (public values only: the EDK and IV are stored in clear)."""
+    digest = hashlib.sha256(envelope.encrypted_key + (envelope.iv or envelope.message_id or b""))
+    return digest.hexdigest()[:32]
+
+
+def instruction_file_metadata(target_arn: str, fingerprint: str, run_id: str) -> dict[str, str]:
+    # x-amz-crypto-instr-file: "" is what Java v1, Java S3EC and .NET put on instruction files.
+    marker = {env_mod.INSTRUCTION_FILE_MARKER: "", MARKER_TARGET: target_arn, MARKER_SOURCE: fingerprint}
+    if run_id:
+        marker[MARKER_RUN] = run_id
+    return marker
+
+
+def marked_done(existing: StoredFile, target_arn: str, envelope: Envelope, fingerprint: str, replaces_source: bool) -> bool:
+    """Our own marker says this file already wraps this object's data key under the target."""
+    if existing.metadata.get(MARKER_TARGET) != target_arn:
+        return False
+    if replaces_source:
+        return envelope.wrap.is_kms  # the source envelope is our own output
+    return existing.metadata.get(MARKER_SOURCE) == fingerprint
+
+
+@dataclass(frozen=True)
+class Written:
+    """An instruction file this call wrote: its name, its ETag, and the file it replaced."""
+
+    name: str
+    etag: str
+    replaced: StoredFile | None
+
+
+def withdraw(bucket: Bucket, written: Written | None) -> None:
+    """Undo an instruction-file write of this call: restore the file it replaced (with its own
+    content type and metadata), or delete ours; never touch a file changed since."""
+    if written is None:
+        return
+    replaced = written.replaced
+    try:
+        if replaced is not None:
+            bucket.put(written.name, replaced.body, replaced.metadata, if_match=written.etag, content_type=replaced.content_type)
+        else:
+            bucket.delete(written.name, if_match=written.etag)
+    except PreconditionFailed:
+        pass  # someone else has written the file again since; leave theirs
+
+
+def our_earlier_write(bucket: Bucket, name: str, body: bytes) -> tuple[str | None, StoredFile | None]:
+    """After a lost response, the SDK retries a conditional PUT that had already landed and
+    gets 412. The file then holds exactly our bytes (its fresh EDK makes them unique).
+    Returns (its ETag if it is ours, else None; the file found)."""
+    current = bucket.get_small(name)
+    if current is not None and current.body == body:
+        return current.etag, current
+    return None, current
+
+
+def back_up_instruction_file(bucket: Bucket, existing: StoredFile, envelope: Envelope) -> None:
+    """Keep a byte-exact copy of an instruction file before replacing it.
+
+    Not for a file of our own that was written for an earlier version of the object while
+    the current envelope lives in the metadata: that file wraps a data key that no longer
+    exists, it is nobody's original, and rollback must never restore it."""
+    if MARKER_TARGET in existing.metadata and envelope.location is Location.METADATA:
+        return
+    backup_key = existing.key + BACKUP_SUFFIX
+    metadata = dict(existing.metadata)
+    metadata[BACKUP_OF] = "instruction-file"
+    metadata[BACKUP_ETAG] = existing.etag.strip('"')
+    try:
+        bucket.put(backup_key, existing.body, metadata, if_none_match=True)
+    except PreconditionFailed:
+        stored = bucket.get_small(backup_key)
+        if stored is None or stored.body != existing.body:
+            raise S3Error(
+                "backup-exists",
+                f"{backup_key!r} already holds a different envelope (an earlier migration's backup); "
+                "confirm that migration and prune its backups first",
+            ) from None
