@@ -280,6 +280,43 @@ def test_a_lost_copy_response_is_recognised_as_our_copy(aws, monkeypatch):
     assert default_read(aws, "k") == body
 
 
+def test_rollback_plans_restores_once_and_refuses_what_others_wrote(aws):
+    """Each rollback step on its own: a planned restore writes nothing, a restored file is not
+    restored twice, and neither a foreign instruction file nor a metadata envelope that differs
+    from the backup is ever replaced."""
+    for key, location in (("meta", "metadata"), ("file", "instruction-file")):
+        put_encrypted(aws.s3, aws.bucket, key, encrypt_object(os.urandom(100), fmt="v1", wrap=W.LEGACY, master=AES), location)
+    old_file = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
+    worker = cutover(aws)
+    assert [worker.process(k).reason for k in ("meta", "file")] == ["cut-over", "migrated"]
+    ours = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
+
+    planned = Rollback(aws.s3, RollbackOptions(aws.bucket, dry_run=True)).process("file")
+    assert (planned.outcome, planned.reason, planned.message) == (Outcome.PLANNED, "would-roll-back", "instruction file restored")
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == ours
+    rollback = Rollback(aws.s3, RollbackOptions(aws.bucket))
+    done = rollback.process("file")
+    assert (done.outcome, done.message) == (Outcome.ROLLED_BACK, "instruction file restored")
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == old_file
+    again = rollback.process("file")
+    assert (again.outcome, again.reason) == (Outcome.SKIPPED, "nothing-to-roll-back")
+
+    foreign = b'{"x-amz-key":"AAAA","x-amz-iv":"AAAAAAAAAAAAAAAAAAAAAA==","x-amz-matdesc":"{}"}'
+    aws.s3.put_object(Bucket=aws.bucket, Key="file.instruction", Body=foreign)
+    refused = rollback.process("file")
+    assert (refused.outcome, refused.reason) == (Outcome.FAILED, "instruction-file-changed")
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == foreign
+
+    head = aws.s3.head_object(Bucket=aws.bucket, Key="meta")
+    other = encrypt_object(os.urandom(100), fmt="v1", wrap=W.LEGACY, master=AES).fields
+    aws.s3.copy_object(Bucket=aws.bucket, Key="meta", CopySource={"Bucket": aws.bucket, "Key": "meta"},
+                       Metadata={**head["Metadata"], **other}, MetadataDirective="REPLACE")
+    before = aws.s3.head_object(Bucket=aws.bucket, Key="meta")
+    changed = rollback.process("meta")
+    assert (changed.outcome, changed.reason) == (Outcome.FAILED, "metadata-changed")
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="meta")["Metadata"] == before["Metadata"]
+
+
 def test_rollback_refuses_an_object_replaced_after_the_cut_over(aws):
     put_with_headers(aws, "k")
     assert cutover(aws).process("k").reason == "cut-over"
