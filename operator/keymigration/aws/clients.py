@@ -112,22 +112,22 @@ def parse_timestamp(value):
     return botocore_parse_timestamp(value)
 
 
-def make_clients(settings: ClientOptions, telemetry: Telemetry | None = None):
+def make_clients(options: ClientOptions, telemetry: Telemetry | None = None):
     core = botocore.session.get_session()
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
-    session = boto3.session.Session(botocore_session=core, region_name=settings.region)
+    session = boto3.session.Session(botocore_session=core, region_name=options.region)
     if not session.region_name:
         raise ConfigurationError("no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION")
     config = Config(
         # A streaming body holds a connection while the same thread makes another request.
-        max_pool_connections=2 * settings.concurrency + 8,
-        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        max_pool_connections=2 * options.concurrency + 8,
+        retries={"mode": options.retry_mode, "max_attempts": options.max_attempts},
         connect_timeout=10,
         read_timeout=60,
-        s3={"addressing_style": "path"} if settings.path_style else None,
+        s3={"addressing_style": "path"} if options.path_style else None,
     )
-    s3 = session.client("s3", endpoint_url=settings.s3_endpoint_url or settings.endpoint_url, config=config)
-    kms = session.client("kms", endpoint_url=settings.kms_endpoint_url or settings.endpoint_url, config=config)
+    s3 = session.client("s3", endpoint_url=options.s3_endpoint_url or options.endpoint_url, config=config)
+    kms = session.client("kms", endpoint_url=options.kms_endpoint_url or options.endpoint_url, config=config)
     if telemetry is not None:
         telemetry.attach(s3)
         telemetry.attach(kms)

@@ -1,4 +1,4 @@
-"""Builds a prefix migration from settings and runs it. Shared by the CLI and the Kubernetes
+"""Builds a prefix migration from options and runs it. Shared by the CLI and the Kubernetes
 Job (which runs the CLI): nothing here is CLI-only."""
 from __future__ import annotations
 
@@ -92,30 +92,30 @@ class Migration:
 
     def __init__(
         self,
-        settings: RunOptions,
+        options: RunOptions,
         *,
         store: CheckpointStore | None = None,
         extra_progress: ProgressSink | None = None,
         clients=None,
     ):
-        self.settings = settings
-        settings.mode = check_target(settings.mode, settings.suffix)
-        settings.verify = VerifyLevel.parse(settings.verify)
+        self.options = options
+        options.mode = check_target(options.mode, options.suffix)
+        options.verify = VerifyLevel.parse(options.verify)
         self.telemetry = Telemetry()
-        self.s3, self.kms_client = clients or make_clients(settings.clients, self.telemetry)
-        self.source_keys = load_key_files(settings.source_key_files)
+        self.s3, self.kms_client = clients or make_clients(options.clients, self.telemetry)
+        self.source_keys = load_key_files(options.source_key_files)
         self.kms = KmsKeys(
             self.kms_client,
-            settings.kms_key_id,
-            _wrap(settings.wrap),
-            settings.source_kms_key_ids,
-            TokenBucket(settings.kms_rate, burst=max(1.0, (settings.kms_rate or 0) / 10)),
+            options.kms_key_id,
+            _wrap(options.wrap),
+            options.source_kms_key_ids,
+            TokenBucket(options.kms_rate, burst=max(1.0, (options.kms_rate or 0) / 10)),
         )
-        self.store = store or (FileCheckpointStore(settings.checkpoint) if settings.checkpoint else None)
+        self.store = store or (FileCheckpointStore(options.checkpoint) if options.checkpoint else None)
         self.extra_progress = extra_progress
 
     def _checkpoint(self) -> Checkpoint:
-        s = self.settings
+        s = self.options
         try:
             existing = self.store.load() if self.store else None
         except CheckpointError:
@@ -137,7 +137,7 @@ class Migration:
     def preflight(self, needs_target: bool = True) -> None:
         # A dry run resolves the target too when one is given (a read-only DescribeKey): the
         # instruction files' markers carry its ARN, so a plan recognises migrated objects.
-        if needs_target and (self.settings.kms_key_id or not self.settings.dry_run):
+        if needs_target and (self.options.kms_key_id or not self.options.dry_run):
             try:
                 self.kms.describe_target()
             except KmsError as error:
@@ -150,7 +150,7 @@ class Migration:
         description: str = "migrating",
         needs_target: bool = True,
     ) -> Summary:
-        s = self.settings
+        s = self.options
         checkpoint = self._checkpoint()
         self.preflight(needs_target)
         rewrapper = ObjectRewrapper(
@@ -213,7 +213,7 @@ class _stop_on_signals:
 
 def verify_process(migration: Migration, lookup_suffix: str | None) -> Callable[[str, ListingHint], ObjectResult]:
     """Per object: read it with only the KMS key (``verify`` command)."""
-    bucket = Bucket(migration.s3, migration.settings.bucket)
+    bucket = Bucket(migration.s3, migration.options.bucket)
 
     def verify_one(key: str, hint: ListingHint) -> ObjectResult:
         result = ObjectResult(key, Outcome.FAILED, "unreadable")
