@@ -105,6 +105,12 @@ class KmsKeys:
     def target_wrap(self, envelope: Envelope) -> WrapAlgorithm:
         return WrapAlgorithm.KMS_CONTEXT if envelope.format == "v3" else self.wrap
 
+    ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#encryptdatakey
+    ##% - `KeyId` MUST be the configured AWS KMS key identifier.
+    ##% - `PlaintextDataKey` MUST be the plaintext data key in the [encryption materials](../structures.md#encryption-materials).
+    ##% - `EncryptionContext` MUST be the [encryption context](../structures.md#encryption-context) included in the input [encryption materials](../structures.md#encryption-materials).
+    ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#encryptdatakey
+    ##% If the call to [AWS KMS Encrypt](https://docs.aws.amazon.com/kms/latest/APIReference/API_Encrypt.html) does not succeed, OnEncrypt MUST fail.
     def encrypt(self, data_key: DataKey, envelope: Envelope) -> Wrapped:
         context = self.target_context(envelope)
         try:
@@ -115,6 +121,10 @@ class KmsKeys:
             raise _error(error, "Encrypt", self.target_key_id) from None
         return Wrapped(response["CiphertextBlob"], context, response.get("KeyId", self.target_arn))
 
+    ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#kms-context
+    ##% - `KeyId` MUST be the configured AWS KMS key identifier.
+    ##% - `CiphertextBlob` MUST be the [encrypted data key ciphertext](../structures.md#ciphertext).
+    ##% - `EncryptionContext` MUST be the [encryption context](../structures.md#encryption-context) included in the input [decryption materials](../structures.md#decryption-materials).
     def decrypt(self, encrypted_key: bytes, context: Mapping[str, str], key_id: str) -> DataKey:
         try:
             response = self._call(

@@ -1,9 +1,10 @@
 """S3 Encryption Client content metadata ("envelopes"): detection, parsing, serialization.
 
-Pure code, no I/O. Rules cite the S3EC specification
-(awslabs/aws-encryption-sdk-specification, ``s3-encryption/data-format/content-metadata.md`` and
-``metadata-strategy.md``) the way the official clients do, and the project's reference
-``docs/formats.md``.
+Pure code, no I/O. Rules cite the S3EC specification the way the official clients do: ``##=``
+names the section of the excerpt kept in ``docs/spec/`` (awslabs/aws-encryption-sdk-specification,
+``s3-encryption/data-format/content-metadata.md`` and ``metadata-strategy.md``), ``##%`` quotes
+the requirement (checked by tests/unit/test_spec_citations.py). What the specification leaves
+open follows the real clients: the project's reference is ``docs/formats.md``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from typing import Any, Mapping
 from keymigration.errors import EnvelopeError
 from keymigration.formats.vocabulary import WrapAlgorithm
 
-# spec: content-metadata.md "Content Metadata MapKeys". The "x-amz-meta-" prefix is added by S3
-# and MUST NOT appear here; boto3 returns user metadata without it, lower-cased.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% The "x-amz-meta-" prefix is automatically added by the S3 server and MUST NOT be included in implementation code.
+##% The "x-amz-" prefix denotes that the metadata is owned by an Amazon product and MUST be prepended to all S3EC metadata mapkeys.
+# (boto3 returns user metadata without "x-amz-meta-", keys lower-cased.)
 KEY_V1 = "x-amz-key"
 KEY_V2 = "x-amz-key-v2"
 IV = "x-amz-iv"
@@ -30,18 +34,40 @@ TAG_LEN = "x-amz-tag-len"
 UNENCRYPTED_LENGTH = "x-amz-unencrypted-content-length"
 INSTRUCTION_FILE_MARKER = "x-amz-crypto-instr-file"
 # V3 (compressed) mapkeys.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-c") SHOULD be represented by a constant named "CONTENT_CIPHER_V3" or similar in the implementation code.
 CONTENT_CIPHER_V3 = "x-amz-c"
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-3") SHOULD be represented by a constant named "ENCRYPTED_DATA_KEY_V3" or similar in the implementation code.
 ENCRYPTED_DATA_KEY_V3 = "x-amz-3"
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-m") SHOULD be represented by a constant named "MAT_DESC_V3" or similar in the implementation code.
 MAT_DESC_V3 = "x-amz-m"
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-t") SHOULD be represented by a constant named "ENCRYPTION_CONTEXT_V3" or similar in the implementation code.
 ENCRYPTION_CONTEXT_V3 = "x-amz-t"
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-w") SHOULD be represented by a constant named "ENCRYPTED_DATA_KEY_ALGORITHM_V3" or similar in the implementation code.
 ENCRYPTED_DATA_KEY_ALGORITHM_V3 = "x-amz-w"
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-d") SHOULD be represented by a constant named "KEY_COMMITMENT_V3" or similar in the implementation code.
 KEY_COMMITMENT_V3 = "x-amz-d"
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##= type=implication
+##% This mapkey ("x-amz-i") SHOULD be represented by a constant named "MESSAGE_ID_V3" or similar in the implementation code.
 MESSAGE_ID_V3 = "x-amz-i"
 
-# spec: "If there are multiple mapkeys which are meant to be exclusive to different versions,
-# such as x-amz-key, x-amz-key-v2, and x-amz-3 then the S3EC SHOULD throw an exception."
+# The mapkeys exclusive to one format version each (see detect).
 EXCLUSIVE_KEYS = (KEY_V1, KEY_V2, ENCRYPTED_DATA_KEY_V3)
 V1_V2_KEYS = (KEY_V1, KEY_V2, IV, MATDESC, WRAP_ALG, CEK_ALG, TAG_LEN)
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% In the V3 format, the mapkeys "x-amz-c", "x-amz-d", and "x-amz-i" MUST be stored exclusively in the Object Metadata.
 V3_OBJECT_ONLY_KEYS = (CONTENT_CIPHER_V3, KEY_COMMITMENT_V3, MESSAGE_ID_V3)
 V3_INSTRUCTION_KEYS = (ENCRYPTED_DATA_KEY_V3, ENCRYPTED_DATA_KEY_ALGORITHM_V3, MAT_DESC_V3, ENCRYPTION_CONTEXT_V3)
 ALL_ENVELOPE_KEYS = V1_V2_KEYS + V3_OBJECT_ONLY_KEYS + V3_INSTRUCTION_KEYS
@@ -59,8 +85,12 @@ _CEK_ALIASES = {CBC: CBC, "AES/CBC/PKCS7Padding": CBC, GCM: GCM}
 
 
 
-# spec: content-metadata.md "x-amz-w": "02" AES/GCM, "12" kms+context, "22" RSA-OAEP-SHA1; the
-# value "MUST be translated ... upon retrieval, and vice versa on write".
+##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+##% - The wrapping algorithm value "02" MUST be translated to AES/GCM upon retrieval, and vice versa on write.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+##% - The wrapping algorithm value "12" MUST be translated to kms+context upon retrieval, and vice versa on write.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+##% - The wrapping algorithm value "22" MUST be translated to RSA-OAEP-SHA1 upon retrieval, and vice versa on write.
 V3_WRAP_CODES = {"02": WrapAlgorithm.AES_GCM, "12": WrapAlgorithm.KMS_CONTEXT, "22": WrapAlgorithm.RSA_OAEP_SHA1}
 V3_WRAP_CODE_OF = {alg: code for code, alg in V3_WRAP_CODES.items()}
 
@@ -126,11 +156,15 @@ def b64encode(value: bytes) -> str:
     return base64.b64encode(value).decode("ascii")
 
 
+##= docs/spec/s3-encryption/data-format/content-metadata.md#v1-v2-shared
+##= type=citation
+##% This string MAY be encoded by the esoteric double-encoding scheme used by the S3 web server.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#object-metadata
+##% The S3EC SHOULD support decoding the S3 Server's "double encoding".
+# (Undone here: RFC 2047 as S3 returns it. Not yet: UTF-8 bytes read as Latin-1 before that.)
 def decode_metadata_value(value: str) -> str:
     """Undo S3's RFC 2047 encoding of non-ASCII user metadata values ("=?UTF-8?B?...?=").
-
-    spec: content-metadata.md "This string MAY be encoded by the esoteric double-encoding scheme
-    used by the S3 web server." Plain ASCII values pass through unchanged.
+    Plain ASCII values pass through unchanged.
     """
     if "=?" not in value:
         return value
@@ -162,9 +196,13 @@ def canonical_context(context: Mapping[str, str]) -> str:
     return json.dumps(dict(context), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
+##= docs/spec/s3-encryption/data-format/content-metadata.md#algorithm-suite-and-message-format-version-compatibility
+##= type=implication
+##% Objects encrypted with ALG_AES_256_CBC_IV16_NO_KDF MAY use either the V1 or V2 message format version.
+##% Objects encrypted with ALG_AES_256_GCM_IV12_TAG16_NO_KDF MUST use the V2 message format version only.
 def _normalize_cek(raw: str | None) -> str:
     if raw is None:
-        return CBC  # spec: V1 has no x-amz-cek-alg; the content is AES/CBC/PKCS5Padding.
+        return CBC  # V1 has no x-amz-cek-alg, and only CBC may be V1 (above).
     try:
         return _CEK_ALIASES[raw]
     except KeyError:
@@ -212,12 +250,24 @@ def lower_keys(metadata: Mapping[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in metadata.items()}
 
 
+##= docs/spec/s3-encryption/data-format/content-metadata.md#determining-s3ec-object-status
+##% - If the metadata contains "x-amz-iv" and "x-amz-key" but no other version exclusive keys then the object MUST be considered as an S3EC-encrypted object using the V1 format.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#determining-s3ec-object-status
+##% - If the metadata contains "x-amz-iv" and "x-amz-key-v2" but no other version exclusive keys then the object MUST be considered as an S3EC-encrypted object using the V2 format.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#determining-s3ec-object-status
+##% - If the metadata contains "x-amz-3" and "x-amz-d" and "x-amz-i" but no other version exclusive keys then the object MUST be considered an S3EC-encrypted object using the V3 format.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#determining-s3ec-object-status
+##% If there are multiple mapkeys which are meant to be exclusive to different versions, such as "x-amz-key", "x-amz-key-v2", and "x-amz-3" then the S3EC SHOULD throw an exception.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - If mapkeys exclusive to other (non-V1) format versions is present,the S3EC SHOULD throw an exception.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - If a mapkey exclusive to other (non-V2) format versions is present, the S3EC SHOULD throw an exception.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - If a mapkey exclusive to other (non-V3) format versions is present, the S3EC SHOULD throw an exception.
 def detect(metadata: Mapping[str, str]) -> MetadataKind:
-    """Where the envelope of an object with this user metadata lives.
-
-    spec: content-metadata.md "Determining S3EC Object Status": V1 = x-amz-iv + x-amz-key,
-    V2 = x-amz-iv + x-amz-key-v2, V3 = x-amz-3 + x-amz-d + x-amz-i; none of these -> the S3EC
-    MUST attempt to get the instruction file; several exclusive mapkeys -> SHOULD throw.
+    """Where the envelope of an object with this user metadata lives: ENVELOPE (a V1, V2 or V3
+    envelope), V3_INSTRUCTION (x-amz-c/d/i without x-amz-3: the rest is in the instruction
+    file) or NONE (readers then look for the instruction file). Conflicting keys raise.
     """
     md = lower_keys(metadata)
     present = [k for k in EXCLUSIVE_KEYS if k in md]
@@ -294,7 +344,14 @@ def _from_v3(instruction: Mapping[str, Any], object_md: Mapping[str, str], locat
     if code not in V3_WRAP_CODES:
         raise EnvelopeError("unknown-wrap-algorithm", f"unknown V3 wrap code {code!r}")
     wrap = V3_WRAP_CODES[code]
-    # spec: x-amz-t is used for kms+context ("12"); x-amz-m for "02" and "22"; default {}.
+    ##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+    ##% The Material Description MUST be used for wrapping algorithms `AES/GCM` (`02`) and `RSA-OAEP-SHA1` (`22`).
+    ##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+    ##% The Encryption Context value MUST be used for wrapping algorithm `kms+context` or `12`.
+    ##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+    ##% If the mapkey x-amz-m is not present, the default Material Description value MUST be set to an empty map (`{}`).
+    ##= docs/spec/s3-encryption/data-format/content-metadata.md#v3-only
+    ##% If the mapkey x-amz-t is not present, the default Material Description value MUST be set to an empty map (`{}`).
     ctx_key = ENCRYPTION_CONTEXT_V3 if wrap is WrapAlgorithm.KMS_CONTEXT else MAT_DESC_V3
     if not isinstance(instruction.get(ctx_key, ""), str):
         raise EnvelopeError("malformed-envelope", f"{ctx_key} is not a string")
@@ -326,6 +383,9 @@ def from_metadata(metadata: Mapping[str, str]) -> Envelope:
     return _from_v1_v2(md, Location.METADATA, md.get(UNENCRYPTED_LENGTH))
 
 
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#instruction-file
+##% The content metadata stored in the Instruction File MUST be serialized to a JSON string.
+##% The serialized JSON string MUST be the only contents of the Instruction File.
 def parse_instruction_json(body: bytes) -> dict[str, Any]:
     """Decode an instruction file body: one JSON object, no duplicate keys, bounded size."""
     if len(body) > MAX_INSTRUCTION_FILE_BYTES:
@@ -351,6 +411,15 @@ def parse_instruction_json(body: bytes) -> dict[str, Any]:
     return parsed
 
 
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% - The V3 message format MUST NOT store the mapkey "x-amz-c" and its value in the Instruction File.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% - The V3 message format MUST NOT store the mapkey "x-amz-d" and its value in the Instruction File.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% - The V3 message format MUST NOT store the mapkey "x-amz-i" and its value in the Instruction File.
+##= docs/spec/s3-encryption/materials/s3-keyring.md#ondecrypt
+##= type=implication
+##% If the input collection of EncryptedDataKey instances contains any number of EDKs other than 1, the S3 Keyring MUST throw an exception.
 def _check_instruction_keys(values: Mapping[str, Any]) -> str:
     """Only S3EC keys, none that belongs in object metadata, string values, exactly one
     encrypted data key; returns the name of that key."""
@@ -371,12 +440,13 @@ def _check_instruction_keys(values: Mapping[str, Any]) -> str:
     return present[0]
 
 
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v1-v2-instruction-files
+##% In the V1/V2 message format, all of the content metadata MUST be stored in the Instruction File.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% In the V3 message format, only the content metadata related to the encrypted data is stored in the Instruction File.
+##% In the V3 message format, the content metadata related to the encrypted content is stored in the Object Metadata.
 def from_instruction_file(body: bytes, object_metadata: Mapping[str, str]) -> Envelope:
-    """The envelope in an instruction file, combined with the object's metadata for V3.
-
-    spec: metadata-strategy.md: V1/V2 store all content metadata in the instruction file; in V3
-    x-amz-c, x-amz-d and x-amz-i MUST be in object metadata and MUST NOT be in the file.
-    """
+    """The envelope in an instruction file, combined with the object's metadata for V3."""
     values = parse_instruction_json(body)
     data_key_name = _check_instruction_keys(values)
     md = lower_keys(object_metadata)
@@ -402,24 +472,41 @@ def from_instruction_file(body: bytes, object_metadata: Mapping[str, str]) -> En
 def kms_context_for(envelope: Envelope) -> dict[str, str]:
     """The encryption context of the new ``kms+context`` wrap.
 
-    spec: s3-kms-keyring.md: the reserved key aws:x-amz-cek-alg holds the content cipher, "115"
-    for V3; kms_cmk_id is never carried into a kms+context context (Ruby V2 compares the whole
-    context and rejects extra keys).
+    The reserved key aws:x-amz-cek-alg holds the content cipher, "115" for V3, as every
+    kms+context writer puts it (the Python S3EC's KMS keyring, Go, Java, Ruby); kms_cmk_id is
+    never carried into a kms+context context (Ruby V2 compares the whole context and rejects
+    extra keys).
     """
     return {"aws:x-amz-cek-alg": SUITE_115 if envelope.format == "v3" else envelope.cek_alg}
 
 
+##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#supported-wrapping-algorithm-modes
+##= type=exception
+##= reason=--wrap kms writes KmsV1 envelopes on request, for readers that know no kms+context (Java v1 before AuthenticatedEncryption); kms+context is the default
+##% The KmsKeyring MUST NOT support encryption using KmsV1 mode.
 def legacy_kms_context(target_key_id: str) -> dict[str, str]:
     """The context of the legacy ``kms`` wrap: Java v1 KMSEncryptionMaterials' kms_cmk_id."""
     return {"kms_cmk_id": target_key_id}
 
 
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-key-v2" MUST be present for V2 format objects.
+##% - The mapkey "x-amz-matdesc" MUST be present for V2 format objects.
+##% - The mapkey "x-amz-iv" MUST be present for V2 format objects.
+##% - The mapkey "x-amz-wrap-alg" MUST be present for V2 format objects.
+##% - The mapkey "x-amz-cek-alg" MUST be present for V2 format objects.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - If the object is encrypted using AES-GCM for content encryption, then the the mapkey "x-amz-tag-len" MUST be present.
+##% - If the object is encrypted using AES-CBC for content encryption, then the the mapkey "x-amz-tag-len" MUST NOT be present.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% - The V3 message format MUST store the mapkey "x-amz-3" and its value in the Instruction File.
+##% - The V3 message format MUST store the mapkey "x-amz-w" and its value in the Instruction File.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% - The V3 message format MUST store the mapkey "x-amz-t" and its value (when present in the content metadata) in the Instruction File.
 def target_fields(source: Envelope, new_encrypted_key: bytes, wrap: WrapAlgorithm, context: Mapping[str, str]) -> dict[str, str]:
     """The complete new envelope as the instruction file holds it: only S3EC keys, strings.
-
-    V1 sources become V2 (x-amz-key-v2, CBC); spec: content-metadata.md "x-amz-tag-len ... MUST
-    be present" for AES-GCM and "MUST NOT be present" for AES-CBC. V3 puts only 3/w/t in the
-    file (metadata-strategy.md): x-amz-c/d/i stay in the object metadata.
+    V1 sources become V2 (x-amz-key-v2, CBC); V3 puts only 3/w/t in the file: x-amz-c/d/i stay
+    in the object metadata.
     """
     if wrap not in (WrapAlgorithm.KMS, WrapAlgorithm.KMS_CONTEXT):
         raise ValueError("the target wrap must be kms or kms+context")

@@ -12,6 +12,8 @@ from typing import TypeVar
 
 from keymigration.errors import ConfigurationError
 
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#instruction-file
+##% The default Instruction File behavior uses the same S3 object key as its associated object suffixed with ".instruction".
 DEFAULT_INSTRUCTION_SUFFIX = ".instruction"
 # Backups of replaced envelopes: <key>.instruction.keymigration-backup (an instruction file,
 # byte for byte) and <key>.keymigration-backup (an envelope removed from object metadata).
@@ -29,6 +31,16 @@ def _parse(cls: type[E], value: object, what: str) -> E:
         raise ConfigurationError(f"{what} must be one of {', '.join(m.value for m in cls)}, not {value!r}") from None
 
 
+##= docs/spec/s3-encryption/data-format/content-metadata.md#v2-v3-shared
+##= type=citation
+##% The algorithm used to encrypt the data key.
+##% The valid values are:
+##% - AES/GCM
+##% - AESWrap
+##% - kms+context
+##% - kms
+##% - RSA/ECB/OAEPWithSHA-256AndMGF1Padding
+##% - RSA-OAEP-SHA1
 class WrapAlgorithm(str, Enum):
     """How the data key is wrapped. LEGACY is V1's absent x-amz-wrap-alg (AES/ECB or RSA PKCS#1)."""
 
@@ -89,6 +101,10 @@ class VerifyLevel(str, Enum):
         return self.value
 
 
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#instruction-file
+##= type=implication
+##% The S3EC MUST NOT support providing a custom Instruction File suffix on ordinary writes; custom suffixes MUST only be used during re-encryption.
+# (Every keymigration write is a re-encryption: a custom suffix is allowed where readers find it.)
 def check_target(mode: "Mode | str", suffix: str, *, api_names: bool = False) -> Mode:
     """The one check of where a migration writes. Returns the mode; raises ConfigurationError
     naming the problem (callers prefix the field or flag). ``api_names``: ``mode`` and the

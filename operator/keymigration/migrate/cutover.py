@@ -2,8 +2,8 @@
 default lookup finds the new KMS envelope in ``<key>.instruction`` (docs/cutover.md).
 
 Readers that find an envelope in object metadata use it and never look at the instruction file
-(Java S3EC v3/v4, Python v4, Go S3EC, .NET, C++; spec content-metadata.md "Determining S3EC
-Object Status"). The metadata can
+(Java S3EC v3/v4, Python v4, Go S3EC, .NET, C++; the specification's rule is cited in
+``migrate/rewrap.py`` ``locate_envelope``). The metadata can
 only change by rewriting the object: a server-side CopyObject (``aws/copy.py``) onto itself with
 ``MetadataDirective=REPLACE`` and ``CopySourceIfMatch=<ETag read>``, which keeps the ciphertext
 bytes and fails if anyone wrote the object in between. Before that, the removed envelope is
@@ -32,8 +32,15 @@ from keymigration.migrate.results import Outcome
 from keymigration.migrate.state import ObjectState, Verdict, run_stages
 
 METADATA_BACKUP_SUFFIX = BACKUP_SUFFIX  # <key>.keymigration-backup
-# Envelope keys that leave the metadata (spec content-metadata.md): all V1/V2 keys, and the V3
-# keys that may live in the instruction file; x-amz-c/d/i MUST stay in object metadata.
+# Envelope keys that leave the metadata: all V1/V2 keys, and the V3 keys that live in the
+# instruction file; x-amz-c/d/i stay:
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
+##% - The V3 message format MUST store the mapkey "x-amz-c" and its value in the Object Metadata when writing with an Instruction File.
+##% - The V3 message format MUST NOT store the mapkey "x-amz-c" and its value in the Instruction File.
+##% - The V3 message format MUST store the mapkey "x-amz-d" and its value in the Object Metadata when writing with an Instruction File.
+##% - The V3 message format MUST NOT store the mapkey "x-amz-d" and its value in the Instruction File.
+##% - The V3 message format MUST store the mapkey "x-amz-i" and its value in the Object Metadata when writing with an Instruction File.
+##% - The V3 message format MUST NOT store the mapkey "x-amz-i" and its value in the Instruction File.
 REMOVED_KEYS = env_mod.V1_V2_KEYS + (
     env_mod.ENCRYPTED_DATA_KEY_V3,
     env_mod.ENCRYPTED_DATA_KEY_ALGORITHM_V3,

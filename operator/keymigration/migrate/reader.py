@@ -4,7 +4,7 @@ Two lookups, matching the reader families (docs/formats.md §4.3):
 * ``explicit`` (Java v1 ``withInstructionFileSuffix``, Ruby ``instruction_file_suffix``, Go v1
   ``S3LoadStrategy``): the envelope comes from ``<key><suffix>`` only.
 * ``default`` (Java S3EC v3/v4, Python v4, Go S3EC, .NET, C++): object metadata if it holds an
-  envelope, else ``<key>.instruction``; spec: content-metadata.md "Determining S3EC Object Status".
+  envelope, else ``<key>.instruction``, as the specification says (cited at ``locate``).
 """
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ from keymigration.formats.vocabulary import DEFAULT_INSTRUCTION_SUFFIX
 LEFTOVER_BLOCKING_KEYS = (env_mod.IV, env_mod.CEK_ALG, env_mod.WRAP_ALG, env_mod.MATDESC, env_mod.ENCRYPTION_CONTEXT_V3)
 
 
+##= docs/spec/s3-encryption/data-format/content-metadata.md#determining-s3ec-object-status
+##% If the object matches none of the V1/V2/V3 formats, the S3EC MUST attempt to get the instruction file.
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#instruction-file
+##% The S3EC SHOULD support providing a custom Instruction File suffix on GetObject requests, regardless of whether or not re-encryption is supported.
 def locate(bucket: Bucket, key: str, metadata: dict[str, str], suffix: str | None) -> Envelope:
     """The envelope a reader would use: ``suffix`` set = explicit lookup, None = default."""
     metadata = env_mod.lower_keys(metadata)

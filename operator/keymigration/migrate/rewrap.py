@@ -3,8 +3,8 @@ key, verify, and write ``<key><suffix>``. The object itself (body, metadata, ETa
 touched.
 
 Safety rules, in order of the steps:
-* The old envelope is read where readers read it (spec: content-metadata.md "Determining S3EC
-  Object Status"): object metadata first, else ``<key>.instruction``.
+* The old envelope is read where readers read it: object metadata first, else
+  ``<key>.instruction`` (the rule is cited at ``locate_envelope``).
 * A wrong source key never yields a data key (unwrap.py); V3 data keys are also checked against
   the key commitment.
 * The new envelope is verified before it is written: KMS-decrypted and compared in constant time
@@ -125,6 +125,11 @@ class ObjectRewrapper:
             raise Verdict.skipped("object-deleted", "the object was deleted after it was listed")
         return state.add(head=head, metadata=env_mod.lower_keys(head.get("Metadata", {})))
 
+    ##= docs/spec/s3-encryption/data-format/content-metadata.md#determining-s3ec-object-status
+    ##% This logic applies only to objects using ObjectMetadata to store cryptographic metadata.
+    ##% If the object matches none of the V1/V2/V3 formats, the S3EC MUST attempt to get the instruction file.
+    ##= docs/spec/s3-encryption/data-format/metadata-strategy.md#instruction-file
+    ##% The default Instruction File behavior uses the same S3 object key as its associated object suffixed with ".instruction".
     def locate_envelope(self, state: ObjectState) -> ObjectState:
         """The envelope readers use today: object metadata first, else ``<key>.instruction``."""
         kind = env_mod.detect(state.metadata)
