@@ -6,6 +6,12 @@ until the listing has passed every name its instruction files could have; the ob
 leaves with a complete hint (which files exist, with their ETags), saving a GET per object.
 When the window is full, the oldest object leaves with an incomplete hint (the worker then asks
 S3). Memory stays bounded by the window whatever the prefix holds.
+
+A key range (``start_after < key <= end_key``, a shard) owns *objects*, never instruction
+files: an object's ``<key>.instruction`` may lie just past ``end_key``, so the listing goes on
+past the end (at most one window of keys) to complete the hints of the range's last objects,
+without taking any object from there. Whether a key is an object or a file is decided by its
+name alone, so every shard decides it the same way.
 """
 from __future__ import annotations
 
@@ -45,44 +51,75 @@ def matching_suffix(key: str, suffixes: Sequence[str]) -> str | None:
     return None
 
 
+class _Window:
+    """Objects waiting for the listing to pass every name their files could have."""
+
+    def __init__(self, file_suffixes: Sequence[str], size: int):
+        self.file_suffixes = file_suffixes
+        self.size = size
+        self.pending: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self.last_name: dict[str, str] = {}  # the largest name one of the object's files can have
+
+    def add(self, key: str) -> None:
+        self.pending[key] = {}
+        self.last_name[key] = max(key + s for s in self.file_suffixes)
+
+    def attach(self, base: str, key: str, etag: str) -> None:
+        if base in self.pending:
+            self.pending[base][key] = etag
+
+    def release(self, current: str | None) -> Iterator[ListedObject]:
+        """Objects whose names the listing has passed (all when ``current`` is None: the
+        listing ended), and the oldest beyond the window's size with incomplete hints."""
+        while self.pending:
+            key = next(iter(self.pending))
+            passed = current is None or current > self.last_name[key]
+            if not passed and len(self.pending) <= self.size:
+                return
+            files = self.pending.pop(key)
+            del self.last_name[key]
+            yield ListedObject(key, ListingHint(files, complete=passed))
+
+    def drain(self) -> Iterator[ListedObject]:
+        """The listing stopped early: what is left has incomplete hints."""
+        while self.pending:
+            key, files = self.pending.popitem(last=False)
+            yield ListedObject(key, ListingHint(files, complete=False))
+
+
 def with_hints(
     listing: Iterable[Listed],
     file_suffixes: Sequence[str],
     skip_suffixes: Sequence[str] = (),
     window: int = 2000,
     skipped: Counter | None = None,
+    end_key: str | None = None,
 ) -> Iterator[ListedObject]:
     """Objects in listing order, each with the instruction files the listing saw for it.
 
     ``file_suffixes``: instruction-file names to report (``.instruction`` and the target
     suffix); ``skip_suffixes``: further names that are not objects (backups). Keys passed over
-    are counted in ``skipped`` by suffix.
+    are counted in ``skipped`` by suffix. With ``end_key``, objects after it are not yielded;
+    the listing is read past it only while an object of the range may still get a file, and
+    for at most ``window`` keys (then the remaining objects leave with incomplete hints).
     """
     file_suffixes = sorted(set(file_suffixes), key=len, reverse=True)
     not_objects = sorted(set(file_suffixes) | set(skip_suffixes), key=len, reverse=True)
-    pending: OrderedDict[str, dict[str, str]] = OrderedDict()
-    last_name: dict[str, str] = {}  # the largest name one of the object's files can have
-
-    def release(current: str | None) -> Iterator[ListedObject]:
-        while pending:
-            key = next(iter(pending))
-            passed = current is None or current > last_name[key]
-            if not passed and len(pending) <= window:
-                return
-            files = pending.pop(key)
-            del last_name[key]
-            yield ListedObject(key, ListingHint(files, complete=passed))
-
+    objects = _Window(file_suffixes, window)
+    overrun = 0  # keys read past end_key
     for item in listing:
-        yield from release(item.key)
+        yield from objects.release(item.key)
+        beyond = end_key is not None and item.key > end_key
+        if beyond:
+            overrun += 1
+            if not objects.pending or overrun > window:
+                yield from objects.drain()
+                return
         suffix = matching_suffix(item.key, not_objects)
         if suffix is not None:
-            base = item.key[: -len(suffix)]
-            if base in pending:
-                pending[base][item.key] = item.etag
-            if skipped is not None:
+            objects.attach(item.key[: -len(suffix)], item.key, item.etag)
+            if skipped is not None and not beyond:
                 skipped[suffix] += 1
-            continue
-        pending[item.key] = {}
-        last_name[item.key] = max(item.key + s for s in file_suffixes)
-    yield from release(None)
+        elif not beyond:  # an object past the end is the next range's
+            objects.add(item.key)
+    yield from objects.release(None)  # the listing is exhausted: every hint is complete

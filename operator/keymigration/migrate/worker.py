@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
+from keymigration.errors import SetupError
 from keymigration.migrate.checkpoint import Checkpoint, CheckpointStore
-from keymigration.migrate.listing import list_keys, with_hints
 from keymigration.migrate.report import Counters, ReportWriter
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
+from keymigration.migrate.sources import ListingSource, ObjectSource
 
 log = logging.getLogger("keymigration.worker")
 
@@ -59,6 +60,7 @@ class WorkerOptions:
 @dataclass
 class _InFlight:
     key: str
+    position: object
     result: ObjectResult | None = None
 
 
@@ -97,8 +99,13 @@ class PrefixWorker:
         report: ReportWriter | None = None,
         progress: ProgressSink | None = None,
         extra_summary: Callable[[], dict] | None = None,
+        source: ObjectSource | None = None,
     ):
         self.s3 = s3
+        # Default: the whole prefix's listing (the Migration passes a key range or an inventory).
+        self.source = source or ListingSource(
+            s3, options.bucket, options.prefix, options.file_suffixes, options.skip_suffixes, options.window
+        )
         self.process = process
         self.options = options
         self.checkpoint = checkpoint
@@ -133,10 +140,7 @@ class PrefixWorker:
         if self.options.count_total:
             threading.Thread(target=self._count_total, name="count-total", daemon=True).start()
         slots = threading.BoundedSemaphore(max(1, self.options.concurrency) * 2)
-        listing = list_keys(self.s3, self.options.bucket, self.options.prefix, start_after=self.checkpoint.after)
-        objects = with_hints(
-            listing, self.options.file_suffixes, self.options.skip_suffixes, self.options.window, self.listed_aux
-        )
+        objects = self.source.items(self.checkpoint, self.listed_aux)
         with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency), thread_name_prefix="rewrap") as pool:
             try:
                 for item in objects:
@@ -146,7 +150,7 @@ class PrefixWorker:
                             break
                     if self.stop.is_set():
                         break
-                    entry = _InFlight(item.key)
+                    entry = _InFlight(item.key, item.position)
                     with self._lock:
                         self._inflight.append(entry)
                     future = pool.submit(self._run_one, item.key, item.hint)
@@ -207,7 +211,7 @@ class PrefixWorker:
                 while self._inflight and self._inflight[0].result is not None:
                     done = self._inflight.popleft()
                     self.committed.add(done.result)
-                    self.checkpoint.after = done.key
+                    self.source.mark(self.checkpoint, done.position)
 
     def _log_fields(self, result: ObjectResult) -> dict:
         return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}
@@ -242,19 +246,7 @@ class PrefixWorker:
 
     def _count_total(self) -> None:
         try:
-            n = 0
-            aux = Counter()
-            for _ in with_hints(
-                list_keys(self.s3, self.options.bucket, self.options.prefix),
-                self.options.file_suffixes,
-                self.options.skip_suffixes,
-                self.options.window,
-                aux,
-            ):
-                n += 1
-                if self.stop.is_set():
-                    return
-            self.total = n
+            self.total = self.source.count(self.stop)
         except Exception:  # counting is a nicety for ETA; never fail the run over it
             log.debug("counting the prefix failed", exc_info=True)
 
@@ -288,6 +280,8 @@ class PrefixWorker:
 
 
 def _permanent(error: Exception) -> bool:
-    """Listing errors no retry will fix: no such bucket, access denied."""
+    """Listing errors no retry will fix: no such bucket, access denied, an unusable inventory."""
+    if isinstance(error, SetupError):
+        return True
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     return code in {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName", "403", "404"}
