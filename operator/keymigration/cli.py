@@ -14,11 +14,14 @@ from keymigration.logs import setup_logging
 from keymigration.migrate import (
     EXIT_CONFIG,
     EXIT_OK,
+    DurationEstimate,
     Migration,
     Prune,
     Rollback,
     RollbackOptions,
     RunOptions,
+    human_duration,
+    plan_shards,
     verify_process,
 )
 
@@ -51,6 +54,14 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
         help="instruction-file: write <key><suffix> only; cutover: also remove the old envelope from the object's "
         "metadata so every reader's default lookup uses <key>.instruction (docs/cutover.md)",
     )
+    scale = parser.add_argument_group("a shard of the prefix, or an inventory instead of a listing (docs/scale.md)")
+    scale.add_argument("--start-after", metavar="KEY", default=None,
+                       help="only keys after KEY (a shard's start_after; use --start-after=KEY for a KEY starting with '-')")
+    scale.add_argument("--end-key", metavar="KEY", default=None, help="only keys up to and including KEY (a shard's end_key)")
+    scale.add_argument("--inventory", metavar="S3_URL",
+                       help="the objects an S3 Inventory lists (s3://BUCKET/PATH/manifest.json, CSV) instead of a listing")
+    scale.add_argument("--inventory-files", metavar="SPEC",
+                       help="this worker's data files of the inventory: I/N (every N-th from the I-th), A-B, A; comma-separated")
 
 
 def _add_keys(parser: argparse.ArgumentParser, target_required: bool) -> None:
@@ -71,7 +82,10 @@ def _add_keys(parser: argparse.ArgumentParser, target_required: bool) -> None:
 def _add_how(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("how")
     run.add_argument("--concurrency", type=_positive_int, default=16, help="objects in flight (default 16)")
-    run.add_argument("--kms-rate", type=_positive_float, default=None, metavar="REQ_PER_S", help="cap on KMS requests per second")
+    run.add_argument("--kms-rate", type=_positive_float, default=None, metavar="REQ_PER_S",
+                     help="cap on KMS requests per second; the rate backs off on throttling and grows back to the cap")
+    run.add_argument("--kms-rate-file", metavar="FILE",
+                     help="re-read this file (a number of requests per second) while running: a new KMS rate cap")
     run.add_argument("--checkpoint", metavar="FILE", help="resume from / record progress in this file")
     run.add_argument("--report", metavar="FILE", help="JSON-lines report, one line per object ('-' for stdout)")
     run.add_argument("--max-failures", type=_positive_int, default=None, metavar="N", help="stop after N failed objects")
@@ -115,8 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verify", choices=[v.value for v in VerifyLevel], default=VerifyLevel.ENVELOPE.value)
     run.add_argument("--dry-run", action="store_true", help="report what would be done; no KMS calls, no writes")
 
-    plan = sub.add_parser("plan", help="what `run` would do: counts by format, wrap, location, key; writes nothing")
+    plan = sub.add_parser("plan", help="what `run` would do: counts by format, wrap, location, key, and how long; writes nothing")
     _add_common(plan, target_required=False)
+    estimate = plan.add_argument_group("expected duration")
+    estimate.add_argument("--workers", type=_positive_int, default=1, help="worker processes (shards) running at once (default 1)")
+    estimate.add_argument("--worker-rate", type=_positive_float, default=None, metavar="OBJ_PER_S",
+                          help="objects/s of one worker (default: the rate measured by bench/scale_bench.py, docs/scale.md)")
+    estimate.add_argument("--kms-budget", type=_positive_float, default=None, metavar="REQ_PER_S",
+                          help="KMS requests/s for the whole migration (default: --kms-rate x --workers, else no limit)")
+    estimate.add_argument("--planned-verify", choices=[v.value for v in VerifyLevel], default=VerifyLevel.ENVELOPE.value,
+                          help="the --verify level the run will use (KMS requests and rate per object)")
+
+    shard = sub.add_parser("shard", help="plan key ranges of a prefix by sampling its listing; prints one JSON range a line")
+    _add_shard(shard)
 
     verify = sub.add_parser("verify", help="read every object with only the target KMS key")
     _add_common(verify)
@@ -175,6 +200,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_shard(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--prefix", default="", help="key prefix (default: the whole bucket)")
+    parser.add_argument("--suffix", default=".instruction", help="instruction-file suffix: such keys are not objects")
+    count = parser.add_mutually_exclusive_group(required=True)
+    count.add_argument("--shards", type=_positive_int, help="this many ranges (fewer if the prefix has fewer objects)")
+    count.add_argument("--objects-per-shard", type=_positive_int, metavar="N", help="ranges of about N objects each")
+    parser.add_argument("--max-requests", type=_positive_int, default=None,
+                        help="ListObjectsV2 requests the sampling may make (default 200 + 20 per shard)")
+    _add_aws(parser)
+
+
+def run_shard_command(args: argparse.Namespace) -> int:
+    """One JSON object per line: {"start_after", "end_key", "estimated_objects"}; a summary on stderr."""
+    from keymigration.aws import make_clients
+
+    s3, _ = make_clients(_client_options(args, concurrency=1))
+    plan = plan_shards(
+        s3,
+        args.bucket,
+        args.prefix,
+        shards=args.shards,
+        objects_per_shard=args.objects_per_shard,
+        not_objects=sorted({".instruction", args.suffix, ".keymigration-backup"}),
+        max_requests=args.max_requests,
+    )
+    for shard in plan.shards:
+        sys.stdout.write(json.dumps(shard.as_dict(), ensure_ascii=False) + "\n")
+    summary = {"event": "shard-plan", "shards": len(plan.shards), "estimated_objects": plan.estimated_objects,
+               "exact": plan.exact, "list_requests": plan.requests}
+    sys.stderr.write(json.dumps(summary) + "\n")
+    return EXIT_OK
+
+
+def _client_options(args: argparse.Namespace, concurrency: int) -> ClientOptions:
+    return ClientOptions(
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        concurrency=concurrency,
+        retry_mode=args.retry_mode,
+        max_attempts=args.max_attempts,
+        path_style=args.path_style,
+    )
+
+
 def settings_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         bucket=args.bucket,
@@ -195,14 +265,12 @@ def settings_from_args(args: argparse.Namespace) -> RunOptions:
         progress=args.progress,
         count_total=args.count_total,
         progress_resource=args.progress_resource,
-        clients=ClientOptions(
-            endpoint_url=args.endpoint_url,
-            region=args.region,
-            concurrency=args.concurrency,
-            retry_mode=args.retry_mode,
-            max_attempts=args.max_attempts,
-            path_style=args.path_style,
-        ),
+        clients=_client_options(args, args.concurrency),
+        start_after=args.start_after,
+        end_key=args.end_key,
+        inventory=args.inventory,
+        inventory_files=args.inventory_files,
+        kms_rate_file=getattr(args, "kms_rate_file", None),
     )
 
 
@@ -213,22 +281,44 @@ def _print_summary(summary: dict, stream=sys.stdout) -> None:
     for key in order:
         if summary.get(key) or key in ("scanned", "failed"):
             stream.write(f"  {key:<{width}} {summary.get(key, 0):>10}\n")
-    if summary.get("reasons"):
-        stream.write("  by reason:\n")
-        for reason, count in summary["reasons"].items():
-            stream.write(f"    {reason:<{width}} {count:>8}\n")
-    if summary.get("formats"):
-        stream.write("  by format/wrap/location:\n")
-        for name, count in summary["formats"].items():
-            stream.write(f"    {name:<{width}} {count:>8}\n")
-    if summary.get("source_keys"):
-        stream.write("  by source key:\n")
-        for name, count in summary["source_keys"].items():
-            stream.write(f"    {name:<{width}} {count:>8}\n")
+    for field, title in (("reasons", "reason"), ("formats", "format/wrap/location"), ("source_keys", "source key")):
+        if summary.get(field):
+            stream.write(f"  by {title}:\n")
+            for name, count in summary[field].items():
+                stream.write(f"    {name:<{width}} {count:>8}\n")
     rate = summary.get("objects_per_second")
     stream.write(f"  elapsed {summary.get('elapsed_seconds')} s" + (f", {rate} objects/s" if rate else "") + "\n")
+    if summary.get("estimate"):
+        _print_estimate(summary["estimate"], stream)
     if summary.get("stopped"):
         stream.write(f"  stopped: {summary['stopped']}\n")
+
+
+def _estimate(args: argparse.Namespace, plan: dict) -> dict:
+    budget = args.kms_budget or (args.kms_rate * args.workers if args.kms_rate else None)
+    return DurationEstimate(
+        objects=int(plan.get("planned", 0)),
+        verify=VerifyLevel.parse(args.planned_verify),
+        workers=args.workers,
+        worker_rate=args.worker_rate,
+        kms_budget=budget,
+    ).as_dict()
+
+
+def _print_estimate(estimate: dict, stream) -> None:
+    budget = estimate["kms_budget_per_second"]
+    stream.write(
+        f"  expected duration {human_duration(estimate['expected_seconds'])} for {estimate['objects']} objects "
+        f"({estimate['workers']} worker(s) at {estimate['worker_objects_per_second']} objects/s; "
+        f"{estimate['kms_requests']} KMS requests" + (f" at {budget}/s" if budget else ", no KMS budget") +
+        f"; bound by {estimate['bound_by']})\n"
+    )
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from keymigration.demo import run_demo
+
+    return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
 
 
 def run_operator_command(args: argparse.Namespace) -> int:
@@ -278,12 +368,13 @@ def _progress_channel(settings: RunOptions) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
-    if args.command == "demo":
-        from keymigration.demo import run_demo
-
-        return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
-    if args.command == "operator":
-        return run_operator_command(args)
+    standalone = {"demo": run_demo_command, "operator": run_operator_command, "shard": run_shard_command}
+    if args.command in standalone:
+        try:
+            return standalone[args.command](args)
+        except SetupError as error:
+            log.error("%s", error)
+            return EXIT_CONFIG
     settings = settings_from_args(args)
     try:
         migration = Migration(settings, **_progress_channel(settings))
@@ -301,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", error)
         return EXIT_CONFIG
     data = summary.as_dict()
+    if args.command == "plan":
+        data["estimate"] = _estimate(args, data)
     if args.report != "-":
         _print_summary(data)
     if args.command == "plan":

@@ -54,6 +54,21 @@ def assert_one_instruction_file_each(aws, prefix, seeded) -> None:
         assert k + ".instruction" not in keys
 
 
+def kill_at_report_lines(aws, args: list[str], report: Path, lines: int, timeout: float = 120) -> bool:
+    """Start a worker and SIGKILL it once its report has ``lines`` lines; True if it was killed."""
+    proc = subprocess.Popen(cli(*args), env=worker_env(aws), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if report.exists() and len(report.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
 @pytest.fixture
 def keys(aws, tmp_path):
     return make_keys(aws, tmp_path / "keys")
@@ -98,18 +113,7 @@ def test_kill_9_at_several_points_then_resume_is_exact(aws, keys, tmp_path):
     checkpoint = tmp_path / "cp.json"
     report = tmp_path / "report.jsonl"
     args = run_args(aws, keys, "kill/", "--checkpoint", str(checkpoint), "--report", str(report), "--concurrency", "4")
-    kills = 0
-    for kill_after_lines in (15, 90, 170, 250, 330):
-        proc = subprocess.Popen(cli(*args), env=worker_env(aws), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(report.read_text().splitlines()) >= kill_after_lines if report.exists() else False:
-                break
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = sum(kill_at_report_lines(aws, args, report, lines) for lines in (15, 90, 170, 250, 330))
     assert kills >= 4
     final = run(aws, *args)
     assert final.returncode == 0, final.stderr

@@ -29,15 +29,16 @@ SURFACE = {
         "target_fields", "unwrap_data_key", "verify_body",
     ],
     "keymigration.aws": [
-        "Bucket", "ClientOptions", "KmsKeys", "MetadataRewriter", "StoredFile", "Telemetry", "TokenBucket",
-        "Wrapped", "make_clients",
+        "AdaptiveTokenBucket", "Bucket", "ClientOptions", "KmsKeys", "MetadataRewriter", "StoredFile",
+        "Telemetry", "TokenBucket", "Wrapped", "make_clients", "watch_throttling",
     ],
     "keymigration.migrate": [
         "EXIT_CONFIG", "EXIT_FAILED_OBJECTS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TOO_MANY_FAILURES",
-        "Checkpoint", "CheckpointStore", "Counters", "FileCheckpointStore", "ListingHint",
-        "MemoryCheckpointStore", "Migration", "ObjectResult", "ObjectRewrapper", "Outcome", "PrefixWorker",
-        "ProgressSink", "Prune", "ReportWriter", "RewrapOptions", "Rollback", "RollbackOptions", "RunOptions",
-        "Summary", "WorkerOptions", "verify_process",
+        "Checkpoint", "CheckpointStore", "Counters", "DurationEstimate", "FileCheckpointStore", "InventoryError",
+        "KeyRange", "KmsBudget", "ListingHint", "MemoryCheckpointStore", "Migration", "ObjectResult",
+        "ObjectRewrapper", "Outcome", "PrefixWorker", "ProgressSink", "Prune", "ReportWriter", "RewrapOptions",
+        "Rollback", "RollbackOptions", "RunOptions", "Shard", "ShardPlan", "Summary", "WorkerOptions",
+        "human_duration", "plan_shards", "verify_process",
     ],
     "keymigration.kube": [
         "InstallConfig", "KeyMigration", "KubernetesProgress", "Plan", "SourceKeyRef", "child_name",

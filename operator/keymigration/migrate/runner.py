@@ -11,7 +11,6 @@ from typing import Callable
 
 from keymigration.aws.clients import ClientOptions, Telemetry, make_clients
 from keymigration.aws.kms import KmsKeys
-from keymigration.aws.ratelimit import TokenBucket
 from keymigration.aws.s3 import Bucket
 from keymigration.errors import CheckpointError, KmsError, ObjectError, SetupError
 from keymigration.formats.envelope import WrapAlgorithm
@@ -28,11 +27,14 @@ from keymigration.migrate.checkpoint import (
     CheckpointStore,
     FileCheckpointStore,
 )
+from keymigration.migrate.inventory import InventorySource, load_manifest, select_files
+from keymigration.migrate.kms_budget import KmsBudget
 from keymigration.migrate.progress import JsonProgress, MultiProgress, TerminalProgress
 from keymigration.migrate.reader import decrypt_object
 from keymigration.migrate.report import ReportWriter
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
 from keymigration.migrate.rewrap import ObjectRewrapper, RewrapOptions
+from keymigration.migrate.sources import KeyRange, ListingSource, ObjectSource
 from keymigration.migrate.worker import (
     EXIT_CONFIG,
     PrefixWorker,
@@ -69,6 +71,14 @@ class RunOptions:
     # store and progress sink it hands to Migration; nothing here imports Kubernetes code.
     progress_resource: str | None = None
     checkpoint_interval: float = 2.0
+    # A shard: only keys start_after < key <= end_key (docs/scale.md).
+    start_after: str | None = None
+    end_key: str | None = None
+    # An S3 Inventory instead of a listing: s3://bucket/path/manifest.json, and which data files.
+    inventory: str | None = None
+    inventory_files: str | None = None
+    # A file whose number, when it changes, becomes the KMS rate cap (needs kms_rate).
+    kms_rate_file: str | None = None
 
 
 def _progress(kind: str, description: str) -> ProgressSink | None:
@@ -104,13 +114,21 @@ class Migration:
         self.telemetry = Telemetry()
         self.s3, self.kms_client = clients or make_clients(options.clients, self.telemetry)
         self.source_keys = load_key_files(options.source_key_files)
+        try:
+            self.key_range = KeyRange(options.start_after, options.end_key)
+            self.kms_budget = KmsBudget(options.kms_rate, options.kms_rate_file)
+        except ValueError as error:
+            raise SetupError(str(error)) from None
+        self.kms_budget.attach(self.kms_client)
         self.kms = KmsKeys(
             self.kms_client,
             options.kms_key_id,
             _wrap(options.wrap),
             options.source_kms_key_ids,
-            TokenBucket(options.kms_rate, burst=max(1.0, (options.kms_rate or 0) / 10)),
+            self.kms_budget.limiter,
         )
+        self.source: ObjectSource | None = None
+        self.inventory_md5: str | None = None
         self.store = store or (FileCheckpointStore(options.checkpoint) if options.checkpoint else None)
         self.extra_progress = extra_progress
 
@@ -122,17 +140,41 @@ class Migration:
             raise
         except Exception as error:  # the progress object is unreachable: do not start blind
             raise SetupError(f"cannot read the checkpoint: {type(error).__name__}") from None
+        scale = {
+            "start_after": s.start_after,
+            "end_key": s.end_key,
+            "inventory": s.inventory,
+            "inventory_md5": self.inventory_md5,
+            "inventory_files": s.inventory_files,
+        }
         if existing is None:
-            return Checkpoint(s.bucket, s.prefix, s.suffix, s.kms_key_id, mode=s.mode)
-        existing.check_matches(s.bucket, s.prefix, s.suffix, s.kms_key_id, s.mode)
+            return Checkpoint(s.bucket, s.prefix, s.suffix, s.kms_key_id, mode=s.mode, **scale)
+        existing.check_matches(s.bucket, s.prefix, s.suffix, s.kms_key_id, s.mode, **scale)
         return existing
 
+    def _source(self) -> ObjectSource:
+        """The listing of the prefix (or of its key range), or the inventory's rows."""
+        s = self.options
+        files = sorted({DEFAULT_INSTRUCTION_SUFFIX, s.suffix})
+        if not s.inventory:
+            return ListingSource(self.s3, s.bucket, s.prefix, files, (BACKUP_SUFFIX,), key_range=self.key_range)
+        manifest = load_manifest(self.s3, s.inventory)
+        self.inventory_md5 = manifest.md5
+        chosen = select_files(len(manifest.files), s.inventory_files)
+        return InventorySource(self.s3, manifest, s.bucket, s.prefix, [*files, BACKUP_SUFFIX], chosen, self.key_range)
+
     def _extra(self) -> dict:
-        return {
+        extra = {
             "kms_requests": dict(self.kms.calls),
             "requests": self.telemetry.requests(),
             "faults_retried": self.telemetry.faults(),
+            **self.kms_budget.summary(),
         }
+        if self.key_range.bounded:
+            extra["key_range"] = self.key_range.as_dict()
+        if isinstance(self.source, InventorySource):
+            extra.update(self.source.summary())
+        return extra
 
     def preflight(self, needs_target: bool = True) -> None:
         # A dry run resolves the target too when one is given (a read-only DescribeKey): the
@@ -151,6 +193,7 @@ class Migration:
         needs_target: bool = True,
     ) -> Summary:
         s = self.options
+        self.source = self._source()
         checkpoint = self._checkpoint()
         self.preflight(needs_target)
         rewrapper = ObjectRewrapper(
@@ -172,7 +215,7 @@ class Migration:
                 max_failures=s.max_failures,
                 file_suffixes=sorted({DEFAULT_INSTRUCTION_SUFFIX, s.suffix}),
                 skip_suffixes=(BACKUP_SUFFIX,),
-                count_total=s.count_total,
+                count_total=s.count_total and not s.inventory,
                 checkpoint_interval=s.checkpoint_interval,
             ),
             checkpoint,
@@ -181,12 +224,15 @@ class Migration:
             report=report,
             progress=sinks,
             extra_summary=self._extra,
+            source=self.source,
         )
         self.worker = worker
+        self.kms_budget.start()
         with _stop_on_signals(worker):
             try:
                 return worker.run()
             finally:
+                self.kms_budget.stop()
                 if report:
                     report.close()
 
