@@ -144,3 +144,17 @@ def test_resume_skips_exactly_the_rows_up_to_the_position():
     assert checkpoint.position == {"file": 1, "row": 1}
     assert keys_of(src, checkpoint) == ["f1-2", "f1-3", "f2-0", "f2-1", "f2-2", "f2-3"]
     assert keys_of(source(s3, url, files="0/2"), checkpoint) == ["f2-0", "f2-1", "f2-2", "f2-3"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_key_decoding_is_unquote_plus(monkeypatch, fast):
+    from urllib.parse import quote, quote_plus, unquote_plus
+
+    from keymigration.migrate import inventory
+
+    if not fast:
+        monkeypatch.setattr(inventory, "_ESCAPE_DECODE", None)
+    odd = ["a%", "%zz", "50%+off", "%C3", "plain", "", "a+b%2B%2b", "ü/%2f", "a\\x41%41", "\\", "%\\x", "é%C3%A9"]
+    for key in AWKWARD + odd:
+        for encoded in (quote_plus(key, safe=""), quote_plus(key), quote(key), key):
+            assert inventory.decode_key(encoded) == unquote_plus(encoded), encoded

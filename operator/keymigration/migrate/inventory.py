@@ -23,22 +23,23 @@ Guarantees:
 No instruction-file hints: rows arrive in no particular order, so every object goes to the
 worker with an unknown hint (it then asks S3 which files exist).
 
-CSV only. Parquet and ORC would need pyarrow (about 40 MB of wheel and 130 MB installed,
-more than the rest of the image's Python packages together) or a hand-written reader of
-Snappy/zlib-compressed columnar files; an inventory can be configured as CSV instead
-(docs/scale.md).
+CSV only. Parquet and ORC would need pyarrow (26.0.1: a 55 MB wheel, 171 MB installed, next
+to a 370 MB image) or a hand-written reader of Snappy/zlib-compressed columnar files; an
+inventory can be configured as CSV instead (docs/scale.md).
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import unquote_plus, urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -49,6 +50,27 @@ from keymigration.migrate.listing import matching_suffix
 from keymigration.migrate.sources import KeyRange, WorkItem
 
 CHUNK = 1 << 20
+_ESCAPE_DECODE = getattr(codecs, "escape_decode", None)
+
+
+def decode_key(encoded: str) -> str:
+    """A key as S3 Inventory's CSV writes it, decoded: exactly ``unquote_plus``, 5x faster.
+
+    ``unquote_plus`` decodes escapes in Python, about 8 us a key with escapes (S3 escapes every
+    ``/``): most of a row's cost. Here ``%XX`` becomes ``\\xXX`` and CPython's C escape decoder
+    (``codecs.escape_decode``, undocumented but in CPython since 2.x; the backslashes already
+    there are doubled first) makes the bytes. A malformed escape or bytes that are not UTF-8 go to
+    ``unquote_plus`` itself, as does everything on a Python without that decoder.
+    """
+    text = encoded.replace("+", " ")
+    if "%" not in text:
+        return text
+    if _ESCAPE_DECODE is None:
+        return unquote_plus(encoded)
+    try:
+        return _ESCAPE_DECODE(text.replace("\\", "\\\\").replace("%", "\\x").encode())[0].decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return unquote_plus(encoded)
 
 
 class InventoryError(ConfigurationError):
@@ -186,7 +208,10 @@ class InventorySource:
         self.not_objects = sorted(set(not_objects), key=len, reverse=True)
         self.files = [manifest.files[i] for i in files]
         self.key_range = key_range
-        self.key_column = manifest.column("Key")
+        self.suffixes = tuple(self.not_objects)
+        self.ranged = key_range.bounded
+        self.width = len(manifest.columns)
+        self.key_column = manifest.column("Key") or 0  # load_manifest made sure there is one
         self.latest_column = manifest.column("IsLatest")
         self.delete_marker_column = manifest.column("IsDeleteMarker")
         self.skipped_rows: Counter[str] = Counter()
@@ -216,20 +241,35 @@ class InventorySource:
 
     def _object_key(self, row: list[str]) -> str | None:
         """The row's key if it is an object to migrate; else None (counted by why)."""
-        assert self.key_column is not None
-        if len(row) != len(self.manifest.columns):
-            raise InventoryError(f"{self.manifest.url}: a row has {len(row)} fields, the fileSchema {len(self.manifest.columns)}")
+        if len(row) != self.width:
+            raise InventoryError(f"{self.manifest.url}: a row has {len(row)} fields, the fileSchema {self.width}")
         if self.delete_marker_column is not None and row[self.delete_marker_column].lower() == "true":
             self.skipped_rows["delete-marker"] += 1
             return None
         if self.latest_column is not None and row[self.latest_column].lower() == "false":
             self.skipped_rows["not-latest"] += 1
             return None
-        key = unquote_plus(row[self.key_column])
-        if not key.startswith(self.prefix) or key not in self.key_range:
+        key = decode_key(row[self.key_column])
+        if not key.startswith(self.prefix) or (self.ranged and key not in self.key_range):
             self.skipped_rows["outside-prefix"] += 1
             return None
         return key
+
+    def _objects(self, index: int, rows: Iterable[tuple[int, list[str]]], aux: Counter) -> Iterator[WorkItem]:
+        """The per-row loop, kept lean: an inventory has millions of rows per worker."""
+        object_key, not_objects, suffixes = self._object_key, self.not_objects, self.suffixes
+        number = -1
+        for number, row in rows:
+            key = object_key(row)
+            if key is None:
+                continue
+            if key.endswith(suffixes):  # maybe an instruction file or a backup (one C call)
+                suffix = matching_suffix(key, not_objects)
+                if suffix is not None:
+                    aux[suffix] += 1
+                    continue
+            yield WorkItem(key, None, (index, number))
+        self.rows_read += number + 1
 
     # -- ObjectSource -------------------------------------------------------------------------
 
@@ -238,18 +278,10 @@ class InventorySource:
         for data in self.files:
             if data.index < done_file:
                 continue
-            for number, row in enumerate(self.rows(data)):
-                self.rows_read += 1
-                if data.index == done_file and number <= done_row:
-                    continue
-                key = self._object_key(row)
-                if key is None:
-                    continue
-                suffix = matching_suffix(key, self.not_objects)
-                if suffix is not None:
-                    aux[suffix] += 1
-                    continue
-                yield WorkItem(key, None, (data.index, number))
+            rows: Iterable[tuple[int, list[str]]] = enumerate(self.rows(data))
+            if data.index == done_file:
+                rows = itertools.islice(rows, done_row + 1, None)  # finished before the checkpoint
+            yield from self._objects(data.index, rows, aux)
 
     def mark(self, checkpoint: Checkpoint, position: Any) -> None:
         checkpoint.position = {"file": position[0], "row": position[1]}
@@ -264,4 +296,4 @@ class InventorySource:
         return out
 
 
-__all__ = ["InventoryError", "InventorySource", "Manifest", "load_manifest", "parse_s3_url", "select_files"]
+__all__ = ["InventoryError", "decode_key", "InventorySource", "Manifest", "load_manifest", "parse_s3_url", "select_files"]
