@@ -39,8 +39,9 @@ from keymigration.migrate.sources import KeyRange
 
 MAX_CHAR = "\U0010ffff"  # sorts after every other code point, so after every other UTF-8 sequence
 SAMPLES_PER_RUN = 64  # object keys kept per exactly counted run (boundaries land on them)
-EXPLORE_SHARE = 4  # the best-first phase may spend 1/EXPLORE_SHARE of the budget, the rest refines boundaries
+EXPLORE_SHARE = 2  # the best-first phase may spend 1/EXPLORE_SHARE of the budget, the rest refines boundaries
 FULL_LISTING_PAGES = 1000  # a prefix estimated under this many pages (and half the budget) is listed
+DEEPER = 4  # a first page sharing one more character than a sibling's: guessed this much larger
 GRANULARITY = 4  # expand until every unexpanded node is under 1/GRANULARITY of a shard
 
 
@@ -206,11 +207,10 @@ class _Planner:
             node = node.parent
 
     def guess(self, node: _Node, siblings: list[_Node]) -> float:
-        """A node not expanded yet, from expanded siblings: if the sibling's first page of
+        """A node not expanded yet, from its expanded siblings: if a sibling's first page of
         objects reaches as far into its keys as this node's first page does into this node's
-        (the same suffix), they are as large; a first page that reaches less far means a denser,
-        larger node. Siblings share a layout often (dates, hours, hash digits), never always:
-        this is an estimate, the geometric mean over the siblings expanded."""
+        (compared at the same suffix), they are taken as large; a first page that reaches less
+        far means a denser, larger node. The geometric mean over the siblings expanded."""
         objects = self.objects(node.first)
         floor = float(len(objects))
         if not siblings or not objects:
@@ -219,10 +219,21 @@ class _Planner:
         logs = []
         for sibling in siblings:
             reach = _rank(sibling, sibling.origin + suffix, self)
-            first_objects = len(self.objects(sibling.first)) or 1
-            ratio = len(objects) / max(1.0, reach) if reach < first_objects else len(objects) / first_objects
-            logs.append(math.log(max(1.0, sibling.estimate * ratio)))
+            denser = len(objects) / max(1.0, reach) if reach < len(objects) else 1.0
+            logs.append(math.log(max(1.0, sibling.estimate * denser)))
         return max(floor, math.exp(sum(logs) / len(logs)))
+
+    def priority(self, node: _Node) -> float:
+        """Which node to expand next: the largest estimate, raised for a node whose first page
+        shares a longer prefix than its expanded siblings' (a sign of a denser node the guess
+        may have missed: DEEPER per character). Only the order of expansion uses this; a node
+        raised wrongly costs its expansion, a node missed would never be corrected."""
+        siblings = [s for s in (node.parent.open_children() if node.parent else []) if s.expanded]
+        if not siblings:
+            return node.estimate
+        depth = _shared_depth(self.objects(node.first), node.origin)
+        deeper = depth - min(_shared_depth(self.objects(s.first), s.origin) for s in siblings)
+        return node.estimate * DEEPER ** min(max(0, deeper), 12)
 
     def descend(self, node: _Node) -> list[_Node]:
         """Expand ``node`` and one random open child below it, down to a node without any (a
@@ -250,6 +261,11 @@ def _leaves(root: _Node) -> list[_Run | _Node]:
         else:
             out.append(item)
     return out
+
+
+def _shared_depth(objects: list[str], origin: str) -> int:
+    """How many characters past ``origin`` a first page's objects all share."""
+    return len(_common_prefix(objects[0], objects[-1])) - len(origin) if objects else 0
 
 
 def _rank(node: _Node, key: str, planner: "_Planner") -> float:
@@ -361,16 +377,17 @@ def plan_shards(
 
 
 def _list_if_cheap(planner: _Planner, prefix: str, keys: float, budget: int) -> list[str] | None:
-    """A prefix whose listing costs less than half the budget (and is at most
-    FULL_LISTING_PAGES pages) is listed whole and planned exactly. The listing stops at the
-    budget if the estimate was low; None then (or when it was not cheap)."""
+    """A prefix estimated to list in at most a quarter of the budget (and FULL_LISTING_PAGES
+    pages) is listed whole and planned exactly. If the listing runs to twice the estimate, the
+    estimate was low: it stops, and the sampling goes on with the rest of the budget."""
     prober = planner.prober
-    pages = keys / prober.page_size
-    if pages > min(budget / 2, FULL_LISTING_PAGES):
+    pages = max(1.0, keys / prober.page_size)
+    if pages > min(budget / 4, FULL_LISTING_PAGES):
         return None
+    stop = prober.requests + 2 * pages
     objects: list[str] = []
     after: str | None = None
-    while prober.requests < budget:
+    while prober.requests < stop:
         page, truncated = prober.page(prefix, after)
         objects += planner.objects(page)
         if not truncated:
@@ -388,17 +405,17 @@ def _explore(
 
     def push(nodes: Iterable[_Node]) -> None:
         for node in nodes:
-            heapq.heappush(heap, (-node.estimate, planner.rng.random(), node))
+            heapq.heappush(heap, (-planner.priority(node), planner.rng.random(), node))
 
     push(fresh)
     while heap and planner.prober.requests < budget():
         queued, _, node = heapq.heappop(heap)
         if node.expanded:
             continue
-        if -queued != node.estimate:
+        if -queued != planner.priority(node):
             push([node])  # its estimate moved since it was queued
             continue
-        if node.estimate * GRANULARITY <= root.estimate / wanted():
+        if planner.priority(node) * GRANULARITY <= root.estimate / wanted():
             break
         push(planner.descend(node))
 
@@ -412,7 +429,7 @@ def _refine(planner: _Planner, root: _Node, wanted: Callable[[], int], budget: C
                   if node.estimate * GRANULARITY > shard]
         if not coarse:
             return
-        for node in sorted(coarse, key=lambda n: -n.estimate):
+        for node in sorted(coarse, key=lambda n: -planner.priority(n)):
             if planner.prober.requests >= budget():
                 return
             if not node.expanded:
