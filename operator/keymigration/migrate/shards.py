@@ -16,15 +16,17 @@ builds a character trie of the prefix from such probes:
   key passes it, the node is renamed to that longer prefix (a path of single children costs one
   request, not one per character; this is what a delimiter listing would tell for ``/``, for any
   character);
-* the size of a node nobody expanded is estimated the way Knuth estimates a tree (a random
-  descent to a leaf, multiplying the fan-outs on the way), and siblings not yet expanded are
-  assumed as large as the mean of their expanded siblings;
-* expansion goes to the largest estimated node first, until every unexpanded node is small
-  against a shard (a quarter of one) or the request budget is spent.
+* every expansion goes on with a random descent to a leaf (Knuth's tree-size estimator); a
+  node not expanded is scaled from its expanded siblings by how far its first page reaches
+  into its keys compared with theirs (the geometric mean over them);
+* for half the budget, expansion goes to the largest estimated node first (a node whose first
+  page shares a longer prefix than its siblings', a sign of a denser node, goes earlier), until
+  every unexpanded node is small against a shard (a quarter of one); then the nodes a boundary
+  falls in are expanded until each is small, or the budget is spent.
 
 Boundaries are then put at the estimated quantiles, on object keys the probes saw. Keys that
 are instruction files or backups (by name, the same rule as the worker's) are not counted: a
-shard owns objects. A prefix of at most one page is planned exactly.
+shard owns objects. A prefix of one page, or cheap to list by a margin, is planned exactly.
 """
 from __future__ import annotations
 
