@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import unquote_plus, urlparse
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from keymigration.errors import ConfigurationError
+from keymigration.aws.s3 import s3_call
+from keymigration.errors import ConfigurationError, PreconditionFailed, S3Error
 from keymigration.migrate.checkpoint import Checkpoint
 from keymigration.migrate.listing import matching_suffix
 from keymigration.migrate.sources import KeyRange, WorkItem
@@ -110,13 +109,16 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def _get(s3, bucket: str, key: str, **conditions) -> dict:
+    url = f"s3://{bucket}/{key}"
     try:
-        return s3.get_object(Bucket=bucket, Key=key, **conditions)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "Unknown")
-        raise InventoryError(f"cannot read s3://{bucket}/{key}: {code}") from None
-    except BotoCoreError as error:
-        raise InventoryError(f"cannot read s3://{bucket}/{key}: {type(error).__name__}") from None
+        response = s3_call("GET", url, lambda: s3.get_object(Bucket=bucket, Key=key, **conditions), absent_ok=True)
+    except PreconditionFailed:
+        raise InventoryError(f"{url} changed while it was read") from None
+    except S3Error as error:
+        raise InventoryError(f"cannot read {url}: {error.reason}") from None
+    if response is None:
+        raise InventoryError(f"cannot read {url}: it does not exist")
+    return response
 
 
 def load_manifest(s3, url: str) -> Manifest:
@@ -157,17 +159,17 @@ def load_manifest(s3, url: str) -> Manifest:
     return manifest
 
 
-def select_files(count: int, spec: str | None) -> list[int]:
+def select_files(count: int, selection: str | None) -> list[int]:
     """Data-file indexes for ``--inventory-files``: ``I/N``, ``A-B``, ``A``, comma-separated."""
-    if not spec:
+    if not selection:
         return list(range(count))
     chosen: set[int] = set()
-    for part in spec.split(","):
-        chosen |= _select_part(count, part.strip(), spec)
+    for part in selection.split(","):
+        chosen |= _select_part(count, part.strip(), selection)
     return sorted(chosen)
 
 
-def _select_part(count: int, part: str, spec: str) -> set[int]:
+def _select_part(count: int, part: str, selection: str) -> set[int]:
     try:
         if "/" in part:
             i, n = (int(x) for x in part.split("/"))
@@ -184,7 +186,7 @@ def _select_part(count: int, part: str, spec: str) -> set[int]:
             raise ValueError
         return {a} if a < count else set()
     except ValueError:
-        raise InventoryError(f"--inventory-files {spec!r}: give I/N (0 <= I < N), A-B or A, comma-separated") from None
+        raise InventoryError(f"--inventory-files {selection!r}: give I/N (0 <= I < N), A-B or A, comma-separated") from None
 
 
 class InventorySource:
