@@ -202,3 +202,16 @@ def test_a_prefix_checkpoint_keeps_version_1_and_a_shard_writes_version_2():
     with pytest.raises(CheckpointError, match="inventory md5"):
         Checkpoint("b", "", ".i", "t", inventory="s3://x/m.json", inventory_md5="1").check_matches(
             "b", "", ".i", "t", "instruction-file", inventory="s3://x/m.json", inventory_md5="2")
+
+
+def test_a_listing_error_is_a_clear_setup_error():
+    from botocore.exceptions import ClientError
+
+    from keymigration.errors import SetupError
+
+    class Denied:
+        def list_objects_v2(self, **_):
+            raise ClientError({"Error": {"Code": "NoSuchBucket"}}, "ListObjectsV2")
+
+    with pytest.raises(SetupError, match="cannot list s3://b/p/: s3-NoSuchBucket"):
+        plan_shards(Denied(), "b", "p/", shards=2)

@@ -36,6 +36,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from keymigration.aws.s3 import s3_call
+from keymigration.errors import ConfigurationError, S3Error
 from keymigration.migrate.listing import matching_suffix
 from keymigration.migrate.sources import KeyRange
 
@@ -121,7 +123,11 @@ class _Prober:
         if start_after is not None:
             kwargs["StartAfter"] = start_after
         self.requests += 1
-        response = self.s3.list_objects_v2(**kwargs)
+        try:
+            response = s3_call("LIST", prefix, lambda: self.s3.list_objects_v2(**kwargs))
+        except S3Error as error:
+            raise ConfigurationError(f"cannot list s3://{self.bucket}/{prefix}: {error.reason}") from None
+        assert response is not None
         return [item["Key"] for item in response.get("Contents", ())], bool(response.get("IsTruncated"))
 
 
