@@ -43,6 +43,20 @@ def assert_final_state(aws, prefix, seeded, before):
         assert read_object(bucket, kms, key, ".instruction") == seeded.encrypted[key], key
 
 
+def report_lines(path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_progress(proc, report, lines_before, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while report_lines(report) <= lines_before and proc.poll() is None:
+        assert time.monotonic() < deadline, "the worker made no progress in 2 minutes"
+        time.sleep(0.05)
+
+
 def test_kill_9_at_20_random_points(aws, tmp_path):
     keys = make_keys(aws, tmp_path / "keys")
     seeded = seed_mixed(aws, "crash/", OBJECTS, keys, plaintext_every=25)
@@ -53,9 +67,19 @@ def test_kill_9_at_20_random_points(aws, tmp_path):
     env = {**os.environ, **aws.server.env()}
     rng = random.Random(2026)
     kills, marks = 0, []
+    report = tmp_path / "r.jsonl"
     while kills < KILLS:
+        lines_before = report_lines(report)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 5.0))  # start-up, listing, unwrap, KMS, PUT, verify, checkpoint: wherever it is
+        if kills % 2:
+            # Anywhere from start-up on: imports, preflight, listing, the first objects.
+            time.sleep(rng.uniform(0.2, 3.0))
+        else:
+            # Once this run has finished objects, wherever it is then (unwrap, KMS, PUT, verify,
+            # checkpoint). Waiting for progress, not a fixed time, keeps the suite meaningful on
+            # a loaded machine, where start-up alone can take seconds.
+            wait_for_progress(proc, report, lines_before)
+            time.sleep(rng.uniform(0.0, 2.0))
         if proc.poll() is not None:
             break  # finished before this kill
         proc.send_signal(signal.SIGKILL)
