@@ -35,6 +35,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -87,6 +94,8 @@ def _add_how(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--kms-rate-file", metavar="FILE",
                      help="re-read this file (a number of requests per second) while running: a new KMS rate cap")
     run.add_argument("--checkpoint", metavar="FILE", help="resume from / record progress in this file")
+    run.add_argument("--checkpoint-interval", type=_non_negative_float, default=2.0, metavar="SECONDS",
+                     help="at most one checkpoint write per SECONDS (default 2; 0 writes after every object)")
     run.add_argument("--report", metavar="FILE", help="JSON-lines report, one line per object ('-' for stdout)")
     run.add_argument("--max-failures", type=_positive_int, default=None, metavar="N", help="stop after N failed objects")
     run.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
@@ -271,6 +280,7 @@ def settings_from_args(args: argparse.Namespace) -> RunOptions:
         inventory=args.inventory,
         inventory_files=args.inventory_files,
         kms_rate_file=getattr(args, "kms_rate_file", None),
+        checkpoint_interval=getattr(args, "checkpoint_interval", 2.0),
     )
 
 
