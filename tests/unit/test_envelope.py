@@ -1,4 +1,5 @@
 """Envelope detection, parsing and serialization (pure)."""
+import base64
 import json
 
 import pytest
@@ -81,9 +82,59 @@ def test_ruby_pkcs7_name_is_cbc():
 
 
 def test_rfc2047_encoded_matdesc():
-    # S3 returns non-ASCII metadata values RFC 2047-encoded.
-    encoded = "=?UTF-8?B?" + __import__("base64").b64encode('{"owner":"zoë"}'.encode()).decode() + "?="
+    # Single-encoded (not what S3 sends; Java S3EC would read U+FFFD): kept MIME-decoded.
+    encoded = "=?UTF-8?B?" + base64.b64encode('{"owner":"zoë"}'.encode()).decode() + "?="
     assert e.from_metadata({**V2, "x-amz-matdesc": encoded}).context == {"owner": "zoë"}
+
+
+# Non-ASCII context values as readers get them back from object metadata (#13 item 6). A writer
+# sends UTF-8; S3 reads each byte as ISO-8859-1 and returns the UTF-8 of those characters,
+# RFC 2047-encoded; a server returning the raw bytes (moto) reaches boto3 as the same Latin-1
+# characters. The Java S3EC undoes both.
+CONTEXT = {"tenant": "café", "region": "日本", "aws:x-amz-cek-alg": e.GCM}
+CONTEXT_JSON = json.dumps(CONTEXT, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_as_latin1(text: str) -> str:
+    return text.encode("utf-8").decode("latin-1")
+
+
+def s3_rfc2047(text: str, words: int = 1) -> str:
+    """What S3 returns for a header value whose bytes were UTF-8 ``text``."""
+    doubled = read_as_latin1(text).encode("utf-8")
+    cut = [len(doubled) * n // words for n in range(words + 1)]
+    return " ".join("=?UTF-8?B?" + base64.b64encode(doubled[a:b]).decode() + "?=" for a, b in zip(cut, cut[1:]))
+
+
+@pytest.mark.parametrize(
+    "encode", [s3_rfc2047, lambda text: s3_rfc2047(text, words=3), read_as_latin1],
+    ids=["s3-rfc2047", "s3-rfc2047-split", "raw-bytes-as-latin1"],
+)
+def test_double_encoded_context_decodes_as_java_s3ec_does(encode):
+    v2 = {**V2, "x-amz-wrap-alg": "kms+context", "x-amz-matdesc": encode(CONTEXT_JSON)}
+    assert e.from_metadata(v2).context == CONTEXT
+    v3 = {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": encode(CONTEXT_JSON.replace(e.GCM, "115"))}
+    assert e.from_metadata(v3).context == {**CONTEXT, "aws:x-amz-cek-alg": "115"}
+    v3m = {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "02", "x-amz-m": encode('{"owner":"zoë"}')}
+    assert e.from_metadata(v3m).context == {"owner": "zoë"}
+
+
+def test_java_s3ec_decoding_vectors():
+    d = e.decode_metadata_value
+    assert d("=?UTF-8?B?w4PCtg==?=") == ""  # Java drops a trailing non-ASCII run (JSON ends in "}")
+    assert d("=?UTF-8?B?w4PCtg==?=}") == "ö}"
+    assert d('{"a":"' + read_as_latin1("日本") + '"}') == '{"a":"日本"}'
+    assert d('{"plain":"ascii =?x"}') == '{"plain":"ascii =?x"}'
+    assert d("=?UNKNOWN-CHARSET?B?w4PCtg==?=") == "=?UNKNOWN-CHARSET?B?w4PCtg==?="
+
+
+def test_instruction_file_values_are_not_mime_decoded():
+    """Double encoding is "specific to Object Metadata": a file's JSON is taken as it is."""
+    literal = '{"note":"=?UTF-8?B?w6k=?="}'
+    body = json.dumps({**V2, "x-amz-matdesc": literal}).encode()
+    assert e.from_instruction_file(body, {}).context == {"note": "=?UTF-8?B?w6k=?="}
+    body = json.dumps({**V2, "x-amz-matdesc": json.dumps({"tenant": "café"}, ensure_ascii=False)}, ensure_ascii=False)
+    assert e.from_instruction_file(body.encode(), {}).context == {"tenant": "café"}
 
 
 def test_instruction_file_v2():

@@ -161,29 +161,85 @@ def b64encode(value: bytes) -> str:
 ##% This string MAY be encoded by the esoteric double-encoding scheme used by the S3 web server.
 ##= docs/spec/s3-encryption/data-format/metadata-strategy.md#object-metadata
 ##% The S3EC SHOULD support decoding the S3 Server's "double encoding".
-# (Undone here: RFC 2047 as S3 returns it. Not yet: UTF-8 bytes read as Latin-1 before that.)
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#object-metadata
+##% If the S3EC does not support decoding the S3 Server's "double encoding" then it MUST return the content metadata untouched.
 def decode_metadata_value(value: str) -> str:
-    """Undo S3's RFC 2047 encoding of non-ASCII user metadata values ("=?UTF-8?B?...?=").
-    Plain ASCII values pass through unchanged.
+    """A materials description or encryption context as S3 returned it in object metadata,
+    decoded the way the Java S3EC (``ContentMetadataDecodingStrategy.decodeS3CustomEncoding``)
+    decodes it.
+
+    A writer sends the UTF-8 bytes of a non-ASCII value; S3 reads each byte as an ISO-8859-1
+    character and returns the value RFC 2047-encoded ("=?UTF-8?B?...?="), as UTF-8 of those
+    characters: ``café`` comes back as ``=?UTF-8?B?Y2Fmw4PCqQ==?=``, "cafÃ©" once MIME-decoded.
+    A server that returns the raw bytes instead (moto, some S3-compatible stores) reaches us
+    through http.client as the same "cafÃ©". Java first MIME-decodes, then turns each run of
+    non-ASCII characters back into the bytes they were read from and decodes those as UTF-8
+    (:func:`_undo_latin1_reading`). Where that yields no valid UTF-8 (a value that was not
+    double-encoded; Java would produce U+FFFD), the MIME-decoded value is kept untouched.
+    ASCII values pass through unchanged. Only for object metadata: instruction files are
+    plain UTF-8 JSON.
     """
+    decoded = _mime_decode(value)
+    if decoded.isascii():
+        return decoded
+    try:
+        return _undo_latin1_reading(decoded)
+    except ValueError:
+        return decoded
+
+
+def _mime_decode(value: str) -> str:
+    """RFC 2047 encoded words decoded (Jakarta ``MimeUtility.decodeText``); other text kept."""
     if "=?" not in value:
         return value
     try:
         parts = email.header.decode_header(value)
+        out = []
+        for chunk, charset in parts:
+            if isinstance(chunk, str):
+                out.append(chunk)
+            else:  # unencoded parts come back as raw-unicode-escape bytes
+                out.append(chunk.decode(charset or "raw-unicode-escape", errors="strict"))
+        return "".join(out)
     except (ValueError, LookupError):
         return value
-    out = []
-    for chunk, charset in parts:
-        out.append(chunk.decode(charset or "utf-8", errors="strict") if isinstance(chunk, bytes) else chunk)
+
+
+def _undo_latin1_reading(text: str) -> str:
+    """Java S3EC's second pass, step for step: for each UTF-16 unit above 127 it takes two bytes
+    of the text's UTF-8 form (at the unit's index plus the number of such units before it),
+    decodes them, and keeps the low byte of the first character; each run of kept bytes is
+    decoded as UTF-8 at the next ASCII character; a run at the very end is dropped (JSON always
+    ends in "}"). Raises ValueError where Java would throw or produce U+FFFD."""
+    data = text.encode("utf-8", "replace")  # String.getBytes(UTF_8)
+    units = text.encode("utf-16-be", "surrogatepass")
+    out: list[str] = []
+    run = bytearray()
+    shifted = 0
+    for index in range(len(units) // 2):
+        unit = int.from_bytes(units[2 * index : 2 * index + 2], "big")
+        if unit > 127:
+            pair = data[index + shifted : index + shifted + 2]
+            if len(pair) < 2:
+                raise ValueError("index out of bounds")  # Java: ArrayIndexOutOfBoundsException
+            first = pair.decode("utf-8", "replace")[0]
+            run.append(ord(first) & 0xFF)  # DataOutputStream.write(int): the low byte
+            shifted += 1
+        else:
+            if run:
+                out.append(bytes(run).decode("utf-8"))  # strict: U+FFFD in Java
+                run.clear()
+            out.append(chr(unit))
     return "".join(out)
 
 
-def parse_context(value: str | None, name: str) -> dict[str, str]:
-    """A materials description / encryption context: a JSON object of strings; default {}."""
+def parse_context(value: str | None, name: str, in_metadata: bool = False) -> dict[str, str]:
+    """A materials description / encryption context: a JSON object of strings; default {}.
+    ``in_metadata``: the value came from object metadata, where S3 may have double-encoded it."""
     if value is None:
         return {}
     try:
-        parsed = json.loads(decode_metadata_value(value))
+        parsed = json.loads(decode_metadata_value(value) if in_metadata else value)
     except (ValueError, UnicodeDecodeError):
         raise EnvelopeError("malformed-envelope", f"{name} is not valid JSON") from None
     if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
@@ -327,7 +383,7 @@ def _from_v1_v2(values: Mapping[str, Any], location: Location, unencrypted_lengt
         encrypted_key=edk,
         wrap=wrap,
         cek_alg=cek,
-        context=parse_context(values.get(MATDESC), MATDESC),
+        context=parse_context(values.get(MATDESC), MATDESC, location is Location.METADATA),
         location=location,
         iv=iv,
         unencrypted_length=_parse_length(unencrypted_length),
@@ -364,7 +420,7 @@ def _from_v3(instruction: Mapping[str, Any], object_md: Mapping[str, str], locat
         encrypted_key=b64decode(instruction.get(ENCRYPTED_DATA_KEY_V3), ENCRYPTED_DATA_KEY_V3),
         wrap=wrap,
         cek_alg=SUITE_115,
-        context=parse_context(instruction.get(ctx_key), ctx_key),
+        context=parse_context(instruction.get(ctx_key), ctx_key, location is Location.METADATA),
         location=location,
         message_id=message_id,
         commitment=commitment,
