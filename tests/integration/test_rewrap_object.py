@@ -234,3 +234,58 @@ def test_a_pkcs1_false_accept_is_caught_by_the_body_before_any_write(aws, monkey
     assert aws.keys() == ["k"]
     monkeypatch.undo()
     assert rewrapper(aws, verify=verify, keys=(RSA,)).process("k").outcome is Outcome.MIGRATED  # the right key still passes
+
+
+# -- #13 item 1: the content cipher the wrap authenticates ------------------------------------
+
+
+def java_s3ec_rewrapped_cbc(aws, key: str, body: bytes | None = None) -> bytes:
+    """A CBC object as Java S3EC v3/v4 reEncryptInstructionFile leaves it after re-wrapping under
+    an AES key: AesKeyring binds "AES/GCM/NoPadding" as the AES/GCM wrap's AAD for every
+    non-committing suite, while x-amz-cek-alg stays AES/CBC/PKCS5Padding (and x-amz-tag-len "0",
+    cipherTagLengthBits of the CBC suite). Returns the plaintext; ``body`` replaces the ciphertext."""
+    from keymigration.demo.legacy_writer import encrypt_body, wrap_data_key
+
+    data_key, iv, plaintext = bytes(range(32)), bytes(range(16)), b"a CBC body re-wrapped by Java S3EC" * 3
+    fields = {
+        "x-amz-key-v2": e.b64encode(wrap_data_key(W.AES_GCM, data_key, e.GCM, AES)),
+        "x-amz-iv": e.b64encode(iv), "x-amz-matdesc": "{}", "x-amz-cek-alg": e.CBC,
+        "x-amz-wrap-alg": "AES/GCM", "x-amz-tag-len": "0",
+    }
+    ciphertext = encrypt_body(e.CBC, data_key, iv, plaintext) if body is None else body
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=ciphertext, Metadata={"x-amz-unencrypted-content-length": str(len(plaintext))})
+    aws.s3.put_object(Bucket=aws.bucket, Key=key + ".instruction", Body=json.dumps(fields).encode())
+    return plaintext
+
+
+@pytest.mark.parametrize("verify", ["envelope", "none", "body"])
+def test_java_s3ec_gcm_identifier_on_a_cbc_object_is_accepted(aws, verify):
+    plaintext = java_s3ec_rewrapped_cbc(aws, "k")
+    result = rewrapper(aws, verify=verify).process("k")
+    assert (result.outcome, result.reason) == (Outcome.MIGRATED, "migrated"), result
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == plaintext
+
+
+@pytest.mark.parametrize("verify", ["envelope", "none", "body"])
+def test_an_unbound_cbc_label_is_checked_against_the_body(aws, verify):
+    """The AES/GCM/NoPadding identifier proves the key but not the CBC label: an object whose
+    body is not CBC under that key (relabelled, or damaged) is refused before anything is
+    written, rather than given a new envelope whose KMS context authenticates the label."""
+    import hashlib
+
+    from keymigration.errors import ContentError
+    from keymigration.formats.content import check_cbc_tail
+    from keymigration.formats.secrets import DataKey
+
+    not_cbc = hashlib.sha256(b"not a CBC body").digest() * 3  # 96 bytes: whole blocks, bad padding
+    java_s3ec_rewrapped_cbc(aws, "k", body=not_cbc)
+    envelope = e.from_instruction_file(aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read(), {})
+    with pytest.raises(ContentError):  # the precondition, deterministic: this body's last block does not unpad
+        check_cbc_tail(envelope, DataKey(bytes(range(32))), not_cbc[-32:], len(not_cbc))
+    before = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
+    result = rewrapper(aws, verify=verify).process("k")
+    assert result.outcome is Outcome.FAILED and result.reason in ("cek-alg-mismatch", "content-mismatch"), result
+    if verify != "body":
+        assert result.reason == "cek-alg-mismatch"
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == before
+    assert sorted(aws.keys()) == ["k", "k.instruction"]

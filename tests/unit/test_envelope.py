@@ -170,7 +170,7 @@ def test_go_v1_instruction_file_with_extra_length_is_read():
 
 
 def test_v3_instruction_file_needs_object_keys():
-    body = json.dumps({"x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": "{}"}).encode()
+    body = json.dumps({"x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"aws:x-amz-cek-alg":"115"}'}).encode()
     env = e.from_instruction_file(body, v3_object())
     assert env.format == "v3" and env.wrap is WrapAlgorithm.KMS_CONTEXT and len(env.message_id) == 28
     with pytest.raises(EnvelopeError):
@@ -208,3 +208,38 @@ def test_instruction_body_refuses_non_s3ec_keys():
         e.instruction_body({"x-amz-unencrypted-content-length": "5"})
     with pytest.raises(ValueError):
         e.instruction_body({"x-amz-c": "115"})
+
+
+# #13 item 1: a kms+context envelope's content cipher is authenticated only by the context.
+KMS_V2 = {**V2, "x-amz-wrap-alg": "kms+context", "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'}
+KMS_V2_CBC = {**{k: v for k, v in KMS_V2.items() if k != "x-amz-tag-len"}, "x-amz-iv": IV16,
+              "x-amz-cek-alg": e.CBC, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/CBC/PKCS5Padding","tenant":"acme"}'}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {**KMS_V2_CBC, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding","tenant":"acme"}'},  # GCM relabelled CBC
+        {**KMS_V2, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/CBC/PKCS5Padding"}'},
+        {**KMS_V2, "x-amz-matdesc": '{"tenant":"acme"}'},  # not bound at all
+        {**KMS_V2, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"aes/gcm/nopadding"}'},  # compared exactly, as Go does
+        {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'},
+        {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12"},  # V3 without x-amz-t: {}
+    ],
+)
+def test_kms_context_must_bind_the_content_cipher(metadata):
+    with pytest.raises(EnvelopeError) as info:
+        e.from_metadata(metadata)
+    assert info.value.reason == "cek-alg-mismatch"
+    file_keys = {k: v for k, v in metadata.items() if k not in e.V3_OBJECT_ONLY_KEYS}
+    with pytest.raises(EnvelopeError) as info:
+        e.from_instruction_file(json.dumps(file_keys).encode(), metadata)
+    assert info.value.reason in ("cek-alg-mismatch", "conflicting-envelope")
+
+
+def test_kms_context_binding_the_content_cipher_is_accepted():
+    assert e.from_metadata(KMS_V2_CBC).cek_alg == e.CBC
+    assert e.from_metadata(KMS_V2).cek_alg == e.GCM
+    # The legacy kms wrap binds no cipher: nothing to compare.
+    legacy = {**KMS_V2_CBC, "x-amz-wrap-alg": "kms", "x-amz-matdesc": '{"kms_cmk_id":"alias/old"}'}
+    assert e.from_metadata(legacy).wrap is WrapAlgorithm.KMS

@@ -104,7 +104,7 @@ def test_two_different_keys_that_both_open_are_ambiguous(monkeypatch):
     import keymigration.formats.unwrap as u
 
     env = parsed("v1", W.LEGACY, e.CBC, aes())
-    monkeypatch.setattr(u, "_try_key", lambda envelope, key, pinned: key.label.encode() * 4)
+    monkeypatch.setattr(u, "_try_key", lambda envelope, key, pinned: (key.label.encode() * 4, None))
     with pytest.raises(UnwrapError) as info:
         unwrap_data_key(env, [aes(label="k1"), aes(label="k2")])
     assert info.value.reason == "ambiguous-key"
@@ -112,7 +112,7 @@ def test_two_different_keys_that_both_open_are_ambiguous(monkeypatch):
 
 def test_kms_wrapped_needs_kms():
     env = e.from_metadata({"x-amz-key-v2": "AAAA", "x-amz-iv": "AAAAAAAAAAAAAAAA", "x-amz-wrap-alg": "kms+context",
-                           "x-amz-cek-alg": e.GCM, "x-amz-matdesc": "{}"})
+                           "x-amz-cek-alg": e.GCM, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'})
     with pytest.raises(UnwrapError) as info:
         unwrap_data_key(env, [aes()])
     assert info.value.reason == "kms-wrapped"

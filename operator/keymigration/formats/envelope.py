@@ -80,8 +80,15 @@ MAX_INSTRUCTION_FILE_BYTES = 64 * 1024
 CBC = "AES/CBC/PKCS5Padding"
 GCM = "AES/GCM/NoPadding"
 SUITE_115 = "115"  # ALG_AES_256_GCM_HKDF_SHA512_COMMIT_KEY, decimal of 0x0073
-# Ruby V1 wrote "AES/CBC/PKCS7Padding" for the same cipher.
+# Go v1 s3crypto with NewPKCS7Padder writes "AES/CBC/PKCS7Padding" for the same cipher (Ruby
+# reads both names; Go and Python accept only PKCS5).
 _CEK_ALIASES = {CBC: CBC, "AES/CBC/PKCS7Padding": CBC, GCM: GCM}
+
+# The reserved keys of a KMS encryption context: "the two reserved keys" of s3-kms-keyring.md,
+# which the specification does not name; every client uses these two.
+KMS_CEK_ALG = "aws:x-amz-cek-alg"  # the content cipher, bound into the kms+context context
+KMS_CMK_ID = "kms_cmk_id"  # the legacy kms wrap's key id (Java v1 KMSEncryptionMaterials)
+RESERVED_CONTEXT_KEYS = (KMS_CEK_ALG, KMS_CMK_ID)
 
 
 
@@ -286,6 +293,28 @@ def _parse_length(value: Any) -> int | None:
     raise EnvelopeError("malformed-envelope", f"{UNENCRYPTED_LENGTH} is not a decimal length")
 
 
+def check_bound_cek_alg(wrap: WrapAlgorithm, context: Mapping[str, str], stored_cek: str | None) -> None:
+    """A kms+context envelope's content cipher is authenticated only by the KMS encryption
+    context, which binds it as aws:x-amz-cek-alg: the two must be equal, exactly as stored (V3:
+    x-amz-c "115"). Go v1 s3crypto and Go S3EC (kmsMismatchCEKAlg), Ruby V1/V2
+    (CEKAlgMismatchError), Java v1's V2 client (validateKMSParameters) and PHP refuse an object
+    where they differ or the key is missing, most of them before calling KMS: an envelope whose
+    x-amz-cek-alg was relabelled (GCM to CBC, say) is refused here too, before any KMS call, so a
+    new envelope never authenticates a label the old one did not. The legacy kms wrap binds no
+    cipher (nothing to check)."""
+    if wrap is not WrapAlgorithm.KMS_CONTEXT:
+        return
+    bound = context.get(KMS_CEK_ALG)
+    if bound is None:
+        raise EnvelopeError("cek-alg-mismatch", f"the kms+context encryption context has no {KMS_CEK_ALG}: the content cipher is not authenticated")
+    if bound != stored_cek:
+        raise EnvelopeError(
+            "cek-alg-mismatch",
+            f"the content cipher bound in the KMS encryption context ({bound}) is not the envelope's ({stored_cek}): "
+            "the object may be altered or corrupted",
+        )
+
+
 def _check_iv(iv: bytes, cek_alg: str) -> None:
     expected = 12 if cek_alg == GCM else 16
     if len(iv) != expected:
@@ -378,12 +407,14 @@ def _from_v1_v2(values: Mapping[str, Any], location: Location, unencrypted_lengt
     tag_len = values.get(TAG_LEN)
     if cek == GCM and tag_len not in (None, "128", 128):
         raise EnvelopeError("malformed-envelope", f"{TAG_LEN} {tag_len!r} is not 128")
+    context = parse_context(values.get(MATDESC), MATDESC, location is Location.METADATA)
+    check_bound_cek_alg(wrap, context, raw_cek)
     return Envelope(
         format=fmt,
         encrypted_key=edk,
         wrap=wrap,
         cek_alg=cek,
-        context=parse_context(values.get(MATDESC), MATDESC, location is Location.METADATA),
+        context=context,
         location=location,
         iv=iv,
         unencrypted_length=_parse_length(unencrypted_length),
@@ -415,12 +446,14 @@ def _from_v3(instruction: Mapping[str, Any], object_md: Mapping[str, str], locat
     commitment = b64decode(object_md[KEY_COMMITMENT_V3], KEY_COMMITMENT_V3)
     if len(message_id) != 28 or len(commitment) != 28:
         raise EnvelopeError("malformed-envelope", "V3 x-amz-i and x-amz-d must be 28 bytes each")
+    context = parse_context(instruction.get(ctx_key), ctx_key, location is Location.METADATA)
+    check_bound_cek_alg(wrap, context, c)
     return Envelope(
         format="v3",
         encrypted_key=b64decode(instruction.get(ENCRYPTED_DATA_KEY_V3), ENCRYPTED_DATA_KEY_V3),
         wrap=wrap,
         cek_alg=SUITE_115,
-        context=parse_context(instruction.get(ctx_key), ctx_key, location is Location.METADATA),
+        context=context,
         location=location,
         message_id=message_id,
         commitment=commitment,

@@ -53,10 +53,15 @@ class Unwrapped:
     # ~1e-7 false accept per wrong 2048-bit key) and "pinned" (ECB with 8 padding bytes from a
     # matdesc-pinned key): the last two call for a check against the body (rewrap.py).
     proof: str = "authenticated"
+    # Whether the wrap authenticated the object's own content cipher (AES/GCM AAD, RSA-OAEP-SHA1
+    # suffix): True; False when it authenticated only Java S3EC's fallback identifier for a CBC
+    # object (the x-amz-cek-alg label is then unproven, checked against the body); None for
+    # wraps that bind no cipher.
+    cek_alg_bound: bool | None = None
 
     @property
     def needs_content_check(self) -> bool:
-        return self.proof in ("pkcs1-structure", "pinned")
+        return self.proof in ("pkcs1-structure", "pinned") or self.cek_alg_bound is False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,13 +95,14 @@ def unwrap_aes_wrap(kek: bytes, blob: bytes) -> bytes | None:
         return None
 
 
-def unwrap_aes_gcm(kek: bytes, blob: bytes, aads: Sequence[bytes]) -> bytes | None:
-    """x-amz-wrap-alg AES/GCM (V3 x-amz-w 02): IV(12) || ciphertext || tag(16), AAD = cipher id."""
+def unwrap_aes_gcm(kek: bytes, blob: bytes, aads: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+    """x-amz-wrap-alg AES/GCM (V3 x-amz-w 02): IV(12) || ciphertext || tag(16), AAD = cipher id.
+    Returns the data key and the AAD that authenticated it."""
     if len(kek) not in AES_KEY_SIZES or len(blob) - 28 not in DATA_KEY_SIZES:
         return None
     for aad in aads:
         try:
-            return AESGCM(kek).decrypt(blob[:12], blob[12:], aad)
+            return AESGCM(kek).decrypt(blob[:12], blob[12:], aad), aad
         except InvalidTag:
             continue
     return None
@@ -154,8 +160,10 @@ def unwrap_rsa_oaep_sha256(key: RsaMasterKey, blob: bytes) -> bytes | None:
     return None
 
 
-def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[bytes]) -> bytes | None:
-    """RSA-OAEP-SHA1 (V3 x-amz-w 22): pseudo key = len(dk) || dk || cipher identifier."""
+def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+    """RSA-OAEP-SHA1 (V3 x-amz-w 22): pseudo key = len(dk) || dk || cipher identifier. Returns
+    the data key and the identifier it carried (compared whole, in constant time: stricter than
+    Java S3EC, which compares only as many bytes as it expects)."""
     if len(blob) != key.modulus_bytes:
         return None
     try:
@@ -168,9 +176,10 @@ def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[b
     if n not in DATA_KEY_SIZES:
         return None
     suffix = pseudo[1 + n :]
-    if not any(hmac.compare_digest(suffix, ident) for ident in identifiers):
-        return None
-    return pseudo[1 : 1 + n]
+    for ident in identifiers:
+        if hmac.compare_digest(suffix, ident):
+            return pseudo[1 : 1 + n], ident
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +187,17 @@ def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[b
 
 
 def _cipher_identifiers(envelope: Envelope) -> list[bytes]:
-    """AES/GCM AAD and RSA-OAEP-SHA1 suffix: "115" for V3; the cek alg for V2, and also
-    "AES/GCM/NoPadding", which Java S3EC uses for every non-committing suite."""
+    """The identifiers an AES/GCM wrap's AAD or an RSA-OAEP-SHA1 pseudo key may carry for this
+    object, the object's own cipher first, each one some real writer produces:
+
+    * V3: "115", the suite id (Java S3EC, Python, Go S3EC, .NET, PHP V3).
+    * V2 GCM: "AES/GCM/NoPadding" (Ruby V2, Java v1's V2 client, Java S3EC, .NET).
+    * V2 CBC: "AES/CBC/PKCS5Padding" (Java v1's V2 client re-wrapping a CBC object with
+      putInstructionFile binds the object's cipher), then "AES/GCM/NoPadding": Java S3EC v3/v4
+      reEncryptInstructionFile re-wraps CBC objects with AesKeyring / RsaKeyring, which bind
+      ALG_AES_256_GCM_IV12_TAG16_NO_KDF's cipher name for every non-committing suite. That
+      fallback authenticates the key but not the CBC label (Unwrapped.cek_alg_bound False).
+    """
     if envelope.format == "v3":
         return [SUITE_115.encode()]
     ids = [envelope.cek_alg.encode()]
@@ -188,25 +206,38 @@ def _cipher_identifiers(envelope: Envelope) -> list[bytes]:
     return ids
 
 
-def _try_key(envelope: Envelope, key: MasterKey, pinned: bool) -> bytes | None:
+_Opened = tuple[bytes, "bool | None"]  # the data key; whether the object's cipher was bound
+
+
+def _bound(opened: tuple[bytes, bytes] | None, envelope: Envelope) -> _Opened | None:
+    if opened is None:
+        return None
+    data_key, identifier = opened
+    return data_key, identifier == _cipher_identifiers(envelope)[0]
+
+
+def _try_key(envelope: Envelope, key: MasterKey, pinned: bool) -> _Opened | None:
     blob = envelope.encrypted_key
     wrap = envelope.wrap
     if isinstance(key, AesMasterKey):
         kek = key.key.reveal()
-        if wrap is WrapAlgorithm.LEGACY:
-            return unwrap_legacy_aes_ecb(kek, blob, pinned)
-        if wrap is WrapAlgorithm.AES_WRAP:
-            return unwrap_aes_wrap(kek, blob)
         if wrap is WrapAlgorithm.AES_GCM:
-            return unwrap_aes_gcm(kek, blob, _cipher_identifiers(envelope))
+            return _bound(unwrap_aes_gcm(kek, blob, _cipher_identifiers(envelope)), envelope)
+        if wrap is WrapAlgorithm.LEGACY:
+            data_key = unwrap_legacy_aes_ecb(kek, blob, pinned)
+        elif wrap is WrapAlgorithm.AES_WRAP:
+            data_key = unwrap_aes_wrap(kek, blob)
+        else:
+            return None
+    elif wrap is WrapAlgorithm.RSA_OAEP_SHA1:
+        return _bound(unwrap_rsa_oaep_sha1(key, blob, _cipher_identifiers(envelope)), envelope)
+    elif wrap is WrapAlgorithm.LEGACY:
+        data_key = unwrap_rsa_pkcs1(key, blob)
+    elif wrap is WrapAlgorithm.RSA_OAEP_SHA256:
+        data_key = unwrap_rsa_oaep_sha256(key, blob)
+    else:
         return None
-    if wrap is WrapAlgorithm.LEGACY:
-        return unwrap_rsa_pkcs1(key, blob)
-    if wrap is WrapAlgorithm.RSA_OAEP_SHA256:
-        return unwrap_rsa_oaep_sha256(key, blob)
-    if wrap is WrapAlgorithm.RSA_OAEP_SHA1:
-        return unwrap_rsa_oaep_sha1(key, blob, _cipher_identifiers(envelope))
-    return None
+    return None if data_key is None else (data_key, None)
 
 
 def _key_fits(wrap: WrapAlgorithm, key: MasterKey) -> bool:
@@ -232,18 +263,18 @@ def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
             "no-source-key",
             "no source key matches this object's materials description and no unpinned key is configured",
         )
-    found: list[tuple[bytes, str]] = []
+    found: list[tuple[bytes, str, bool | None]] = []
     for key in candidates:
-        data_key = _try_key(envelope, key, pinned=bool(pinned))
-        if data_key is not None and not any(hmac.compare_digest(data_key, d) for d, _ in found):
-            found.append((data_key, key.label))
+        opened = _try_key(envelope, key, pinned=bool(pinned))
+        if opened is not None and not any(hmac.compare_digest(opened[0], d) for d, _, _ in found):
+            found.append((opened[0], key.label, opened[1]))
     if not found:
         which = "the source key pinned to this materials description" if pinned else f"any of {len(candidates)} source keys"
         raise UnwrapError("wrong-key", f"the data key ({envelope.wrap}) does not unwrap with {which}")
     if len(found) > 1:
-        labels = ", ".join(label for _, label in found)
+        labels = ", ".join(label for _, label, _ in found)
         raise UnwrapError("ambiguous-key", f"several source keys give different data keys ({labels}); pin one with a materials description")
-    data_key, label = found[0]
+    data_key, label, bound = found[0]
     if envelope.format == "v3" and len(data_key) != 32:
         raise UnwrapError("wrong-key", "V3 objects need a 32-byte data key")
     key = next(k for k in candidates if k.label == label)
@@ -251,4 +282,4 @@ def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
         proof = "pkcs1-structure" if isinstance(key, RsaMasterKey) else ("padding-block" if len(data_key) in (16, 32) else "pinned")
     else:
         proof = "authenticated"
-    return Unwrapped(DataKey(data_key), label, proof)
+    return Unwrapped(DataKey(data_key), label, proof, bound)

@@ -318,7 +318,8 @@ class ObjectRewrapper:
         return True
 
     def _check_tail(self, state: ObjectState) -> None:
-        """A weakly proven CBC data key (legacy RSA PKCS#1, pinned ECB) is checked against the
+        """A weakly proven CBC data key (legacy RSA PKCS#1, pinned ECB), or a CBC label the wrap
+        did not authenticate (Java S3EC's AES/GCM/NoPadding identifier), is checked against the
         body's last blocks before anything is written: one ranged GET of 32 bytes."""
         length = state.head["ContentLength"]
         try:
@@ -328,6 +329,12 @@ class ObjectRewrapper:
         try:
             check_cbc_tail(state.envelope, state.data_key, tail, length)
         except ContentError:
+            if state.unwrapped.proof == "authenticated":  # the key is right; the CBC label is not
+                raise EnvelopeError(
+                    "cek-alg-mismatch",
+                    "the wrap authenticates AES/GCM/NoPadding, not the envelope's x-amz-cek-alg, and the body is not "
+                    "AES/CBC under this data key: the object may be altered or corrupted",
+                ) from None
             raise UnwrapError("wrong-key", f"the data key from {state.source_key} does not decrypt the body") from None
 
 
