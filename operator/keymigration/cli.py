@@ -42,6 +42,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _context_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("must be KEY=VALUE")
+    return key, value
+
+
+def _context(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    context: dict[str, str] = {}
+    for key, value in pairs:
+        if key in context:
+            raise SetupError(f"--encryption-context: {key!r} is given twice")
+        context[key] = value
+    return context
+
+
 def _add_where(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("what to migrate")
     where.add_argument("--bucket", required=True)
@@ -77,6 +93,15 @@ def _add_keys(parser: argparse.ArgumentParser, target_required: bool) -> None:
     keys.add_argument("--source-kms-key-id", action="append", default=[], metavar="ID", help="old KMS key (KMS-to-KMS)")
     keys.add_argument("--kms-key-id", required=target_required, help="target KMS key: key id, ARN or alias")
     keys.add_argument("--wrap", default="kms+context", choices=("kms+context", "kms"), help="target wrap (default kms+context)")
+    keys.add_argument(
+        "--encryption-context",
+        action="append",
+        default=[],
+        type=_context_pair,
+        metavar="KEY=VALUE",
+        help="a pair of the new envelope's KMS encryption context for objects wrapped by AES/RSA keys (repeat for "
+        "several; readers must then pass it). Objects wrapped by KMS keep their own caller context",
+    )
 
 
 def _add_how(parser: argparse.ArgumentParser) -> None:
@@ -254,6 +279,7 @@ def settings_from_args(args: argparse.Namespace) -> RunOptions:
         source_kms_key_ids=getattr(args, "source_kms_key_id", []),
         suffix=args.suffix,
         wrap=getattr(args, "wrap", "kms+context"),
+        encryption_context=_context(getattr(args, "encryption_context", [])),
         mode=args.mode,
         concurrency=args.concurrency,
         kms_rate=args.kms_rate,
@@ -375,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         except SetupError as error:
             log.error("%s", error)
             return EXIT_CONFIG
-    settings = settings_from_args(args)
     try:
+        settings = settings_from_args(args)
         migration = Migration(settings, **_progress_channel(settings))
         if args.command == "verify":
             suffix = settings.suffix if args.lookup == "explicit" else None

@@ -243,3 +243,46 @@ def test_kms_context_binding_the_content_cipher_is_accepted():
     # The legacy kms wrap binds no cipher: nothing to compare.
     legacy = {**KMS_V2_CBC, "x-amz-wrap-alg": "kms", "x-amz-matdesc": '{"kms_cmk_id":"alias/old"}'}
     assert e.from_metadata(legacy).wrap is WrapAlgorithm.KMS
+
+
+# #13 item 2: the caller's encryption context survives the re-wrap.
+
+
+def test_kms_source_keeps_every_caller_pair_in_order_without_kms_cmk_id():
+    python_v2 = {**KMS_V2, "x-amz-matdesc": '{"tenant": "acme", "zone": "b", "aws:x-amz-cek-alg": "AES/GCM/NoPadding"}'}
+    env = e.from_metadata(python_v2)
+    assert list(e.kms_context_for(env).items()) == [("tenant", "acme"), ("zone", "b"), ("aws:x-amz-cek-alg", e.GCM)]
+    legacy = e.from_metadata({**KMS_V2_CBC, "x-amz-wrap-alg": "kms", "x-amz-matdesc": '{"kms_cmk_id":"alias/old","tenant":"acme"}'})
+    assert e.kms_context_for(legacy) == {"tenant": "acme", "aws:x-amz-cek-alg": e.CBC}
+    assert e.legacy_kms_context("alias/new", e.caller_context(legacy.context)) == {"kms_cmk_id": "alias/new", "tenant": "acme"}
+    fields = e.target_fields(env, b"new", WrapAlgorithm.KMS_CONTEXT, e.kms_context_for(env))
+    assert fields["x-amz-matdesc"] == '{"tenant":"acme","zone":"b","aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'
+    v3 = e.from_metadata({**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"tenant": "acme", "aws:x-amz-cek-alg": "115"}'})
+    assert e.target_fields(v3, b"new", WrapAlgorithm.KMS_CONTEXT, e.kms_context_for(v3))["x-amz-t"] == '{"tenant":"acme","aws:x-amz-cek-alg":"115"}'
+
+
+def test_aes_rsa_sources_take_the_configured_context_never_their_matdesc():
+    env = e.from_metadata({"x-amz-key": "AAAA", "x-amz-iv": IV16, "x-amz-matdesc": '{"owner":"team-a"}'})
+    assert e.kms_context_for(env) == {"aws:x-amz-cek-alg": e.CBC}
+    assert e.kms_context_for(env, {"tenant": "acme"}) == {"tenant": "acme", "aws:x-amz-cek-alg": e.CBC}
+
+
+def test_non_ascii_context_values_are_written_ascii_escaped():
+    env = e.from_metadata({"x-amz-key": "AAAA", "x-amz-iv": IV16, "x-amz-matdesc": "{}"})
+    fields = e.target_fields(env, b"new", WrapAlgorithm.KMS_CONTEXT, e.kms_context_for(env, {"tenant": "café", "region": "日本"}))
+    body = e.instruction_body(fields)
+    assert body.isascii() and json.loads(json.loads(body)["x-amz-matdesc"]) == {"tenant": "café", "region": "日本", "aws:x-amz-cek-alg": e.CBC}
+
+
+@pytest.mark.parametrize("pairs", [{"aws:x-amz-cek-alg": "x"}, {"kms_cmk_id": "k"}, {"AWS:anything": "x"}, {"": "x"}, {"k": 5}])
+def test_a_configured_context_may_not_use_reserved_keys(pairs):
+    from keymigration.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        e.check_caller_context(pairs, "--encryption-context")
+
+
+def test_reader_context_is_what_a_reader_passes():
+    assert e.reader_context(WrapAlgorithm.KMS_CONTEXT, {"tenant": "a", "aws:x-amz-cek-alg": e.GCM, "kms_cmk_id": "k"}) == {"tenant": "a"}
+    assert e.reader_context(WrapAlgorithm.KMS, {"kms_cmk_id": "k", "tenant": "a"}) == {}
+    assert e.reader_context(WrapAlgorithm.AES_GCM, {"owner": "x"}) == {}

@@ -17,6 +17,8 @@ from keymigration.errors import KmsError
 from keymigration.formats.envelope import (
     Envelope,
     WrapAlgorithm,
+    caller_context,
+    check_caller_context,
     kms_context_for,
     legacy_kms_context,
 )
@@ -64,6 +66,7 @@ class KmsKeys:
         wrap: WrapAlgorithm = WrapAlgorithm.KMS_CONTEXT,
         source_key_ids: Sequence[str] = (),
         limiter: TokenBucket | None = None,
+        encryption_context: Mapping[str, str] | None = None,
     ):
         if not wrap.is_kms:
             raise ValueError("target wrap must be kms or kms+context")
@@ -71,6 +74,8 @@ class KmsKeys:
         self.target_key_id = target_key_id
         self.wrap = wrap
         self.source_key_ids = list(source_key_ids)
+        # The caller's pairs of the new context for AES/RSA sources (KMS sources keep their own).
+        self.encryption_context = check_caller_context(encryption_context or {}, "target encryption context")
         self.limiter = limiter or TokenBucket(None)
         self.target_arn = target_key_id  # replaced by describe_target()
         self.calls: Counter[str] = Counter()  # KMS requests by action, for reports and tests
@@ -98,9 +103,13 @@ class KmsKeys:
         return self.target_arn
 
     def target_context(self, envelope: Envelope) -> dict[str, str]:
-        if self.wrap is WrapAlgorithm.KMS and envelope.format != "v3":
-            return legacy_kms_context(self.target_key_id)
-        return kms_context_for(envelope)
+        """The new envelope's KMS context: a KMS source's caller pairs (every one survives, so
+        readers that pass the context and key policies on kms:EncryptionContext:* keep working),
+        or for an AES/RSA source the configured target context; plus the reserved key."""
+        caller = caller_context(envelope.context) if envelope.wrap.is_kms else self.encryption_context
+        if self.target_wrap(envelope) is WrapAlgorithm.KMS:
+            return legacy_kms_context(self.target_key_id, caller)
+        return kms_context_for(envelope, caller)
 
     def target_wrap(self, envelope: Envelope) -> WrapAlgorithm:
         return WrapAlgorithm.KMS_CONTEXT if envelope.format == "v3" else self.wrap

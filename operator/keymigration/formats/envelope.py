@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-from keymigration.errors import EnvelopeError
+from keymigration.errors import ConfigurationError, EnvelopeError
 from keymigration.formats.vocabulary import WrapAlgorithm
 
 ##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
@@ -255,8 +255,10 @@ def parse_context(value: str | None, name: str, in_metadata: bool = False) -> di
 
 
 def canonical_context(context: Mapping[str, str]) -> str:
-    """The JSON text stored in x-amz-matdesc / x-amz-t: compact, keys sorted."""
-    return json.dumps(dict(context), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """The JSON text stored in x-amz-matdesc / x-amz-t: compact, keys in the context's order
+    (PHP V3 compares contexts order-sensitively), non-ASCII as \\u escapes: Java S3EC runs its
+    double-encoding repair over instruction-file values too, which would garble raw UTF-8."""
+    return json.dumps(dict(context), separators=(",", ":"))
 
 
 ##= docs/spec/s3-encryption/data-format/content-metadata.md#algorithm-suite-and-message-format-version-compatibility
@@ -558,24 +560,57 @@ def from_instruction_file(body: bytes, object_metadata: Mapping[str, str]) -> En
 # Serialization of the new KMS envelope
 
 
-def kms_context_for(envelope: Envelope) -> dict[str, str]:
-    """The encryption context of the new ``kms+context`` wrap.
+##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#kms-context
+##= type=implication
+##% The stored encryption context with the two reserved keys removed MUST match the provided encryption context.
+def caller_context(context: Mapping[str, str]) -> dict[str, str]:
+    """The caller's pairs of an encryption context: all but the two reserved keys, in their
+    stored order. A kms+context reader (Java S3EC, Python, Ruby V2; Go S3EC and PHP V3 when
+    given one) compares exactly these with the context it passes, and key policies may condition
+    on them (kms:EncryptionContext:tenant), so they all survive a re-wrap. Order is kept: PHP
+    V3 compares with !==, which is order-sensitive."""
+    return {k: v for k, v in context.items() if k not in RESERVED_CONTEXT_KEYS}
 
-    The reserved key aws:x-amz-cek-alg holds the content cipher, "115" for V3, as every
-    kms+context writer puts it (the Python S3EC's KMS keyring, Go, Java, Ruby); kms_cmk_id is
-    never carried into a kms+context context (Ruby V2 compares the whole context and rejects
-    extra keys).
+
+def kms_context_for(envelope: Envelope, caller: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The encryption context of the new ``kms+context`` wrap: the caller's pairs (``caller``;
+    by default those of a KMS source envelope), then aws:x-amz-cek-alg holding the content
+    cipher, "115" for V3, as every kms+context writer puts it (the Python S3EC's KMS keyring,
+    Go, Java, Ruby). kms_cmk_id is never carried into a kms+context context: Ruby V2 compares
+    the whole context, Java v1's V2 client compares it with its materials minus kms_cmk_id,
+    both reject it.
     """
-    return {"aws:x-amz-cek-alg": SUITE_115 if envelope.format == "v3" else envelope.cek_alg}
+    pairs = caller_context(envelope.context) if caller is None and envelope.wrap.is_kms else caller_context(caller or {})
+    return {**pairs, KMS_CEK_ALG: SUITE_115 if envelope.format == "v3" else envelope.cek_alg}
 
 
 ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#supported-wrapping-algorithm-modes
 ##= type=exception
 ##= reason=--wrap kms writes KmsV1 envelopes on request, for readers that know no kms+context (Java v1 before AuthenticatedEncryption); kms+context is the default
 ##% The KmsKeyring MUST NOT support encryption using KmsV1 mode.
-def legacy_kms_context(target_key_id: str) -> dict[str, str]:
-    """The context of the legacy ``kms`` wrap: Java v1 KMSEncryptionMaterials' kms_cmk_id."""
-    return {"kms_cmk_id": target_key_id}
+def legacy_kms_context(target_key_id: str, caller: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The context of the legacy ``kms`` wrap: Java v1 KMSEncryptionMaterials' kms_cmk_id, then
+    the caller's pairs (legacy readers send the stored context to KMS as it is)."""
+    return {KMS_CMK_ID: target_key_id, **caller_context(caller or {})}
+
+
+def reader_context(wrap: WrapAlgorithm, context: Mapping[str, str]) -> dict[str, str]:
+    """The context a reader of an envelope with this wrap passes: the caller's pairs for
+    kms+context; nothing for the legacy kms wrap (Python refuses one, the others send the stored
+    context as it is) and for AES/RSA wraps (their materials description is no KMS context)."""
+    return caller_context(context) if wrap is WrapAlgorithm.KMS_CONTEXT else {}
+
+
+def check_caller_context(pairs: Mapping[str, str], where: str) -> dict[str, str]:
+    """A target encryption context given by the operator (``--encryption-context``,
+    ``spec.target.encryptionContext``): non-empty string keys, none reserved or starting with
+    "aws:" (KMS reserves that prefix; the clients reserve aws:x-amz-cek-alg and kms_cmk_id)."""
+    for key, value in pairs.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key:
+            raise ConfigurationError(f"{where}: encryption context keys and values must be strings, keys non-empty")
+        if key in RESERVED_CONTEXT_KEYS or key.lower().startswith("aws:"):
+            raise ConfigurationError(f"{where}: encryption context key {key!r} is reserved")
+    return dict(pairs)
 
 
 ##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys

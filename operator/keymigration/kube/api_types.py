@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 
 from keymigration.errors import ConfigurationError, InvalidKeyMigration
+from keymigration.formats.envelope import check_caller_context
 from keymigration.formats.vocabulary import (
     DEFAULT_INSTRUCTION_SUFFIX,
     SUFFIX_PATTERN,
@@ -97,6 +98,11 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "properties": {
                 "kmsKeyId": {"type": "string", "pattern": KMS_KEY_PATTERN, "maxLength": 2048, "description": "Key id, ARN or alias."},
                 "wrap": {"type": "string", "enum": ["kms+context", "kms"], "default": "kms+context"},
+                "encryptionContext": {
+                    **_STRING_MAP,
+                    "description": "Caller pairs of the new envelope's KMS encryption context for objects wrapped by AES/RSA "
+                    "keys (readers must then pass them). Objects wrapped by KMS keep their own caller context.",
+                },
             },
         },
         "instructionFileSuffix": {
@@ -293,6 +299,7 @@ class KeyMigration:
     prefixes: tuple[str, ...]
     target_key_id: str
     wrap: str = "kms+context"
+    target_encryption_context: dict[str, str] = field(default_factory=dict)
     source_keys: tuple[SourceKeyRef, ...] = ()
     source_kms_key_ids: tuple[str, ...] = ()
     suffix: str = ".instruction"
@@ -333,6 +340,10 @@ class KeyMigration:
             mode = check_target(spec.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
         except ConfigurationError as error:
             problems.append(f"spec.instructionFileSuffix: {error}")
+        try:
+            check_caller_context(spec["target"].get("encryptionContext") or {}, "spec.target.encryptionContext")
+        except ConfigurationError as error:
+            problems.append(str(error))
         if problems:
             raise InvalidKeyMigration(problems)
         concurrency = spec.get("concurrency") or {}
@@ -342,6 +353,7 @@ class KeyMigration:
             prefixes=prefixes,
             target_key_id=spec["target"]["kmsKeyId"],
             wrap=spec["target"].get("wrap", "kms+context"),
+            target_encryption_context=dict(spec["target"].get("encryptionContext") or {}),
             source_keys=tuple(
                 SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in spec.get("sourceKeys") or ()
             ),
@@ -387,6 +399,8 @@ class KeyMigration:
         for key_id in self.source_kms_key_ids:
             args += ["--source-kms-key-id", key_id]
         args += ["--kms-key-id", self.target_key_id, "--wrap", self.wrap, "--suffix", self.suffix, "--mode", self.mode.value]
+        for key, value in self.target_encryption_context.items():
+            args += ["--encryption-context", f"{key}={value}"]
         args += ["--concurrency", str(self.per_job_concurrency), "--verify", self.verify]
         rate = self.per_job_kms_rate()
         if rate:

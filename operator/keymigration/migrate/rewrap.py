@@ -115,6 +115,8 @@ class ObjectRewrapper:
         result = state.result(verdict)
         if self.cut_over and self.cut_over.wants(state, verdict):
             self.cut_over.run(state, verdict).apply(result)
+        if result.outcome in (Outcome.MIGRATED, Outcome.PLANNED) and state.envelope is not None:
+            self._note_context(result, state.envelope)
         return result
 
     # -- stages -----------------------------------------------------------------------------
@@ -316,6 +318,12 @@ class ObjectRewrapper:
                 raise
             return False
         return True
+
+    def _note_context(self, result: ObjectResult, envelope: Envelope) -> None:
+        """Record an object whose readers must now pass another encryption context."""
+        after = env_mod.reader_context(self.kms.target_wrap(envelope), self.kms.target_context(envelope))
+        if after != env_mod.reader_context(envelope.wrap, envelope.context):
+            result.context_changed, result.reader_context = True, after
 
     def _check_tail(self, state: ObjectState) -> None:
         """A weakly proven CBC data key (legacy RSA PKCS#1, pinned ECB), or a CBC label the wrap
