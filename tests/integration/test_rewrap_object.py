@@ -289,3 +289,80 @@ def test_an_unbound_cbc_label_is_checked_against_the_body(aws, verify):
         assert result.reason == "cek-alg-mismatch"
     assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == before
     assert sorted(aws.keys()) == ["k", "k.instruction"]
+
+
+# -- #13 item 7: the target key is pinned ------------------------------------------------------
+
+
+def kms_requests(client, operations=("Encrypt", "Decrypt", "ReEncrypt")):
+    """Record the parameters of every KMS request of ``client`` (a list, filled as it runs)."""
+    seen = []
+    for operation in operations:
+        client.meta.events.register(f"provide-client-params.kms.{operation}", lambda params, operation=operation, **_: seen.append((operation, dict(params))))
+    return seen
+
+
+@pytest.mark.parametrize("source", ["aes", "kms"])
+def test_an_alias_repointed_mid_run_cannot_move_objects_to_another_key(aws, source):
+    """The alias is resolved once (DescribeKey); every Encrypt, ReEncrypt and Decrypt names the
+    key ARN, so an alias repointed while the run goes on changes nothing."""
+    import uuid
+
+    alias = f"alias/target-{uuid.uuid4().hex[:8]}"
+    aws.kms.create_alias(AliasName=alias, TargetKeyId=aws.target_key)
+    old = aws.new_kms_key()
+    write(aws, "k", b"body", "v2", W.KMS_CONTEXT if source == "kms" else W.AES_GCM, e.GCM, source if source == "aes" else None,
+          kms_key_id=old)
+    kms = KmsKeys(aws.kms, alias, source_key_ids=[old] if source == "kms" else [])
+    assert kms.describe_target() == aws.target_key
+    worker = ObjectRewrapper(aws.s3, kms, [AES], RewrapOptions(aws.bucket))
+    other = aws.new_kms_key()
+    aws.kms.update_alias(AliasName=alias, TargetKeyId=other)  # someone repoints the alias
+    seen = kms_requests(aws.kms)
+    result = worker.process("k")
+    assert (result.outcome, result.reason) == (Outcome.MIGRATED, "migrated"), result
+    named = {p.get("KeyId") or p.get("DestinationKeyId") for _, p in seen} | {p["SourceKeyId"] for o, p in seen if o == "ReEncrypt" and p["SourceKeyId"] != old}
+    assert named == {aws.target_key}, seen
+    assert [o for o, _ in seen] == (["Encrypt", "Decrypt"] if source == "aes" else ["ReEncrypt", "ReEncrypt"])  # wrap, verify
+    new = e.from_instruction_file(aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read(), {})
+    assert aws.kms.decrypt(CiphertextBlob=new.encrypted_key, EncryptionContext=new.context, KeyId=aws.target_key)["KeyId"] == aws.target_key
+
+
+@pytest.mark.parametrize("operation", ["Encrypt", "Decrypt"])
+def test_a_kms_answer_naming_another_key_fails_the_object(aws, operation):
+    write(aws, "k", b"body", "v2", W.AES_GCM, e.GCM, "aes")
+    worker = rewrapper(aws)
+    other = aws.new_kms_key()
+
+    def another_key(parsed, **_):
+        parsed["KeyId"] = other
+
+    aws.kms.meta.events.register(f"after-call.kms.{operation}", another_key)
+    try:
+        result = worker.process("k")
+    finally:
+        aws.kms.meta.events.unregister(f"after-call.kms.{operation}", another_key)
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "kms-key-mismatch"), result
+    assert aws.keys() == ["k"]
+
+
+def test_a_verification_reencrypt_answering_for_another_source_key_fails(aws):
+    """moto's ReEncrypt ignores SourceKeyId (AWS answers IncorrectKeyException): the response's
+    SourceKeyId is checked, so the verification proves the blob is under the target key."""
+    old = aws.new_kms_key()
+    write(aws, "k", b"body", "v2", W.KMS_CONTEXT, e.GCM, None, kms_key_id=old)
+    worker = rewrapper(aws, source_kms=[old])
+    calls = []
+
+    def count(parsed, **_):
+        calls.append(parsed.get("SourceKeyId"))
+        if len(calls) == 2:  # the second ReEncrypt is the verification
+            parsed["SourceKeyId"] = old
+
+    aws.kms.meta.events.register("after-call.kms.ReEncrypt", count)
+    try:
+        result = worker.process("k")
+    finally:
+        aws.kms.meta.events.unregister("after-call.kms.ReEncrypt", count)
+    assert len(calls) == 2 and (result.outcome, result.reason) == (Outcome.FAILED, "kms-key-mismatch"), result
+    assert aws.keys() == ["k"]

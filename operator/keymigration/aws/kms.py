@@ -78,6 +78,7 @@ class KmsKeys:
         self.encryption_context = check_caller_context(encryption_context or {}, "target encryption context")
         self.limiter = limiter or TokenBucket(None)
         self.target_arn = target_key_id  # replaced by describe_target()
+        self.pinned = False  # describe_target() resolved the target: requests name its ARN
         self.calls: Counter[str] = Counter()  # KMS requests by action, for reports and tests
         self._calls_lock = threading.Lock()
 
@@ -100,7 +101,23 @@ class KmsKeys:
         if meta.get("KeyUsage", "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":
             raise KmsError("kms-key-usage", f"target KMS key {self.target_key_id} is not for ENCRYPT_DECRYPT")
         self.target_arn = meta["Arn"]
+        self.pinned = True
         return self.target_arn
+
+    def _key(self, key_id: str) -> str:
+        """The KeyId a request names: the target's ARN (the alias was resolved once, at start:
+        one repointed during the run cannot wrap objects under another key), else ``key_id``."""
+        return self.target_arn if key_id in (self.target_key_id, self.target_arn) else key_id
+
+    def _answered_by_target(self, response: dict, action: str, *fields: str) -> None:
+        """KMS names the key it used in its answer (a key ARN): it must be the target."""
+        if not self.pinned:
+            return
+        for name in fields:
+            if response.get(name) != self.target_arn:
+                raise KmsError(
+                    "kms-key-mismatch", f"KMS {action} answered with {name} {response.get(name)}, not the target key {self.target_arn}"
+                )
 
     def target_context(self, envelope: Envelope) -> dict[str, str]:
         """The new envelope's KMS context: a KMS source's caller pairs (every one survives, so
@@ -115,7 +132,10 @@ class KmsKeys:
         return WrapAlgorithm.KMS_CONTEXT if envelope.format == "v3" else self.wrap
 
     ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#encryptdatakey
+    ##= type=exception
+    ##= reason=the configured identifier (often an alias) is resolved once with DescribeKey and every request names that key ARN, so an alias repointed during a run cannot wrap objects under another key
     ##% - `KeyId` MUST be the configured AWS KMS key identifier.
+    ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#encryptdatakey
     ##% - `PlaintextDataKey` MUST be the plaintext data key in the [encryption materials](../structures.md#encryption-materials).
     ##% - `EncryptionContext` MUST be the [encryption context](../structures.md#encryption-context) included in the input [encryption materials](../structures.md#encryption-materials).
     ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#encryptdatakey
@@ -124,10 +144,11 @@ class KmsKeys:
         context = self.target_context(envelope)
         try:
             response = self._call(
-                "encrypt", KeyId=self.target_key_id, Plaintext=data_key.reveal(), EncryptionContext=context
+                "encrypt", KeyId=self.target_arn, Plaintext=data_key.reveal(), EncryptionContext=context
             )
         except (ClientError, BotoCoreError) as error:
-            raise _error(error, "Encrypt", self.target_key_id) from None
+            raise _error(error, "Encrypt", self.target_arn) from None
+        self._answered_by_target(response, "Encrypt", "KeyId")
         return Wrapped(response["CiphertextBlob"], context, response.get("KeyId", self.target_arn))
 
     ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#kms-context
@@ -135,12 +156,16 @@ class KmsKeys:
     ##% - `CiphertextBlob` MUST be the [encrypted data key ciphertext](../structures.md#ciphertext).
     ##% - `EncryptionContext` MUST be the [encryption context](../structures.md#encryption-context) included in the input [decryption materials](../structures.md#decryption-materials).
     def decrypt(self, encrypted_key: bytes, context: Mapping[str, str], key_id: str) -> DataKey:
+        """Decrypt with ``key_id``; the target key by its ARN, and the answer must name it."""
+        key_id = self._key(key_id)
         try:
             response = self._call(
                 "decrypt", CiphertextBlob=encrypted_key, EncryptionContext=dict(context), KeyId=key_id
             )
         except (ClientError, BotoCoreError) as error:
             raise _error(error, "Decrypt", key_id) from None
+        if key_id == self.target_arn:
+            self._answered_by_target(response, "Decrypt", "KeyId")
         return DataKey(response["Plaintext"])
 
     def source_key_candidates(self, envelope: Envelope) -> list[str]:
@@ -164,7 +189,7 @@ class KmsKeys:
                     CiphertextBlob=envelope.encrypted_key,
                     SourceEncryptionContext=envelope.context,
                     SourceKeyId=source,
-                    DestinationKeyId=self.target_key_id,
+                    DestinationKeyId=self.target_arn,
                     DestinationEncryptionContext=context,
                 )
             except (ClientError, BotoCoreError) as error:
@@ -172,21 +197,24 @@ class KmsKeys:
                 if last.reason == "kms-IncorrectKeyException":
                     continue
                 raise last from None
+            self._answered_by_target(response, "ReEncrypt", "KeyId")
             return Wrapped(response["CiphertextBlob"], context, response.get("KeyId", self.target_arn))
         assert last is not None
         raise KmsError("wrong-key", "the data key is not wrapped by any configured source KMS key")
 
     def check_decryptable(self, encrypted_key: bytes, context: Mapping[str, str]) -> None:
         """Prove a new envelope opens with the target key and its context, without plaintext
-        leaving KMS: ReEncrypt it onto the target key itself and drop the result."""
+        leaving KMS: ReEncrypt it onto the target key itself and drop the result. The answer's
+        SourceKeyId must be the target too (moto ignores the SourceKeyId of a request)."""
         try:
-            self._call(
+            response = self._call(
                 "re_encrypt",
                 CiphertextBlob=encrypted_key,
                 SourceEncryptionContext=dict(context),
-                SourceKeyId=self.target_key_id,
-                DestinationKeyId=self.target_key_id,
+                SourceKeyId=self.target_arn,
+                DestinationKeyId=self.target_arn,
                 DestinationEncryptionContext=dict(context),
             )
         except (ClientError, BotoCoreError) as error:
-            raise _error(error, "ReEncrypt (verification)", self.target_key_id) from None
+            raise _error(error, "ReEncrypt (verification)", self.target_arn) from None
+        self._answered_by_target(response, "ReEncrypt (verification)", "KeyId", "SourceKeyId")
