@@ -102,6 +102,13 @@ def _add_keys(parser: argparse.ArgumentParser, target_required: bool) -> None:
         help="a pair of the new envelope's KMS encryption context for objects wrapped by AES/RSA keys (repeat for "
         "several; readers must then pass it). Objects wrapped by KMS keep their own caller context",
     )
+    keys.add_argument(
+        "--grant-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="KMS grant token sent with every KMS request (repeat for several, at most 10)",
+    )
 
 
 def _add_how(parser: argparse.ArgumentParser) -> None:
@@ -280,6 +287,7 @@ def settings_from_args(args: argparse.Namespace) -> RunOptions:
         suffix=args.suffix,
         wrap=getattr(args, "wrap", "kms+context"),
         encryption_context=_context(getattr(args, "encryption_context", [])),
+        grant_tokens=getattr(args, "grant_token", []),
         mode=args.mode,
         concurrency=args.concurrency,
         kms_rate=args.kms_rate,

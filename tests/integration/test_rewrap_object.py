@@ -366,3 +366,19 @@ def test_a_verification_reencrypt_answering_for_another_source_key_fails(aws):
         aws.kms.meta.events.unregister("after-call.kms.ReEncrypt", count)
     assert len(calls) == 2 and (result.outcome, result.reason) == (Outcome.FAILED, "kms-key-mismatch"), result
     assert aws.keys() == ["k"]
+
+
+# -- #13 item 8: KMS grant tokens ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["aes", "kms"])
+def test_grant_tokens_go_with_every_kms_request(aws, source):
+    old = aws.new_kms_key()
+    write(aws, "k", b"body", "v2", W.KMS_CONTEXT if source == "kms" else W.AES_GCM, e.GCM, source if source == "aes" else None,
+          kms_key_id=old)
+    seen = kms_requests(aws.kms, ("DescribeKey", "Encrypt", "Decrypt", "ReEncrypt"))
+    kms = KmsKeys(aws.kms, aws.target_key, source_key_ids=[old] if source == "kms" else [], grant_tokens=["grant-token-1", "grant-token-2"])
+    kms.describe_target()
+    result = ObjectRewrapper(aws.s3, kms, [AES], RewrapOptions(aws.bucket)).process("k")
+    assert result.outcome is Outcome.MIGRATED, result
+    assert len(seen) == 3 and all(p.get("GrantTokens") == ["grant-token-1", "grant-token-2"] for _, p in seen), seen

@@ -248,6 +248,20 @@ def test_target_encryption_context_reaches_the_worker():
         KeyMigration.from_fields(raw["spec"])
 
 
+def test_grant_tokens_reach_the_workers_kms_client():
+    from keymigration.cli import build_parser, settings_from_args
+    from keymigration.migrate import Migration
+
+    raw = km({"grantTokens": ["token-a", "token-b"]})
+    spec = KeyMigration.from_fields(raw["spec"])
+    settings = settings_from_args(build_parser().parse_args(spec.worker_args("a/")))
+    assert settings.grant_tokens == ["token-a", "token-b"]
+    settings.source_key_files = []  # (mounted in a pod only)
+    assert Migration(settings, clients=(object(), object())).kms.grant_tokens == ("token-a", "token-b")
+    with pytest.raises(InvalidKeyMigration):
+        KeyMigration.from_fields(km({"grantTokens": [f"t{n}" for n in range(11)]})["spec"])
+
+
 def test_a_job_still_finishing_counts_against_the_cap():
     """The worker reported done, but its Job is not Complete yet: no new Job until it is."""
     obj = km({"concurrency": {"maxJobs": 1}})

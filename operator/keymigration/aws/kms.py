@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 from botocore.exceptions import BotoCoreError, ClientError
 
 from keymigration.aws.ratelimit import TokenBucket
-from keymigration.errors import KmsError
+from keymigration.errors import ConfigurationError, KmsError
 from keymigration.formats.envelope import (
     Envelope,
     WrapAlgorithm,
@@ -49,6 +49,18 @@ def _error(error: ClientError | BotoCoreError, action: str, key_id: str | None) 
     return KmsError(f"kms-{code}", f"KMS {action}{where} failed: {code}", retryable=code not in PERMANENT_KMS_ERRORS)
 
 
+MAX_GRANT_TOKENS = 10  # the KMS API's limit per request, each 1-8192 characters
+
+
+def check_grant_tokens(tokens: Sequence[str]) -> tuple[str, ...]:
+    tokens = tuple(tokens)
+    if len(tokens) > MAX_GRANT_TOKENS:
+        raise ConfigurationError(f"at most {MAX_GRANT_TOKENS} KMS grant tokens, not {len(tokens)}")
+    if not all(isinstance(t, str) and 1 <= len(t) <= 8192 for t in tokens):
+        raise ConfigurationError("a KMS grant token is 1 to 8192 characters")
+    return tokens
+
+
 @dataclass(frozen=True)
 class Wrapped:
     encrypted_key: bytes
@@ -67,6 +79,7 @@ class KmsKeys:
         source_key_ids: Sequence[str] = (),
         limiter: TokenBucket | None = None,
         encryption_context: Mapping[str, str] | None = None,
+        grant_tokens: Sequence[str] = (),
     ):
         if not wrap.is_kms:
             raise ValueError("target wrap must be kms or kms+context")
@@ -76,6 +89,9 @@ class KmsKeys:
         self.source_key_ids = list(source_key_ids)
         # The caller's pairs of the new context for AES/RSA sources (KMS sources keep their own).
         self.encryption_context = check_caller_context(encryption_context or {}, "target encryption context")
+        # Sent with every request (Encrypt, Decrypt, ReEncrypt, DescribeKey): permissions from a
+        # grant not yet visible everywhere (eventual consistency). Not secret (AWS KMS docs).
+        self.grant_tokens = check_grant_tokens(grant_tokens)
         self.limiter = limiter or TokenBucket(None)
         self.target_arn = target_key_id  # replaced by describe_target()
         self.pinned = False  # describe_target() resolved the target: requests name its ARN
@@ -83,6 +99,8 @@ class KmsKeys:
         self._calls_lock = threading.Lock()
 
     def _call(self, action: str, **kwargs):
+        if self.grant_tokens:
+            kwargs["GrantTokens"] = list(self.grant_tokens)
         self.limiter.acquire()
         with self._calls_lock:
             self.calls[action] += 1

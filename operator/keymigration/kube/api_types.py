@@ -105,6 +105,13 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "grantTokens": {
+            "type": "array",
+            "description": "KMS grant tokens the workers send with every KMS request (Encrypt, Decrypt, ReEncrypt, "
+            "DescribeKey), for permissions from a grant that is not yet visible everywhere. Not secret.",
+            "maxItems": 10,
+            "items": {"type": "string", "minLength": 1, "maxLength": 8192},
+        },
         "instructionFileSuffix": {
             "type": "string",
             "pattern": SUFFIX_PATTERN,
@@ -302,6 +309,7 @@ class KeyMigration:
     target_encryption_context: dict[str, str] = field(default_factory=dict)
     source_keys: tuple[SourceKeyRef, ...] = ()
     source_kms_key_ids: tuple[str, ...] = ()
+    grant_tokens: tuple[str, ...] = ()
     suffix: str = ".instruction"
     mode: Mode = Mode.INSTRUCTION_FILE
     max_jobs: int = 4
@@ -358,6 +366,7 @@ class KeyMigration:
                 SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in spec.get("sourceKeys") or ()
             ),
             source_kms_key_ids=tuple(spec.get("sourceKmsKeyIds") or ()),
+            grant_tokens=tuple(spec.get("grantTokens") or ()),
             suffix=suffix,
             mode=mode,
             max_jobs=concurrency.get("maxJobs", 4),
@@ -388,6 +397,15 @@ class KeyMigration:
             return None
         return max(1, self.kms_requests_per_second // self.max_jobs)
 
+    def _kms_options(self) -> list[str]:
+        """The target's encryption context and the KMS grant tokens, as ``run`` options."""
+        args = []
+        for key, value in self.target_encryption_context.items():
+            args += ["--encryption-context", f"{key}={value}"]
+        for token in self.grant_tokens:
+            args += ["--grant-token", token]
+        return args
+
     def worker_args(self, prefix: str, progress_resource: str | None = None, max_failures: int | None = None) -> list[str]:
         """The exact ``keymigration run`` arguments of the Job for ``prefix``."""
         args = ["--log-format", "json", "run", "--bucket", self.bucket, "--prefix", prefix]
@@ -399,8 +417,7 @@ class KeyMigration:
         for key_id in self.source_kms_key_ids:
             args += ["--source-kms-key-id", key_id]
         args += ["--kms-key-id", self.target_key_id, "--wrap", self.wrap, "--suffix", self.suffix, "--mode", self.mode.value]
-        for key, value in self.target_encryption_context.items():
-            args += ["--encryption-context", f"{key}={value}"]
+        args += self._kms_options()
         args += ["--concurrency", str(self.per_job_concurrency), "--verify", self.verify]
         rate = self.per_job_kms_rate()
         if rate:
