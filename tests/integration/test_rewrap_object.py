@@ -382,3 +382,35 @@ def test_grant_tokens_go_with_every_kms_request(aws, source):
     result = ObjectRewrapper(aws.s3, kms, [AES], RewrapOptions(aws.bucket)).process("k")
     assert result.outcome is Outcome.MIGRATED, result
     assert len(seen) == 3 and all(p.get("GrantTokens") == ["grant-token-1", "grant-token-2"] for _, p in seen), seen
+
+
+# -- #13 item 3: every valid object migrates at the default verify level -----------------------
+
+
+def test_java_v1_ae_rsa_over_gcm_is_proven_by_the_tag_at_every_verify_level(aws):
+    """Java v1 AuthenticatedEncryption without a provider named BC: RSA PKCS#1 v1.5, no
+    x-amz-wrap-alg, AES/GCM body (the JCE-made layout: tests/interop/test_java_v1_interop.py).
+    The weak PKCS#1 proof is completed by the GCM tag; the CBC tail check never applies to GCM."""
+    for verify in ("envelope", "none", "body"):
+        key = f"ae-{verify}"
+        body = os.urandom(1000)
+        write(aws, key, body, "v2", W.LEGACY, e.GCM, "rsa")
+        assert e.from_metadata(aws.s3.head_object(Bucket=aws.bucket, Key=key)["Metadata"]).wrap is W.LEGACY
+        result = rewrapper(aws, verify=verify, keys=(RSA, rsa_key(3, label="other-rsa"))).process(key)
+        assert (result.outcome, result.reason, result.source_key) == (Outcome.MIGRATED, "migrated", "rsa-master"), (verify, result)
+        assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), key, ".instruction") == body
+
+
+@pytest.mark.parametrize("verify", ["envelope", "none", "body"])
+def test_a_pkcs1_false_accept_among_candidates_is_resolved_by_the_gcm_tag(aws, monkeypatch, verify):
+    """Two unpinned RSA keys both pass the PKCS#1 structure check (a wrong key does about once in
+    6.8e6): the body decides instead of failing the object as ambiguous."""
+    import keymigration.formats.unwrap as unwrap_module
+
+    body = os.urandom(100)
+    write(aws, "k", body, "v2", W.LEGACY, e.GCM, "rsa")
+    real = unwrap_module.unwrap_rsa_pkcs1
+    monkeypatch.setattr(unwrap_module, "unwrap_rsa_pkcs1", lambda key, blob: os.urandom(32) if key.label == "other-rsa" else real(key, blob))
+    result = rewrapper(aws, verify=verify, keys=(rsa_key(3, label="other-rsa"), RSA)).process("k")
+    assert (result.outcome, result.source_key) == (Outcome.MIGRATED, "rsa-master"), result
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body

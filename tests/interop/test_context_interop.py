@@ -76,6 +76,21 @@ def python_objects(interop, prefix):
     return objects
 
 
+def as_python_reads_them(interop, objects, prefix):
+    """Python S3EC v4 reads an instruction file only when the object metadata holds no envelope
+    (the old one stays in instruction-file mode): copies of ``objects`` laid out that way (the
+    metadata envelope removed, as a cut-over does) next to a copy of the new file. {copy: body}"""
+    copies = {}
+    for key, body in objects.items():
+        copy = key.replace(prefix, prefix + "as-read/")
+        metadata = interop.s3.head_object(Bucket=interop.bucket, Key=key)["Metadata"]
+        interop.s3.put_object(Bucket=interop.bucket, Key=copy, Body=interop.s3.get_object(Bucket=interop.bucket, Key=key)["Body"].read(),
+                              Metadata={k: v for k, v in metadata.items() if k not in ENVELOPE_KEYS})
+        interop.s3.copy_object(Bucket=interop.bucket, Key=copy + ".instruction", CopySource={"Bucket": interop.bucket, "Key": key + ".instruction"})
+        copies[copy] = body
+    return copies
+
+
 def python_reads(interop, keys, **item):
     return oracles.py_s3ec_get(interop.endpoint, [{"bucket": interop.bucket, "key": k, **item} for k in keys],
                                kms_key_id=interop.new_kms_key)
@@ -93,16 +108,7 @@ def test_python_s3ec_context_survives_instruction_file_mode(interop, needs_ruby,
         context = json.loads(stored.get("x-amz-matdesc") or stored["x-amz-t"])
         assert context == {**CONTEXT, "aws:x-amz-cek-alg": e.SUITE_115 if "v3" in key else e.GCM}
         assert "kms_cmk_id" not in context
-    # Python reads an instruction file only when the object metadata holds no envelope (the old
-    # one stays in this mode): read copies laid out that way, next to the new file.
-    copies = {}
-    for key, body in objects.items():
-        copy = key.replace(prefix, prefix + "as-read/")
-        metadata = interop.s3.head_object(Bucket=interop.bucket, Key=key)["Metadata"]
-        interop.s3.put_object(Bucket=interop.bucket, Key=copy, Body=interop.s3.get_object(Bucket=interop.bucket, Key=key)["Body"].read(),
-                              Metadata={k: v for k, v in metadata.items() if k not in ENVELOPE_KEYS})
-        interop.s3.copy_object(Bucket=interop.bucket, Key=copy + ".instruction", CopySource={"Bucket": interop.bucket, "Key": key + ".instruction"})
-        copies[copy] = body
+    copies = as_python_reads_them(interop, objects, prefix)
     assert python_reads(interop, copies, encryption_context=CONTEXT) == list(copies.values())
     assert all(isinstance(r, str) and "context" in r.lower() for r in python_reads(interop, copies))  # the context is needed
     v2 = [k for k in objects if "python-v2" in k]  # Ruby 1.117 and Go v1 have no V3

@@ -19,7 +19,8 @@ only if exactly one distinct data key comes out.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -44,6 +45,19 @@ DATA_KEY_SIZES = (16, 24, 32)
 
 
 
+# How a check proves a data key, in bits: -log2 of the chance that a wrong key passes it. The
+# weak proofs call for a check against the body; with several candidate keys, the whole proof
+# must leave a wrong key less than 2^-64 per object (check_proof_strength).
+WEAK_PROOFS = ("pkcs1-structure", "pinned")
+MIN_PROOF_BITS = 64.0
+WRAP_PROOF_BITS = {
+    WrapAlgorithm.AES_WRAP: 64.0,  # RFC 3394's 64-bit integrity check value
+    WrapAlgorithm.AES_GCM: 128.0,  # the GCM tag
+    WrapAlgorithm.RSA_OAEP_SHA256: 256.0,  # OAEP's label hash (SHA-256), and more
+    WrapAlgorithm.RSA_OAEP_SHA1: 160.0,  # OAEP's label hash (SHA-1), and the pseudo key's suffix
+}
+
+
 @dataclass(frozen=True)
 class Unwrapped:
     data_key: DataKey
@@ -58,10 +72,17 @@ class Unwrapped:
     # object (the x-amz-cek-alg label is then unproven, checked against the body); None for
     # wraps that bind no cipher.
     cek_alg_bound: bool | None = None
+    bits: float = 128.0  # the wrap's own proof (WRAP_PROOF_BITS, pkcs1_proof_bits)
+    candidates: int = 1  # keys of this kind that were tried: any of them might have passed
+    body_bits: float = 0.0  # what the check against the body added (GCM tag, CBC padding)
+    body_proof: str = ""  # "gcm-tag" (the whole body streamed) or "cbc-tail" (its last block)
 
     @property
     def needs_content_check(self) -> bool:
-        return self.proof in ("pkcs1-structure", "pinned") or self.cek_alg_bound is False
+        return self.proof in WEAK_PROOFS or self.cek_alg_bound is False
+
+    def proven(self, body_proof: str, body_bits: float) -> "Unwrapped":
+        return replace(self, body_proof=body_proof, body_bits=body_bits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +269,30 @@ def _key_fits(wrap: WrapAlgorithm, key: MasterKey) -> bool:
     return isinstance(key, RsaMasterKey)
 
 
-def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
-    """The envelope's data key, recovered with exactly one proven configured master key."""
+def pkcs1_proof_bits(key: RsaMasterKey) -> float:
+    """-log2 of the chance that a wrong key's raw RSA output passes unwrap_rsa_pkcs1: the first
+    byte 00 (at most 2^8(k-1) / n, since n >= 2^(bits-1)), then 02, the 00 separator exactly
+    before a 16, 24 or 32-byte payload, and no 00 in the padding before it. For RSA-2048 about
+    22.7 bits (1 in 6.8e6; the structure alone, counting the first byte as 1/256, 1 in 1.4e7)."""
+    k = key.modulus_bytes
+    first_byte = 8.0 * (k - 1) - (key.private_key.key_size - 1)  # log2 of P(first byte is 00)
+    payloads = sum((255 / 256) ** (k - 3 - n) for n in DATA_KEY_SIZES)  # PS non-zero, for each length
+    return -(first_byte - 16.0 + math.log2(payloads))
+
+
+def _proof(envelope: Envelope, key: MasterKey, data_key: bytes) -> tuple[str, float]:
+    """How the wrap proved this data key, and the proof's strength in bits."""
+    if envelope.wrap is not WrapAlgorithm.LEGACY:
+        return "authenticated", WRAP_PROOF_BITS[envelope.wrap]
+    if isinstance(key, RsaMasterKey):
+        return "pkcs1-structure", pkcs1_proof_bits(key)
+    return ("padding-block", 128.0) if len(data_key) in (16, 32) else ("pinned", 64.0)
+
+
+def unwrap_candidates(envelope: Envelope, keys: Sequence[MasterKey]) -> list[Unwrapped]:
+    """Every distinct data key a configured key yields, each proven by the wrap. More than one
+    only when every one of them is weakly proven (legacy RSA PKCS#1, pinned ECB): the body then
+    decides (rewrap.py). Raises UnwrapError: no-source-key, wrong-key, ambiguous-key."""
     if envelope.wrap.is_kms:
         raise UnwrapError("kms-wrapped", "the data key is wrapped by KMS, not by an AES/RSA master key")
     fitting = [k for k in keys if _key_fits(envelope.wrap, k)]
@@ -263,23 +306,50 @@ def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
             "no-source-key",
             "no source key matches this object's materials description and no unpinned key is configured",
         )
-    found: list[tuple[bytes, str, bool | None]] = []
+    found: list[Unwrapped] = []
     for key in candidates:
         opened = _try_key(envelope, key, pinned=bool(pinned))
-        if opened is not None and not any(hmac.compare_digest(opened[0], d) for d, _, _ in found):
-            found.append((opened[0], key.label, opened[1]))
+        if opened is None or (envelope.format == "v3" and len(opened[0]) != 32):  # V3 data keys are 32 bytes
+            continue
+        data_key, bound = opened
+        if any(hmac.compare_digest(data_key, u.data_key.reveal()) for u in found):
+            continue
+        proof, bits = _proof(envelope, key, data_key)
+        same_kind = sum(1 for k in candidates if type(k) is type(key))
+        found.append(Unwrapped(DataKey(data_key), key.label, proof, bound, bits, same_kind))
     if not found:
         which = "the source key pinned to this materials description" if pinned else f"any of {len(candidates)} source keys"
         raise UnwrapError("wrong-key", f"the data key ({envelope.wrap}) does not unwrap with {which}")
+    if len(found) > 1 and not all(u.proof in WEAK_PROOFS for u in found):
+        raise _ambiguous(found)
+    return found
+
+
+def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
+    """The envelope's data key, recovered with exactly one proven configured master key."""
+    found = unwrap_candidates(envelope, keys)
     if len(found) > 1:
-        labels = ", ".join(label for _, label, _ in found)
-        raise UnwrapError("ambiguous-key", f"several source keys give different data keys ({labels}); pin one with a materials description")
-    data_key, label, bound = found[0]
-    if envelope.format == "v3" and len(data_key) != 32:
-        raise UnwrapError("wrong-key", "V3 objects need a 32-byte data key")
-    key = next(k for k in candidates if k.label == label)
-    if envelope.wrap is WrapAlgorithm.LEGACY:
-        proof = "pkcs1-structure" if isinstance(key, RsaMasterKey) else ("padding-block" if len(data_key) in (16, 32) else "pinned")
-    else:
-        proof = "authenticated"
-    return Unwrapped(DataKey(data_key), label, proof, bound)
+        raise _ambiguous(found)
+    return found[0]
+
+
+def _ambiguous(found: Sequence[Unwrapped]) -> UnwrapError:
+    labels = ", ".join(u.key_label for u in found)
+    return UnwrapError("ambiguous-key", f"several source keys give different data keys ({labels}); pin one with a materials description")
+
+
+def check_proof_strength(unwrapped: Unwrapped) -> None:
+    """A weak proof (legacy RSA PKCS#1, pinned ECB) chosen among several candidate keys must,
+    with the body check, leave a wrong key less than 2^-64 per object: any of the candidates
+    could have passed, so their number counts against it. A single candidate is the operator's
+    own assertion and keeps the wrap and body checks alone (docs/formats.md)."""
+    if unwrapped.proof not in WEAK_PROOFS or unwrapped.candidates < 2:
+        return
+    bits = unwrapped.bits + unwrapped.body_bits - math.log2(unwrapped.candidates)
+    if bits < MIN_PROOF_BITS:
+        raise UnwrapError(
+            "proof-too-weak",
+            f"the data key from {unwrapped.key_label}, one of {unwrapped.candidates} candidate keys, is proven only to about "
+            f"1 in 2^{bits:.0f} (the legacy wrap and the body's last CBC block), not 1 in 2^64: pin each key to its objects' "
+            "materials description (--source-key FILE:{...}), or migrate these objects with that key alone",
+        )
