@@ -9,6 +9,7 @@ import sys
 
 from keymigration import Mode, SetupError, VerifyLevel, __version__
 from keymigration.aws import ClientOptions
+from keymigration.formats import reader_warnings
 from keymigration.kube import InstallConfig
 from keymigration.logs import setup_logging
 from keymigration.migrate import (
@@ -67,8 +68,9 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=[m.value for m in Mode],
         default="instruction-file",
-        help="instruction-file: write <key><suffix> only; cutover: also remove the old envelope from the object's "
-        "metadata so every reader's default lookup uses <key>.instruction (docs/cutover.md)",
+        help="instruction-file: write <key><suffix> only (readers told to read it first use it; the others keep the "
+        "old envelope in the metadata); cutover: also remove the old envelope from the object's metadata, so readers "
+        "that read KMS envelopes from instruction files find <key>.instruction (not .NET: docs/cutover.md)",
     )
     scale = parser.add_argument_group("a shard of the prefix, or an inventory instead of a listing (docs/scale.md)")
     scale.add_argument("--start-after", metavar="KEY", default=None,
@@ -383,6 +385,13 @@ def run_operator_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _warn_about_readers(settings: RunOptions) -> None:
+    """Known readers this migration leaves unable to read with only the target key
+    (docs/formats.md, "Which reader reads a migrated object")."""
+    for warning in reader_warnings(settings.mode, settings.wrap, settings.suffix):
+        log.warning("reader: %s", warning)
+
+
 def _progress_channel(settings: RunOptions) -> dict:
     """In a Job, the checkpoint and progress live in a KeyMigrationProgress object: the CLI is
     the one place that hands that Kubernetes store to a migration."""
@@ -421,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "prune-backups":
             summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
         else:
+            _warn_about_readers(settings)
             summary = migration.run(description="planning" if args.command == "plan" else "migrating")
     except SetupError as error:
         log.error("%s", error)

@@ -123,7 +123,8 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "enum": sorted(m.api_name for m in Mode),
             "default": "InstructionFile",
             "description": "InstructionFile: write instruction files only. CutOver: also remove the old envelope from "
-            "each object's metadata (backed up first) so every reader's default lookup uses the KMS envelope.",
+            "each object's metadata (backed up first) so the default lookup of readers that read KMS envelopes from "
+            "instruction files uses the new one (not .NET: docs/formats.md reader matrix).",
         },
         "concurrency": {
             "type": "object",

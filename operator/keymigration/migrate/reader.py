@@ -1,10 +1,13 @@
 """Reading an object with only the KMS key, as an S3EC reader would. Used by ``verify``.
 
-Two lookups, matching the reader families (docs/formats.md §4.3):
+Two lookups, matching the reader families (docs/formats.md, "Which reader reads a migrated
+object"; formats/readers.py):
 * ``explicit`` (Java v1 ``withInstructionFileSuffix``, Ruby ``instruction_file_suffix``, Go v1
-  ``S3LoadStrategy``): the envelope comes from ``<key><suffix>`` only.
-* ``default`` (Java S3EC v3/v4, Python v4, Go S3EC, .NET, C++): object metadata if it holds an
-  envelope, else ``<key>.instruction``, as the specification says (cited at ``locate``).
+  ``S3LoadStrategy``, PHP ``InstructionFileMetadataStrategy``): the envelope comes from
+  ``<key><suffix>`` only.
+* ``default`` (Java S3EC v3/v4, Python v4, Go S3EC; every reader without an explicit suffix):
+  object metadata if it holds an envelope, else ``<key>.instruction``, as the specification says
+  (cited at ``locate``). .NET reads KMS envelopes from metadata only: neither lookup is its.
 """
 from __future__ import annotations
 
