@@ -414,3 +414,24 @@ def test_a_pkcs1_false_accept_among_candidates_is_resolved_by_the_gcm_tag(aws, m
     result = rewrapper(aws, verify=verify, keys=(rsa_key(3, label="other-rsa"), RSA)).process("k")
     assert (result.outcome, result.source_key) == (Outcome.MIGRATED, "rsa-master"), result
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+
+
+# -- #13 item 2: which objects' readers must now pass another context -------------------------
+
+
+@pytest.mark.parametrize(
+    "wrap,matdesc,changed",
+    [
+        (W.KMS_CONTEXT, {"tenant": "acme"}, None),  # readers already pass {"tenant": "acme"}
+        (W.KMS, {"tenant": "acme"}, {"tenant": "acme"}),  # Java v1 KMSEncryptionMaterials with a description
+        (W.KMS, {}, None),  # Ruby v1 / Java v1 without a description: {"kms_cmk_id": ...} only
+    ],
+)
+def test_kms_sources_keep_their_caller_pairs_and_the_report_names_a_change(aws, wrap, matdesc, changed):
+    old = aws.new_kms_key()
+    write(aws, "k", b"body", "v2", wrap, e.GCM, None, kms_key_id=old, matdesc=matdesc)
+    result = rewrapper(aws, source_kms=[old]).process("k")
+    assert result.outcome is Outcome.MIGRATED, result
+    new = e.from_instruction_file(aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read(), {})
+    assert new.context == {**matdesc, "aws:x-amz-cek-alg": e.GCM}
+    assert (result.context_changed, result.reader_context) == ((True, changed) if changed else (False, None))
