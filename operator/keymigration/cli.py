@@ -9,6 +9,7 @@ import sys
 
 from keymigration import Mode, SetupError, VerifyLevel, __version__
 from keymigration.aws import ClientOptions
+from keymigration.formats import reader_warnings
 from keymigration.kube import InstallConfig
 from keymigration.logs import setup_logging
 from keymigration.migrate import (
@@ -49,6 +50,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _context_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("must be KEY=VALUE")
+    return key, value
+
+
+def _context(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    context: dict[str, str] = {}
+    for key, value in pairs:
+        if key in context:
+            raise SetupError(f"--encryption-context: {key!r} is given twice")
+        context[key] = value
+    return context
+
+
 def _add_where(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("what to migrate")
     where.add_argument("--bucket", required=True)
@@ -58,8 +75,9 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=[m.value for m in Mode],
         default="instruction-file",
-        help="instruction-file: write <key><suffix> only; cutover: also remove the old envelope from the object's "
-        "metadata so every reader's default lookup uses <key>.instruction (docs/cutover.md)",
+        help="instruction-file: write <key><suffix> only (readers told to read it first use it; the others keep the "
+        "old envelope in the metadata); cutover: also remove the old envelope from the object's metadata, so readers "
+        "that read KMS envelopes from instruction files find <key>.instruction (not .NET: docs/cutover.md)",
     )
     scale = parser.add_argument_group("a shard of the prefix, or an inventory instead of a listing (docs/scale.md)")
     scale.add_argument("--start-after", metavar="KEY", default=None,
@@ -84,6 +102,22 @@ def _add_keys(parser: argparse.ArgumentParser, target_required: bool) -> None:
     keys.add_argument("--source-kms-key-id", action="append", default=[], metavar="ID", help="old KMS key (KMS-to-KMS)")
     keys.add_argument("--kms-key-id", required=target_required, help="target KMS key: key id, ARN or alias")
     keys.add_argument("--wrap", default="kms+context", choices=("kms+context", "kms"), help="target wrap (default kms+context)")
+    keys.add_argument(
+        "--encryption-context",
+        action="append",
+        default=[],
+        type=_context_pair,
+        metavar="KEY=VALUE",
+        help="a pair of the new envelope's KMS encryption context for objects wrapped by AES/RSA keys (repeat for "
+        "several; readers must then pass it). Objects wrapped by KMS keep their own caller context",
+    )
+    keys.add_argument(
+        "--grant-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="KMS grant token sent with every KMS request (repeat for several, at most 10)",
+    )
 
 
 def _add_how(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +297,8 @@ def settings_from_args(args: argparse.Namespace) -> RunOptions:
         source_kms_key_ids=getattr(args, "source_kms_key_id", []),
         suffix=args.suffix,
         wrap=getattr(args, "wrap", "kms+context"),
+        encryption_context=_context(getattr(args, "encryption_context", [])),
+        grant_tokens=getattr(args, "grant_token", []),
         mode=args.mode,
         concurrency=args.concurrency,
         kms_rate=args.kms_rate,
@@ -359,6 +395,13 @@ def run_operator_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _warn_about_readers(settings: RunOptions) -> None:
+    """Known readers this migration leaves unable to read with only the target key
+    (docs/formats.md, "Which reader reads a migrated object")."""
+    for warning in reader_warnings(settings.mode, settings.wrap, settings.suffix):
+        log.warning("reader: %s", warning)
+
+
 def _progress_channel(settings: RunOptions) -> dict:
     """In a Job, the checkpoint and progress live in a KeyMigrationProgress object: the CLI is
     the one place that hands that Kubernetes store to a migration."""
@@ -385,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         except SetupError as error:
             log.error("%s", error)
             return EXIT_CONFIG
-    settings = settings_from_args(args)
     try:
+        settings = settings_from_args(args)
         migration = Migration(settings, **_progress_channel(settings))
         if args.command == "verify":
             suffix = settings.suffix if args.lookup == "explicit" else None
@@ -397,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "prune-backups":
             summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
         else:
+            _warn_about_readers(settings)
             summary = migration.run(description="planning" if args.command == "plan" else "migrating")
     except SetupError as error:
         log.error("%s", error)

@@ -233,3 +233,17 @@ def test_checkpoint_of_another_migration_is_refused(aws, keys, tmp_path):
     assert run(aws, *run_args(aws, keys, "cp1/", "--checkpoint", str(checkpoint))).returncode == 0
     proc = run(aws, *run_args(aws, keys, "cp2/", "--checkpoint", str(checkpoint)))
     assert proc.returncode == 2 and "another migration" in proc.stderr
+
+
+def test_run_and_plan_warn_about_readers_a_mode_leaves_unable_to_read(aws, keys):
+    """#13 item 9: .NET reads KMS envelopes only from object metadata, so a cut-over leaves it
+    unable to read; in instruction-file mode the metadata-first readers keep the old envelope."""
+    cut = run(aws, "plan", "--bucket", aws.bucket, "--prefix", "none/", *keys.cli_args(), "--mode", "cutover", "--progress", "none")
+    assert cut.returncode == 0, cut.stderr
+    warnings = [line for line in cut.stderr.splitlines() if "reader: " in line]
+    assert len(warnings) == 1 and ".NET" in warnings[0] and "object metadata only" in warnings[0]
+    files = run(aws, *run_args(aws, keys, "none/"))
+    assert files.returncode == 0, files.stderr
+    warned = [line.split("reader: ")[1] for line in files.stderr.splitlines() if "reader: " in line]
+    assert sorted(w.split(" keeps ")[0].split(" cannot ")[0] for w in warned) == [
+        ".NET Amazon.Extensions.S3.Encryption V2/V4", "Go S3EC v3/v4", "Java S3EC v3/v4", "Python S3EC v4"]

@@ -93,6 +93,14 @@ def needs_go():
     oracles.go_build()  # once per session (content-addressed cache across sessions)
 
 
+@pytest.fixture(scope="session")
+def needs_java():
+    reason = oracles.java_available()
+    if reason:
+        _missing(reason)
+    oracles.java_build()
+
+
 @pytest.fixture(scope="module")
 def key_files(interop, tmp_path_factory):
     directory = tmp_path_factory.mktemp("keys")

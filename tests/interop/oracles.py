@@ -40,6 +40,17 @@ Writers
     written under ``FORBID_ENCRYPT_ALLOW_DECRYPT``), optional ``encryption_context`` (dict,
     ASCII only), optional ``metadata`` (extra user metadata).
 
+``java_v1_put(endpoint, items) -> None``
+    The AWS SDK for Java v1 layouts with an RSA key pair, made by the JDK's own JCE (no
+    BouncyCastle): ``tests/interop/java/JavaV1Layout.java`` encrypts as Java v1's
+    ``AmazonS3EncryptionClient`` does (``"RSA"`` = PKCS#1 v1.5 for the data key) and the object
+    is uploaded with boto3 as Java v1 would send it (body and ``x-amz-meta-*``). Item fields:
+    ``bucket``, ``key``, ``body``, ``rsa_private_pem`` (its public half is used), ``mode``:
+    ``"AE"`` (AuthenticatedEncryption without a provider named BC: ``x-amz-key-v2``, no
+    ``x-amz-wrap-alg``, AES/GCM body) or ``"EO"`` (EncryptionOnly: ``x-amz-key``, AES/CBC body).
+    Needs ``javac``/``java`` (JDK 11+, Debian ``openjdk-17-jdk-headless``); the class is compiled
+    once into :func:`go_cache_dir` ``/java``.
+
 Readers (never raise for one object; return one entry per item, in order)
 ------------------------------------------------------------------------
 Each returns ``list[bytes | str]``: the plaintext ``bytes`` on success, otherwise a ``str``
@@ -89,7 +100,7 @@ items that do not carry their own ``kms_key_id``.
 
 Helpers
 -------
-``ruby_available()``, ``go_available()`` -> ``str | None`` (``None`` if usable, else the
+``ruby_available()``, ``go_available()``, ``java_available()`` -> ``str | None`` (``None`` if usable, else the
 reason), ``versions(endpoint=None)`` -> dict of tool/library versions, :class:`OracleError`.
 
 All JSON exchanged with Ruby/Go is UTF-8, bodies travel base64-encoded, and each child
@@ -124,6 +135,8 @@ __all__ = [
     "go_build",
     "go_cache_dir",
     "go_get",
+    "java_available",
+    "java_v1_put",
     "py_s3ec_get",
     "py_s3ec_put",
     "ruby_available",
@@ -404,6 +417,72 @@ def go_get(endpoint: str, items: Iterable[dict], *, kms_key_id: str | None = Non
         timeout=timeout, env=_child_env(),
     )
     return _decode_results(response, len(items))
+
+
+# --------------------------------------------------------------------------- Java v1 layouts (JCE)
+
+JAVA_SRC = HERE / "java" / "JavaV1Layout.java"
+
+
+@functools.lru_cache(maxsize=None)
+def java_available() -> str | None:
+    """``None`` if a JDK (javac and java) is on PATH."""
+    if not shutil.which("javac") or not shutil.which("java"):
+        return "javac/java not found (apt-get install openjdk-17-jdk-headless)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def java_build() -> Path:
+    """Compile JavaV1Layout once (content-addressed by source and javac version); its class dir."""
+    reason = java_available()
+    if reason:
+        raise OracleError(reason)
+    version = subprocess.run(["javac", "-version"], capture_output=True, check=True)
+    digest = hashlib.sha256(JAVA_SRC.read_bytes() + version.stdout + version.stderr).hexdigest()[:16]
+    classes = go_cache_dir() / "java" / digest
+    if (classes / "JavaV1Layout.class").exists():
+        return classes
+    tmp = classes.with_name(f"{digest}.tmp{os.getpid()}")
+    proc = subprocess.run(["javac", "-d", str(tmp), str(JAVA_SRC)], capture_output=True, env=_child_env(), timeout=300)
+    if proc.returncode != 0:
+        raise OracleError("javac failed:\n" + proc.stderr.decode(errors="replace")[-4000:])
+    os.replace(tmp, classes)
+    return classes
+
+
+def java_v1_put(endpoint: str, items: Iterable[dict], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Write items in Java v1's AE-without-BC or EO layout with an RSA key (see module docstring)."""
+    from cryptography.hazmat.primitives import serialization
+
+    items = _batched(items)
+    if not items:
+        return
+    classes = java_build()
+    s3, _ = _boto_clients(endpoint)
+    by_key: dict[str, list[dict]] = {}
+    for it in items:
+        if it.get("mode") not in ("AE", "EO"):
+            raise ValueError(f"mode must be 'AE' or 'EO', got {it.get('mode')!r}")
+        pem = it["rsa_private_pem"]
+        by_key.setdefault(pem if isinstance(pem, str) else pem.decode(), []).append(it)
+    for pem, group in by_key.items():
+        public = serialization.load_pem_private_key(pem.encode(), password=None).public_key()
+        with tempfile.TemporaryDirectory(prefix="java-v1-") as tmp:
+            der = Path(tmp, "kek.der")
+            der.write_bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+            args = []
+            for n, it in enumerate(group):
+                Path(tmp, str(n)).write_bytes(it.get("body", b""))
+                args.append(f"{it['mode']}:{Path(tmp, str(n))}")
+            proc = subprocess.run(["java", "-cp", str(classes), "JavaV1Layout", str(der), *args],
+                                  capture_output=True, env=_child_env(), timeout=timeout)
+            if proc.returncode != 0:
+                raise OracleError("JavaV1Layout failed:\n" + proc.stderr.decode(errors="replace")[-4000:])
+            lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+            for n, (it, line) in enumerate(zip(group, lines, strict=True)):
+                s3.put_object(Bucket=it["bucket"], Key=it["key"], Body=Path(tmp, f"{n}.body").read_bytes(),
+                              Metadata=line["metadata"])
 
 
 # --------------------------------------------------------------------------- Python S3EC v4

@@ -1,4 +1,5 @@
 """Envelope detection, parsing and serialization (pure)."""
+import base64
 import json
 
 import pytest
@@ -81,9 +82,59 @@ def test_ruby_pkcs7_name_is_cbc():
 
 
 def test_rfc2047_encoded_matdesc():
-    # S3 returns non-ASCII metadata values RFC 2047-encoded.
-    encoded = "=?UTF-8?B?" + __import__("base64").b64encode('{"owner":"zoë"}'.encode()).decode() + "?="
+    # Single-encoded (not what S3 sends; Java S3EC would read U+FFFD): kept MIME-decoded.
+    encoded = "=?UTF-8?B?" + base64.b64encode('{"owner":"zoë"}'.encode()).decode() + "?="
     assert e.from_metadata({**V2, "x-amz-matdesc": encoded}).context == {"owner": "zoë"}
+
+
+# Non-ASCII context values as readers get them back from object metadata (#13 item 6). A writer
+# sends UTF-8; S3 reads each byte as ISO-8859-1 and returns the UTF-8 of those characters,
+# RFC 2047-encoded; a server returning the raw bytes (moto) reaches boto3 as the same Latin-1
+# characters. The Java S3EC undoes both.
+CONTEXT = {"tenant": "café", "region": "日本", "aws:x-amz-cek-alg": e.GCM}
+CONTEXT_JSON = json.dumps(CONTEXT, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_as_latin1(text: str) -> str:
+    return text.encode("utf-8").decode("latin-1")
+
+
+def s3_rfc2047(text: str, words: int = 1) -> str:
+    """What S3 returns for a header value whose bytes were UTF-8 ``text``."""
+    doubled = read_as_latin1(text).encode("utf-8")
+    cut = [len(doubled) * n // words for n in range(words + 1)]
+    return " ".join("=?UTF-8?B?" + base64.b64encode(doubled[a:b]).decode() + "?=" for a, b in zip(cut, cut[1:]))
+
+
+@pytest.mark.parametrize(
+    "encode", [s3_rfc2047, lambda text: s3_rfc2047(text, words=3), read_as_latin1],
+    ids=["s3-rfc2047", "s3-rfc2047-split", "raw-bytes-as-latin1"],
+)
+def test_double_encoded_context_decodes_as_java_s3ec_does(encode):
+    v2 = {**V2, "x-amz-wrap-alg": "kms+context", "x-amz-matdesc": encode(CONTEXT_JSON)}
+    assert e.from_metadata(v2).context == CONTEXT
+    v3 = {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": encode(CONTEXT_JSON.replace(e.GCM, "115"))}
+    assert e.from_metadata(v3).context == {**CONTEXT, "aws:x-amz-cek-alg": "115"}
+    v3m = {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "02", "x-amz-m": encode('{"owner":"zoë"}')}
+    assert e.from_metadata(v3m).context == {"owner": "zoë"}
+
+
+def test_java_s3ec_decoding_vectors():
+    d = e.decode_metadata_value
+    assert d("=?UTF-8?B?w4PCtg==?=") == ""  # Java drops a trailing non-ASCII run (JSON ends in "}")
+    assert d("=?UTF-8?B?w4PCtg==?=}") == "ö}"
+    assert d('{"a":"' + read_as_latin1("日本") + '"}') == '{"a":"日本"}'
+    assert d('{"plain":"ascii =?x"}') == '{"plain":"ascii =?x"}'
+    assert d("=?UNKNOWN-CHARSET?B?w4PCtg==?=") == "=?UNKNOWN-CHARSET?B?w4PCtg==?="
+
+
+def test_instruction_file_values_are_not_mime_decoded():
+    """Double encoding is "specific to Object Metadata": a file's JSON is taken as it is."""
+    literal = '{"note":"=?UTF-8?B?w6k=?="}'
+    body = json.dumps({**V2, "x-amz-matdesc": literal}).encode()
+    assert e.from_instruction_file(body, {}).context == {"note": "=?UTF-8?B?w6k=?="}
+    body = json.dumps({**V2, "x-amz-matdesc": json.dumps({"tenant": "café"}, ensure_ascii=False)}, ensure_ascii=False)
+    assert e.from_instruction_file(body.encode(), {}).context == {"tenant": "café"}
 
 
 def test_instruction_file_v2():
@@ -119,7 +170,7 @@ def test_go_v1_instruction_file_with_extra_length_is_read():
 
 
 def test_v3_instruction_file_needs_object_keys():
-    body = json.dumps({"x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": "{}"}).encode()
+    body = json.dumps({"x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"aws:x-amz-cek-alg":"115"}'}).encode()
     env = e.from_instruction_file(body, v3_object())
     assert env.format == "v3" and env.wrap is WrapAlgorithm.KMS_CONTEXT and len(env.message_id) == 28
     with pytest.raises(EnvelopeError):
@@ -157,3 +208,81 @@ def test_instruction_body_refuses_non_s3ec_keys():
         e.instruction_body({"x-amz-unencrypted-content-length": "5"})
     with pytest.raises(ValueError):
         e.instruction_body({"x-amz-c": "115"})
+
+
+# #13 item 1: a kms+context envelope's content cipher is authenticated only by the context.
+KMS_V2 = {**V2, "x-amz-wrap-alg": "kms+context", "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'}
+KMS_V2_CBC = {**{k: v for k, v in KMS_V2.items() if k != "x-amz-tag-len"}, "x-amz-iv": IV16,
+              "x-amz-cek-alg": e.CBC, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/CBC/PKCS5Padding","tenant":"acme"}'}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {**KMS_V2_CBC, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding","tenant":"acme"}'},  # GCM relabelled CBC
+        {**KMS_V2, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/CBC/PKCS5Padding"}'},
+        {**KMS_V2, "x-amz-matdesc": '{"tenant":"acme"}'},  # not bound at all
+        {**KMS_V2, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"aes/gcm/nopadding"}'},  # compared exactly, as Go does
+        {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'},
+        {**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12"},  # V3 without x-amz-t: {}
+    ],
+)
+def test_kms_context_must_bind_the_content_cipher(metadata):
+    with pytest.raises(EnvelopeError) as info:
+        e.from_metadata(metadata)
+    assert info.value.reason == "cek-alg-mismatch"
+    file_keys = {k: v for k, v in metadata.items() if k not in e.V3_OBJECT_ONLY_KEYS}
+    with pytest.raises(EnvelopeError) as info:
+        e.from_instruction_file(json.dumps(file_keys).encode(), metadata)
+    assert info.value.reason in ("cek-alg-mismatch", "conflicting-envelope")
+
+
+def test_kms_context_binding_the_content_cipher_is_accepted():
+    assert e.from_metadata(KMS_V2_CBC).cek_alg == e.CBC
+    assert e.from_metadata(KMS_V2).cek_alg == e.GCM
+    # The legacy kms wrap binds no cipher: nothing to compare.
+    legacy = {**KMS_V2_CBC, "x-amz-wrap-alg": "kms", "x-amz-matdesc": '{"kms_cmk_id":"alias/old"}'}
+    assert e.from_metadata(legacy).wrap is WrapAlgorithm.KMS
+
+
+# #13 item 2: the caller's encryption context survives the re-wrap.
+
+
+def test_kms_source_keeps_every_caller_pair_in_order_without_kms_cmk_id():
+    python_v2 = {**KMS_V2, "x-amz-matdesc": '{"tenant": "acme", "zone": "b", "aws:x-amz-cek-alg": "AES/GCM/NoPadding"}'}
+    env = e.from_metadata(python_v2)
+    assert list(e.kms_context_for(env).items()) == [("tenant", "acme"), ("zone", "b"), ("aws:x-amz-cek-alg", e.GCM)]
+    legacy = e.from_metadata({**KMS_V2_CBC, "x-amz-wrap-alg": "kms", "x-amz-matdesc": '{"kms_cmk_id":"alias/old","tenant":"acme"}'})
+    assert e.kms_context_for(legacy) == {"tenant": "acme", "aws:x-amz-cek-alg": e.CBC}
+    assert e.legacy_kms_context("alias/new", e.caller_context(legacy.context)) == {"kms_cmk_id": "alias/new", "tenant": "acme"}
+    fields = e.target_fields(env, b"new", WrapAlgorithm.KMS_CONTEXT, e.kms_context_for(env))
+    assert fields["x-amz-matdesc"] == '{"tenant":"acme","zone":"b","aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'
+    v3 = e.from_metadata({**v3_object(), "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"tenant": "acme", "aws:x-amz-cek-alg": "115"}'})
+    assert e.target_fields(v3, b"new", WrapAlgorithm.KMS_CONTEXT, e.kms_context_for(v3))["x-amz-t"] == '{"tenant":"acme","aws:x-amz-cek-alg":"115"}'
+
+
+def test_aes_rsa_sources_take_the_configured_context_never_their_matdesc():
+    env = e.from_metadata({"x-amz-key": "AAAA", "x-amz-iv": IV16, "x-amz-matdesc": '{"owner":"team-a"}'})
+    assert e.kms_context_for(env) == {"aws:x-amz-cek-alg": e.CBC}
+    assert e.kms_context_for(env, {"tenant": "acme"}) == {"tenant": "acme", "aws:x-amz-cek-alg": e.CBC}
+
+
+def test_non_ascii_context_values_are_written_ascii_escaped():
+    env = e.from_metadata({"x-amz-key": "AAAA", "x-amz-iv": IV16, "x-amz-matdesc": "{}"})
+    fields = e.target_fields(env, b"new", WrapAlgorithm.KMS_CONTEXT, e.kms_context_for(env, {"tenant": "café", "region": "日本"}))
+    body = e.instruction_body(fields)
+    assert body.isascii() and json.loads(json.loads(body)["x-amz-matdesc"]) == {"tenant": "café", "region": "日本", "aws:x-amz-cek-alg": e.CBC}
+
+
+@pytest.mark.parametrize("pairs", [{"aws:x-amz-cek-alg": "x"}, {"kms_cmk_id": "k"}, {"AWS:anything": "x"}, {"": "x"}, {"k": 5}])
+def test_a_configured_context_may_not_use_reserved_keys(pairs):
+    from keymigration.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        e.check_caller_context(pairs, "--encryption-context")
+
+
+def test_reader_context_is_what_a_reader_passes():
+    assert e.reader_context(WrapAlgorithm.KMS_CONTEXT, {"tenant": "a", "aws:x-amz-cek-alg": e.GCM, "kms_cmk_id": "k"}) == {"tenant": "a"}
+    assert e.reader_context(WrapAlgorithm.KMS, {"kms_cmk_id": "k", "tenant": "a"}) == {}
+    assert e.reader_context(WrapAlgorithm.AES_GCM, {"owner": "x"}) == {}

@@ -117,7 +117,7 @@ def test_v3_commit_key_suite_115():
     content_key, commitment = derive_v3_keys(dk, bytes.fromhex(v["message_id_hex"]))
     assert content_key.hex() == v["derived_key_hex"]
     assert commitment.hex() == v["commitment_hex"]
-    metadata = {"x-amz-c": "115", "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": "{}", "x-amz-d": v["x-amz-d"], "x-amz-i": v["x-amz-i"]}
+    metadata = {"x-amz-c": "115", "x-amz-3": "AAAA", "x-amz-w": "12", "x-amz-t": '{"aws:x-amz-cek-alg":"115"}', "x-amz-d": v["x-amz-d"], "x-amz-i": v["x-amz-i"]}
     env = e.from_metadata(metadata)
     body = bytes.fromhex(v["object_body_hex"])
     assert verify_body(env, DataKey(dk), [body]) == len(bytes.fromhex(v["plaintext_hex"]))

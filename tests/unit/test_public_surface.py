@@ -22,11 +22,11 @@ SURFACE = {
         "WrapAlgorithm", "__version__",
     ],
     "keymigration.formats": [
-        "BACKUP_SUFFIX", "DEFAULT_INSTRUCTION_SUFFIX", "AesMasterKey", "DataKey", "Envelope", "Location",
-        "MasterKey", "MetadataKind", "Mode", "RsaMasterKey", "SecretBytes", "Unwrapped", "VerifyLevel",
+        "BACKUP_SUFFIX", "DEFAULT_INSTRUCTION_SUFFIX", "READERS", "AesMasterKey", "DataKey", "Envelope", "Location",
+        "MasterKey", "MetadataKind", "Mode", "Reader", "RsaMasterKey", "SecretBytes", "Unwrapped", "VerifyLevel",
         "WrapAlgorithm", "check_cbc_tail", "check_commitment", "check_target", "decrypt_stream", "detect",
         "from_instruction_file", "from_metadata", "instruction_body", "load_key_bytes", "load_key_files",
-        "target_fields", "unwrap_data_key", "verify_body",
+        "reader_warnings", "target_fields", "unwrap_data_key", "verify_body",
     ],
     "keymigration.aws": [
         "AdaptiveTokenBucket", "Bucket", "ClientOptions", "KmsKeys", "MetadataRewriter", "StoredFile",

@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from keymigration.errors import InvalidKeyMigration
 from keymigration.kube.api_types import KeyMigration
 from keymigration.kube.jobs import (
     ANNOTATION_RETRY,
@@ -232,6 +233,33 @@ def test_worker_args_parse_back_into_the_same_settings():
     assert settings.source_kms_key_ids == ["alias/old"]
     assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
     assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
+
+
+def test_target_encryption_context_reaches_the_worker():
+    from keymigration.cli import build_parser, settings_from_args
+
+    raw = km()
+    raw["spec"]["target"]["encryptionContext"] = {"tenant": "acme", "note": "a=b c"}
+    spec = KeyMigration.from_fields(raw["spec"])
+    settings = settings_from_args(build_parser().parse_args(spec.worker_args("a/")))
+    assert settings.encryption_context == {"tenant": "acme", "note": "a=b c"}
+    raw["spec"]["target"]["encryptionContext"] = {"aws:x-amz-cek-alg": "AES/GCM/NoPadding"}
+    with pytest.raises(InvalidKeyMigration, match="reserved"):
+        KeyMigration.from_fields(raw["spec"])
+
+
+def test_grant_tokens_reach_the_workers_kms_client():
+    from keymigration.cli import build_parser, settings_from_args
+    from keymigration.migrate import Migration
+
+    raw = km({"grantTokens": ["token-a", "token-b"]})
+    spec = KeyMigration.from_fields(raw["spec"])
+    settings = settings_from_args(build_parser().parse_args(spec.worker_args("a/")))
+    assert settings.grant_tokens == ["token-a", "token-b"]
+    settings.source_key_files = []  # (mounted in a pod only)
+    assert Migration(settings, clients=(object(), object())).kms.grant_tokens == ("token-a", "token-b")
+    with pytest.raises(InvalidKeyMigration):
+        KeyMigration.from_fields(km({"grantTokens": [f"t{n}" for n in range(11)]})["spec"])
 
 
 def test_a_job_still_finishing_counts_against_the_cap():

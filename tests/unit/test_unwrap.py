@@ -104,7 +104,7 @@ def test_two_different_keys_that_both_open_are_ambiguous(monkeypatch):
     import keymigration.formats.unwrap as u
 
     env = parsed("v1", W.LEGACY, e.CBC, aes())
-    monkeypatch.setattr(u, "_try_key", lambda envelope, key, pinned: key.label.encode() * 4)
+    monkeypatch.setattr(u, "_try_key", lambda envelope, key, pinned: (key.label.encode() * 4, None))
     with pytest.raises(UnwrapError) as info:
         unwrap_data_key(env, [aes(label="k1"), aes(label="k2")])
     assert info.value.reason == "ambiguous-key"
@@ -112,7 +112,7 @@ def test_two_different_keys_that_both_open_are_ambiguous(monkeypatch):
 
 def test_kms_wrapped_needs_kms():
     env = e.from_metadata({"x-amz-key-v2": "AAAA", "x-amz-iv": "AAAAAAAAAAAAAAAA", "x-amz-wrap-alg": "kms+context",
-                           "x-amz-cek-alg": e.GCM, "x-amz-matdesc": "{}"})
+                           "x-amz-cek-alg": e.GCM, "x-amz-matdesc": '{"aws:x-amz-cek-alg":"AES/GCM/NoPadding"}'})
     with pytest.raises(UnwrapError) as info:
         unwrap_data_key(env, [aes()])
     assert info.value.reason == "kms-wrapped"
@@ -133,3 +133,60 @@ def test_key_bytes_never_in_repr_or_errors():
         assert secret.hex() not in text and repr(secret) not in text
     with pytest.raises(TypeError):
         __import__("pickle").dumps(result.data_key)
+
+
+# -- #13 item 3: how strong each proof is -------------------------------------------------------
+
+
+def test_pkcs1_proof_strength_per_key_size():
+    from keymigration.formats.unwrap import pkcs1_proof_bits
+
+    bits = pkcs1_proof_bits(rsa_key(0))  # RSA-2048
+    assert 22.5 < bits < 23.0  # 00 (<= 2^-7), 02, the separator before a 16/24/32-byte key, non-zero padding
+
+
+def test_cbc_tail_proves_eight_bits_per_padding_byte():
+    from keymigration.formats.content import check_cbc_tail
+    from keymigration.formats.secrets import DataKey
+
+    master = aes()
+    for size, pad in ((15, 1), (10, 6), (32, 16)):
+        dk = os.urandom(32)
+        enc = encrypt_object(b"x" * size, fmt="v1", wrap=W.LEGACY, cek_alg=e.CBC, master=master, data_key=dk)
+        env = e.from_metadata(enc.fields)
+        assert check_cbc_tail(env, DataKey(dk), enc.body[-32:], len(enc.body)) == 8 * pad
+
+
+@pytest.mark.parametrize(
+    "candidates,body_bits,passes",
+    [(1, 8.0, True), (2, 8.0, False), (2, 40.0, False), (2, 48.0, True), (3, 48.0, True), (2, 128.0, True), (1000, 48.0, False)],
+)
+def test_several_candidates_need_a_proof_beyond_2_to_the_64(candidates, body_bits, passes):
+    from dataclasses import replace
+
+    from keymigration.formats.unwrap import check_proof_strength, pkcs1_proof_bits
+
+    master = rsa_key(0)
+    env = parsed("v1", W.LEGACY, e.CBC, master)
+    unwrapped = replace(unwrap_data_key(env, [master]), candidates=candidates).proven("cbc-tail", body_bits)
+    assert unwrapped.proof == "pkcs1-structure" and unwrapped.bits == pkcs1_proof_bits(master)
+    if passes:
+        check_proof_strength(unwrapped)
+    else:
+        with pytest.raises(UnwrapError) as info:
+            check_proof_strength(unwrapped)
+        assert info.value.reason == "proof-too-weak"
+
+
+def test_every_weak_candidate_is_kept_for_the_body_to_decide(monkeypatch):
+    import keymigration.formats.unwrap as u
+
+    right, wrong = rsa_key(0, label="right"), rsa_key(1, label="wrong")
+    env = parsed("v2", W.LEGACY, e.GCM, right)
+    real = u.unwrap_rsa_pkcs1
+    monkeypatch.setattr(u, "unwrap_rsa_pkcs1", lambda key, blob: os.urandom(32) if key.label == "wrong" else real(key, blob))
+    found = u.unwrap_candidates(env, [wrong, right, aes()])
+    assert [x.key_label for x in found] == ["wrong", "right"] and all(x.candidates == 2 for x in found)
+    with pytest.raises(UnwrapError) as info:
+        unwrap_data_key(env, [wrong, right])
+    assert info.value.reason == "ambiguous-key"

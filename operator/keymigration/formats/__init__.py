@@ -14,6 +14,7 @@ from keymigration.formats.envelope import (
     instruction_body,
     target_fields,
 )
+from keymigration.formats.readers import READERS, Reader, reader_warnings
 from keymigration.formats.secrets import DataKey, SecretBytes
 from keymigration.formats.source_keys import AesMasterKey, MasterKey, RsaMasterKey, load_key_bytes, load_key_files
 from keymigration.formats.unwrap import Unwrapped, unwrap_data_key
@@ -29,6 +30,7 @@ from keymigration.formats.vocabulary import (
 __all__ = [
     "BACKUP_SUFFIX",
     "DEFAULT_INSTRUCTION_SUFFIX",
+    "READERS",
     "AesMasterKey",
     "DataKey",
     "Envelope",
@@ -36,6 +38,7 @@ __all__ = [
     "MasterKey",
     "MetadataKind",
     "Mode",
+    "Reader",
     "RsaMasterKey",
     "SecretBytes",
     "Unwrapped",
@@ -51,6 +54,7 @@ __all__ = [
     "instruction_body",
     "load_key_bytes",
     "load_key_files",
+    "reader_warnings",
     "target_fields",
     "unwrap_data_key",
     "verify_body",

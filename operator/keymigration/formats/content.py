@@ -140,11 +140,16 @@ def _cbc(key: bytes, iv: bytes, chunks: Iterable[bytes]) -> Iterator[bytes]:
     yield held[:-pad]
 
 
-def check_cbc_tail(envelope: Envelope, data_key: DataKey, tail: bytes, body_length: int) -> None:
+GCM_TAG_BITS = 128.0  # what a verified 16-byte GCM tag proves about the key, in bits
+
+
+def check_cbc_tail(envelope: Envelope, data_key: DataKey, tail: bytes, body_length: int) -> float:
     """Check a CBC data key against the last block(s) of the body, from a ranged GET of the last
     32 bytes: the final block's PKCS#5 padding must be valid, and match the recorded plaintext
-    length when there is one. A wrong key passes with probability about 2^-8 (2^-128 with a
-    recorded length whose padding is a full block), on top of what the wrap check caught."""
+    length when there is one. Returns what that proves, in bits: a wrong key turns the last
+    block into random bytes, which end in ``p`` bytes of value ``p`` with probability 2^-8p (the
+    recorded length fixes ``p``; without one, padding of ``p`` or more bytes happens with
+    probability 1.004 x 2^-8p). So 8 bits for a one-byte padding, up to 128 for a full block."""
     assert envelope.iv is not None
     if body_length < 16 or body_length % 16 or len(tail) not in (16, 32):
         raise ContentError("content-mismatch", "CBC body length is not a whole number of blocks")
@@ -156,3 +161,4 @@ def check_cbc_tail(envelope: Envelope, data_key: DataKey, tail: bytes, body_leng
         raise ContentError("content-mismatch", "CBC padding is invalid: the data key does not decrypt this body")
     if envelope.unencrypted_length is not None and body_length - pad != envelope.unencrypted_length:
         raise ContentError("content-mismatch", "CBC plaintext length does not match x-amz-unencrypted-content-length")
+    return 8.0 * pad - (0.0 if envelope.unencrypted_length is not None else 0.01)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-from keymigration.errors import EnvelopeError
+from keymigration.errors import ConfigurationError, EnvelopeError
 from keymigration.formats.vocabulary import WrapAlgorithm
 
 ##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
@@ -80,8 +80,15 @@ MAX_INSTRUCTION_FILE_BYTES = 64 * 1024
 CBC = "AES/CBC/PKCS5Padding"
 GCM = "AES/GCM/NoPadding"
 SUITE_115 = "115"  # ALG_AES_256_GCM_HKDF_SHA512_COMMIT_KEY, decimal of 0x0073
-# Ruby V1 wrote "AES/CBC/PKCS7Padding" for the same cipher.
+# Go v1 s3crypto with NewPKCS7Padder writes "AES/CBC/PKCS7Padding" for the same cipher (Ruby
+# reads both names; Go and Python accept only PKCS5).
 _CEK_ALIASES = {CBC: CBC, "AES/CBC/PKCS7Padding": CBC, GCM: GCM}
+
+# The reserved keys of a KMS encryption context: "the two reserved keys" of s3-kms-keyring.md,
+# which the specification does not name; every client uses these two.
+KMS_CEK_ALG = "aws:x-amz-cek-alg"  # the content cipher, bound into the kms+context context
+KMS_CMK_ID = "kms_cmk_id"  # the legacy kms wrap's key id (Java v1 KMSEncryptionMaterials)
+RESERVED_CONTEXT_KEYS = (KMS_CEK_ALG, KMS_CMK_ID)
 
 
 
@@ -161,29 +168,85 @@ def b64encode(value: bytes) -> str:
 ##% This string MAY be encoded by the esoteric double-encoding scheme used by the S3 web server.
 ##= docs/spec/s3-encryption/data-format/metadata-strategy.md#object-metadata
 ##% The S3EC SHOULD support decoding the S3 Server's "double encoding".
-# (Undone here: RFC 2047 as S3 returns it. Not yet: UTF-8 bytes read as Latin-1 before that.)
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#object-metadata
+##% If the S3EC does not support decoding the S3 Server's "double encoding" then it MUST return the content metadata untouched.
 def decode_metadata_value(value: str) -> str:
-    """Undo S3's RFC 2047 encoding of non-ASCII user metadata values ("=?UTF-8?B?...?=").
-    Plain ASCII values pass through unchanged.
+    """A materials description or encryption context as S3 returned it in object metadata,
+    decoded the way the Java S3EC (``ContentMetadataDecodingStrategy.decodeS3CustomEncoding``)
+    decodes it.
+
+    A writer sends the UTF-8 bytes of a non-ASCII value; S3 reads each byte as an ISO-8859-1
+    character and returns the value RFC 2047-encoded ("=?UTF-8?B?...?="), as UTF-8 of those
+    characters: ``café`` comes back as ``=?UTF-8?B?Y2Fmw4PCqQ==?=``, "cafÃ©" once MIME-decoded.
+    A server that returns the raw bytes instead (moto, some S3-compatible stores) reaches us
+    through http.client as the same "cafÃ©". Java first MIME-decodes, then turns each run of
+    non-ASCII characters back into the bytes they were read from and decodes those as UTF-8
+    (:func:`_undo_latin1_reading`). Where that yields no valid UTF-8 (a value that was not
+    double-encoded; Java would produce U+FFFD), the MIME-decoded value is kept untouched.
+    ASCII values pass through unchanged. Only for object metadata: instruction files are
+    plain UTF-8 JSON.
     """
+    decoded = _mime_decode(value)
+    if decoded.isascii():
+        return decoded
+    try:
+        return _undo_latin1_reading(decoded)
+    except ValueError:
+        return decoded
+
+
+def _mime_decode(value: str) -> str:
+    """RFC 2047 encoded words decoded (Jakarta ``MimeUtility.decodeText``); other text kept."""
     if "=?" not in value:
         return value
     try:
         parts = email.header.decode_header(value)
+        out = []
+        for chunk, charset in parts:
+            if isinstance(chunk, str):
+                out.append(chunk)
+            else:  # unencoded parts come back as raw-unicode-escape bytes
+                out.append(chunk.decode(charset or "raw-unicode-escape", errors="strict"))
+        return "".join(out)
     except (ValueError, LookupError):
         return value
-    out = []
-    for chunk, charset in parts:
-        out.append(chunk.decode(charset or "utf-8", errors="strict") if isinstance(chunk, bytes) else chunk)
+
+
+def _undo_latin1_reading(text: str) -> str:
+    """Java S3EC's second pass, step for step: for each UTF-16 unit above 127 it takes two bytes
+    of the text's UTF-8 form (at the unit's index plus the number of such units before it),
+    decodes them, and keeps the low byte of the first character; each run of kept bytes is
+    decoded as UTF-8 at the next ASCII character; a run at the very end is dropped (JSON always
+    ends in "}"). Raises ValueError where Java would throw or produce U+FFFD."""
+    data = text.encode("utf-8", "replace")  # String.getBytes(UTF_8)
+    units = text.encode("utf-16-be", "surrogatepass")
+    out: list[str] = []
+    run = bytearray()
+    shifted = 0
+    for index in range(len(units) // 2):
+        unit = int.from_bytes(units[2 * index : 2 * index + 2], "big")
+        if unit > 127:
+            pair = data[index + shifted : index + shifted + 2]
+            if len(pair) < 2:
+                raise ValueError("index out of bounds")  # Java: ArrayIndexOutOfBoundsException
+            first = pair.decode("utf-8", "replace")[0]
+            run.append(ord(first) & 0xFF)  # DataOutputStream.write(int): the low byte
+            shifted += 1
+        else:
+            if run:
+                out.append(bytes(run).decode("utf-8"))  # strict: U+FFFD in Java
+                run.clear()
+            out.append(chr(unit))
     return "".join(out)
 
 
-def parse_context(value: str | None, name: str) -> dict[str, str]:
-    """A materials description / encryption context: a JSON object of strings; default {}."""
+def parse_context(value: str | None, name: str, in_metadata: bool = False) -> dict[str, str]:
+    """A materials description / encryption context: a JSON object of strings; default {}.
+    ``in_metadata``: the value came from object metadata, where S3 may have double-encoded it."""
     if value is None:
         return {}
     try:
-        parsed = json.loads(decode_metadata_value(value))
+        parsed = json.loads(decode_metadata_value(value) if in_metadata else value)
     except (ValueError, UnicodeDecodeError):
         raise EnvelopeError("malformed-envelope", f"{name} is not valid JSON") from None
     if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
@@ -192,8 +255,10 @@ def parse_context(value: str | None, name: str) -> dict[str, str]:
 
 
 def canonical_context(context: Mapping[str, str]) -> str:
-    """The JSON text stored in x-amz-matdesc / x-amz-t: compact, keys sorted."""
-    return json.dumps(dict(context), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """The JSON text stored in x-amz-matdesc / x-amz-t: compact, keys in the context's order
+    (PHP V3 compares contexts order-sensitively), non-ASCII as \\u escapes: Java S3EC runs its
+    double-encoding repair over instruction-file values too, which would garble raw UTF-8."""
+    return json.dumps(dict(context), separators=(",", ":"))
 
 
 ##= docs/spec/s3-encryption/data-format/content-metadata.md#algorithm-suite-and-message-format-version-compatibility
@@ -228,6 +293,28 @@ def _parse_length(value: Any) -> int | None:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise EnvelopeError("malformed-envelope", f"{UNENCRYPTED_LENGTH} is not a decimal length")
+
+
+def check_bound_cek_alg(wrap: WrapAlgorithm, context: Mapping[str, str], stored_cek: str | None) -> None:
+    """A kms+context envelope's content cipher is authenticated only by the KMS encryption
+    context, which binds it as aws:x-amz-cek-alg: the two must be equal, exactly as stored (V3:
+    x-amz-c "115"). Go v1 s3crypto and Go S3EC (kmsMismatchCEKAlg), Ruby V1/V2
+    (CEKAlgMismatchError), Java v1's V2 client (validateKMSParameters) and PHP refuse an object
+    where they differ or the key is missing, most of them before calling KMS: an envelope whose
+    x-amz-cek-alg was relabelled (GCM to CBC, say) is refused here too, before any KMS call, so a
+    new envelope never authenticates a label the old one did not. The legacy kms wrap binds no
+    cipher (nothing to check)."""
+    if wrap is not WrapAlgorithm.KMS_CONTEXT:
+        return
+    bound = context.get(KMS_CEK_ALG)
+    if bound is None:
+        raise EnvelopeError("cek-alg-mismatch", f"the kms+context encryption context has no {KMS_CEK_ALG}: the content cipher is not authenticated")
+    if bound != stored_cek:
+        raise EnvelopeError(
+            "cek-alg-mismatch",
+            f"the content cipher bound in the KMS encryption context ({bound}) is not the envelope's ({stored_cek}): "
+            "the object may be altered or corrupted",
+        )
 
 
 def _check_iv(iv: bytes, cek_alg: str) -> None:
@@ -322,12 +409,14 @@ def _from_v1_v2(values: Mapping[str, Any], location: Location, unencrypted_lengt
     tag_len = values.get(TAG_LEN)
     if cek == GCM and tag_len not in (None, "128", 128):
         raise EnvelopeError("malformed-envelope", f"{TAG_LEN} {tag_len!r} is not 128")
+    context = parse_context(values.get(MATDESC), MATDESC, location is Location.METADATA)
+    check_bound_cek_alg(wrap, context, raw_cek)
     return Envelope(
         format=fmt,
         encrypted_key=edk,
         wrap=wrap,
         cek_alg=cek,
-        context=parse_context(values.get(MATDESC), MATDESC),
+        context=context,
         location=location,
         iv=iv,
         unencrypted_length=_parse_length(unencrypted_length),
@@ -359,12 +448,14 @@ def _from_v3(instruction: Mapping[str, Any], object_md: Mapping[str, str], locat
     commitment = b64decode(object_md[KEY_COMMITMENT_V3], KEY_COMMITMENT_V3)
     if len(message_id) != 28 or len(commitment) != 28:
         raise EnvelopeError("malformed-envelope", "V3 x-amz-i and x-amz-d must be 28 bytes each")
+    context = parse_context(instruction.get(ctx_key), ctx_key, location is Location.METADATA)
+    check_bound_cek_alg(wrap, context, c)
     return Envelope(
         format="v3",
         encrypted_key=b64decode(instruction.get(ENCRYPTED_DATA_KEY_V3), ENCRYPTED_DATA_KEY_V3),
         wrap=wrap,
         cek_alg=SUITE_115,
-        context=parse_context(instruction.get(ctx_key), ctx_key),
+        context=context,
         location=location,
         message_id=message_id,
         commitment=commitment,
@@ -469,24 +560,57 @@ def from_instruction_file(body: bytes, object_metadata: Mapping[str, str]) -> En
 # Serialization of the new KMS envelope
 
 
-def kms_context_for(envelope: Envelope) -> dict[str, str]:
-    """The encryption context of the new ``kms+context`` wrap.
+##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#kms-context
+##= type=implication
+##% The stored encryption context with the two reserved keys removed MUST match the provided encryption context.
+def caller_context(context: Mapping[str, str]) -> dict[str, str]:
+    """The caller's pairs of an encryption context: all but the two reserved keys, in their
+    stored order. A kms+context reader (Java S3EC, Python, Ruby V2; Go S3EC and PHP V3 when
+    given one) compares exactly these with the context it passes, and key policies may condition
+    on them (kms:EncryptionContext:tenant), so they all survive a re-wrap. Order is kept: PHP
+    V3 compares with !==, which is order-sensitive."""
+    return {k: v for k, v in context.items() if k not in RESERVED_CONTEXT_KEYS}
 
-    The reserved key aws:x-amz-cek-alg holds the content cipher, "115" for V3, as every
-    kms+context writer puts it (the Python S3EC's KMS keyring, Go, Java, Ruby); kms_cmk_id is
-    never carried into a kms+context context (Ruby V2 compares the whole context and rejects
-    extra keys).
+
+def kms_context_for(envelope: Envelope, caller: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The encryption context of the new ``kms+context`` wrap: the caller's pairs (``caller``;
+    by default those of a KMS source envelope), then aws:x-amz-cek-alg holding the content
+    cipher, "115" for V3, as every kms+context writer puts it (the Python S3EC's KMS keyring,
+    Go, Java, Ruby). kms_cmk_id is never carried into a kms+context context: Ruby V2 compares
+    the whole context, Java v1's V2 client compares it with its materials minus kms_cmk_id,
+    both reject it.
     """
-    return {"aws:x-amz-cek-alg": SUITE_115 if envelope.format == "v3" else envelope.cek_alg}
+    pairs = caller_context(envelope.context) if caller is None and envelope.wrap.is_kms else caller_context(caller or {})
+    return {**pairs, KMS_CEK_ALG: SUITE_115 if envelope.format == "v3" else envelope.cek_alg}
 
 
 ##= docs/spec/s3-encryption/materials/s3-kms-keyring.md#supported-wrapping-algorithm-modes
 ##= type=exception
 ##= reason=--wrap kms writes KmsV1 envelopes on request, for readers that know no kms+context (Java v1 before AuthenticatedEncryption); kms+context is the default
 ##% The KmsKeyring MUST NOT support encryption using KmsV1 mode.
-def legacy_kms_context(target_key_id: str) -> dict[str, str]:
-    """The context of the legacy ``kms`` wrap: Java v1 KMSEncryptionMaterials' kms_cmk_id."""
-    return {"kms_cmk_id": target_key_id}
+def legacy_kms_context(target_key_id: str, caller: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The context of the legacy ``kms`` wrap: Java v1 KMSEncryptionMaterials' kms_cmk_id, then
+    the caller's pairs (legacy readers send the stored context to KMS as it is)."""
+    return {KMS_CMK_ID: target_key_id, **caller_context(caller or {})}
+
+
+def reader_context(wrap: WrapAlgorithm, context: Mapping[str, str]) -> dict[str, str]:
+    """The context a reader of an envelope with this wrap passes: the caller's pairs for
+    kms+context; nothing for the legacy kms wrap (Python refuses one, the others send the stored
+    context as it is) and for AES/RSA wraps (their materials description is no KMS context)."""
+    return caller_context(context) if wrap is WrapAlgorithm.KMS_CONTEXT else {}
+
+
+def check_caller_context(pairs: Mapping[str, str], where: str) -> dict[str, str]:
+    """A target encryption context given by the operator (``--encryption-context``,
+    ``spec.target.encryptionContext``): non-empty string keys, none reserved or starting with
+    "aws:" (KMS reserves that prefix; the clients reserve aws:x-amz-cek-alg and kms_cmk_id)."""
+    for key, value in pairs.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key:
+            raise ConfigurationError(f"{where}: encryption context keys and values must be strings, keys non-empty")
+        if key in RESERVED_CONTEXT_KEYS or key.lower().startswith("aws:"):
+            raise ConfigurationError(f"{where}: encryption context key {key!r} is reserved")
+    return dict(pairs)
 
 
 ##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys

@@ -19,7 +19,8 @@ only if exactly one distinct data key comes out.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -44,6 +45,19 @@ DATA_KEY_SIZES = (16, 24, 32)
 
 
 
+# How a check proves a data key, in bits: -log2 of the chance that a wrong key passes it. The
+# weak proofs call for a check against the body; with several candidate keys, the whole proof
+# must leave a wrong key less than 2^-64 per object (check_proof_strength).
+WEAK_PROOFS = ("pkcs1-structure", "pinned")
+MIN_PROOF_BITS = 64.0
+WRAP_PROOF_BITS = {
+    WrapAlgorithm.AES_WRAP: 64.0,  # RFC 3394's 64-bit integrity check value
+    WrapAlgorithm.AES_GCM: 128.0,  # the GCM tag
+    WrapAlgorithm.RSA_OAEP_SHA256: 256.0,  # OAEP's label hash (SHA-256), and more
+    WrapAlgorithm.RSA_OAEP_SHA1: 160.0,  # OAEP's label hash (SHA-1), and the pseudo key's suffix
+}
+
+
 @dataclass(frozen=True)
 class Unwrapped:
     data_key: DataKey
@@ -53,10 +67,22 @@ class Unwrapped:
     # ~1e-7 false accept per wrong 2048-bit key) and "pinned" (ECB with 8 padding bytes from a
     # matdesc-pinned key): the last two call for a check against the body (rewrap.py).
     proof: str = "authenticated"
+    # Whether the wrap authenticated the object's own content cipher (AES/GCM AAD, RSA-OAEP-SHA1
+    # suffix): True; False when it authenticated only Java S3EC's fallback identifier for a CBC
+    # object (the x-amz-cek-alg label is then unproven, checked against the body); None for
+    # wraps that bind no cipher.
+    cek_alg_bound: bool | None = None
+    bits: float = 128.0  # the wrap's own proof (WRAP_PROOF_BITS, pkcs1_proof_bits)
+    candidates: int = 1  # keys of this kind that were tried: any of them might have passed
+    body_bits: float = 0.0  # what the check against the body added (GCM tag, CBC padding)
+    body_proof: str = ""  # "gcm-tag" (the whole body streamed) or "cbc-tail" (its last block)
 
     @property
     def needs_content_check(self) -> bool:
-        return self.proof in ("pkcs1-structure", "pinned")
+        return self.proof in WEAK_PROOFS or self.cek_alg_bound is False
+
+    def proven(self, body_proof: str, body_bits: float) -> "Unwrapped":
+        return replace(self, body_proof=body_proof, body_bits=body_bits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,13 +116,14 @@ def unwrap_aes_wrap(kek: bytes, blob: bytes) -> bytes | None:
         return None
 
 
-def unwrap_aes_gcm(kek: bytes, blob: bytes, aads: Sequence[bytes]) -> bytes | None:
-    """x-amz-wrap-alg AES/GCM (V3 x-amz-w 02): IV(12) || ciphertext || tag(16), AAD = cipher id."""
+def unwrap_aes_gcm(kek: bytes, blob: bytes, aads: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+    """x-amz-wrap-alg AES/GCM (V3 x-amz-w 02): IV(12) || ciphertext || tag(16), AAD = cipher id.
+    Returns the data key and the AAD that authenticated it."""
     if len(kek) not in AES_KEY_SIZES or len(blob) - 28 not in DATA_KEY_SIZES:
         return None
     for aad in aads:
         try:
-            return AESGCM(kek).decrypt(blob[:12], blob[12:], aad)
+            return AESGCM(kek).decrypt(blob[:12], blob[12:], aad), aad
         except InvalidTag:
             continue
     return None
@@ -154,8 +181,10 @@ def unwrap_rsa_oaep_sha256(key: RsaMasterKey, blob: bytes) -> bytes | None:
     return None
 
 
-def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[bytes]) -> bytes | None:
-    """RSA-OAEP-SHA1 (V3 x-amz-w 22): pseudo key = len(dk) || dk || cipher identifier."""
+def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[bytes]) -> tuple[bytes, bytes] | None:
+    """RSA-OAEP-SHA1 (V3 x-amz-w 22): pseudo key = len(dk) || dk || cipher identifier. Returns
+    the data key and the identifier it carried (compared whole, in constant time: stricter than
+    Java S3EC, which compares only as many bytes as it expects)."""
     if len(blob) != key.modulus_bytes:
         return None
     try:
@@ -168,9 +197,10 @@ def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[b
     if n not in DATA_KEY_SIZES:
         return None
     suffix = pseudo[1 + n :]
-    if not any(hmac.compare_digest(suffix, ident) for ident in identifiers):
-        return None
-    return pseudo[1 : 1 + n]
+    for ident in identifiers:
+        if hmac.compare_digest(suffix, ident):
+            return pseudo[1 : 1 + n], ident
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +208,17 @@ def unwrap_rsa_oaep_sha1(key: RsaMasterKey, blob: bytes, identifiers: Sequence[b
 
 
 def _cipher_identifiers(envelope: Envelope) -> list[bytes]:
-    """AES/GCM AAD and RSA-OAEP-SHA1 suffix: "115" for V3; the cek alg for V2, and also
-    "AES/GCM/NoPadding", which Java S3EC uses for every non-committing suite."""
+    """The identifiers an AES/GCM wrap's AAD or an RSA-OAEP-SHA1 pseudo key may carry for this
+    object, the object's own cipher first, each one some real writer produces:
+
+    * V3: "115", the suite id (Java S3EC, Python, Go S3EC, .NET, PHP V3).
+    * V2 GCM: "AES/GCM/NoPadding" (Ruby V2, Java v1's V2 client, Java S3EC, .NET).
+    * V2 CBC: "AES/CBC/PKCS5Padding" (Java v1's V2 client re-wrapping a CBC object with
+      putInstructionFile binds the object's cipher), then "AES/GCM/NoPadding": Java S3EC v3/v4
+      reEncryptInstructionFile re-wraps CBC objects with AesKeyring / RsaKeyring, which bind
+      ALG_AES_256_GCM_IV12_TAG16_NO_KDF's cipher name for every non-committing suite. That
+      fallback authenticates the key but not the CBC label (Unwrapped.cek_alg_bound False).
+    """
     if envelope.format == "v3":
         return [SUITE_115.encode()]
     ids = [envelope.cek_alg.encode()]
@@ -188,25 +227,38 @@ def _cipher_identifiers(envelope: Envelope) -> list[bytes]:
     return ids
 
 
-def _try_key(envelope: Envelope, key: MasterKey, pinned: bool) -> bytes | None:
+_Opened = tuple[bytes, "bool | None"]  # the data key; whether the object's cipher was bound
+
+
+def _bound(opened: tuple[bytes, bytes] | None, envelope: Envelope) -> _Opened | None:
+    if opened is None:
+        return None
+    data_key, identifier = opened
+    return data_key, identifier == _cipher_identifiers(envelope)[0]
+
+
+def _try_key(envelope: Envelope, key: MasterKey, pinned: bool) -> _Opened | None:
     blob = envelope.encrypted_key
     wrap = envelope.wrap
     if isinstance(key, AesMasterKey):
         kek = key.key.reveal()
-        if wrap is WrapAlgorithm.LEGACY:
-            return unwrap_legacy_aes_ecb(kek, blob, pinned)
-        if wrap is WrapAlgorithm.AES_WRAP:
-            return unwrap_aes_wrap(kek, blob)
         if wrap is WrapAlgorithm.AES_GCM:
-            return unwrap_aes_gcm(kek, blob, _cipher_identifiers(envelope))
+            return _bound(unwrap_aes_gcm(kek, blob, _cipher_identifiers(envelope)), envelope)
+        if wrap is WrapAlgorithm.LEGACY:
+            data_key = unwrap_legacy_aes_ecb(kek, blob, pinned)
+        elif wrap is WrapAlgorithm.AES_WRAP:
+            data_key = unwrap_aes_wrap(kek, blob)
+        else:
+            return None
+    elif wrap is WrapAlgorithm.RSA_OAEP_SHA1:
+        return _bound(unwrap_rsa_oaep_sha1(key, blob, _cipher_identifiers(envelope)), envelope)
+    elif wrap is WrapAlgorithm.LEGACY:
+        data_key = unwrap_rsa_pkcs1(key, blob)
+    elif wrap is WrapAlgorithm.RSA_OAEP_SHA256:
+        data_key = unwrap_rsa_oaep_sha256(key, blob)
+    else:
         return None
-    if wrap is WrapAlgorithm.LEGACY:
-        return unwrap_rsa_pkcs1(key, blob)
-    if wrap is WrapAlgorithm.RSA_OAEP_SHA256:
-        return unwrap_rsa_oaep_sha256(key, blob)
-    if wrap is WrapAlgorithm.RSA_OAEP_SHA1:
-        return unwrap_rsa_oaep_sha1(key, blob, _cipher_identifiers(envelope))
-    return None
+    return None if data_key is None else (data_key, None)
 
 
 def _key_fits(wrap: WrapAlgorithm, key: MasterKey) -> bool:
@@ -217,8 +269,30 @@ def _key_fits(wrap: WrapAlgorithm, key: MasterKey) -> bool:
     return isinstance(key, RsaMasterKey)
 
 
-def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
-    """The envelope's data key, recovered with exactly one proven configured master key."""
+def pkcs1_proof_bits(key: RsaMasterKey) -> float:
+    """-log2 of the chance that a wrong key's raw RSA output passes unwrap_rsa_pkcs1: the first
+    byte 00 (at most 2^8(k-1) / n, since n >= 2^(bits-1)), then 02, the 00 separator exactly
+    before a 16, 24 or 32-byte payload, and no 00 in the padding before it. For RSA-2048 about
+    22.7 bits (1 in 6.8e6; the structure alone, counting the first byte as 1/256, 1 in 1.4e7)."""
+    k = key.modulus_bytes
+    first_byte = 8.0 * (k - 1) - (key.private_key.key_size - 1)  # log2 of P(first byte is 00)
+    payloads = sum((255 / 256) ** (k - 3 - n) for n in DATA_KEY_SIZES)  # PS non-zero, for each length
+    return -(first_byte - 16.0 + math.log2(payloads))
+
+
+def _proof(envelope: Envelope, key: MasterKey, data_key: bytes) -> tuple[str, float]:
+    """How the wrap proved this data key, and the proof's strength in bits."""
+    if envelope.wrap is not WrapAlgorithm.LEGACY:
+        return "authenticated", WRAP_PROOF_BITS[envelope.wrap]
+    if isinstance(key, RsaMasterKey):
+        return "pkcs1-structure", pkcs1_proof_bits(key)
+    return ("padding-block", 128.0) if len(data_key) in (16, 32) else ("pinned", 64.0)
+
+
+def unwrap_candidates(envelope: Envelope, keys: Sequence[MasterKey]) -> list[Unwrapped]:
+    """Every distinct data key a configured key yields, each proven by the wrap. More than one
+    only when every one of them is weakly proven (legacy RSA PKCS#1, pinned ECB): the body then
+    decides (rewrap.py). Raises UnwrapError: no-source-key, wrong-key, ambiguous-key."""
     if envelope.wrap.is_kms:
         raise UnwrapError("kms-wrapped", "the data key is wrapped by KMS, not by an AES/RSA master key")
     fitting = [k for k in keys if _key_fits(envelope.wrap, k)]
@@ -232,23 +306,50 @@ def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
             "no-source-key",
             "no source key matches this object's materials description and no unpinned key is configured",
         )
-    found: list[tuple[bytes, str]] = []
+    found: list[Unwrapped] = []
     for key in candidates:
-        data_key = _try_key(envelope, key, pinned=bool(pinned))
-        if data_key is not None and not any(hmac.compare_digest(data_key, d) for d, _ in found):
-            found.append((data_key, key.label))
+        opened = _try_key(envelope, key, pinned=bool(pinned))
+        if opened is None or (envelope.format == "v3" and len(opened[0]) != 32):  # V3 data keys are 32 bytes
+            continue
+        data_key, bound = opened
+        if any(hmac.compare_digest(data_key, u.data_key.reveal()) for u in found):
+            continue
+        proof, bits = _proof(envelope, key, data_key)
+        same_kind = sum(1 for k in candidates if type(k) is type(key))
+        found.append(Unwrapped(DataKey(data_key), key.label, proof, bound, bits, same_kind))
     if not found:
         which = "the source key pinned to this materials description" if pinned else f"any of {len(candidates)} source keys"
         raise UnwrapError("wrong-key", f"the data key ({envelope.wrap}) does not unwrap with {which}")
+    if len(found) > 1 and not all(u.proof in WEAK_PROOFS for u in found):
+        raise _ambiguous(found)
+    return found
+
+
+def unwrap_data_key(envelope: Envelope, keys: Sequence[MasterKey]) -> Unwrapped:
+    """The envelope's data key, recovered with exactly one proven configured master key."""
+    found = unwrap_candidates(envelope, keys)
     if len(found) > 1:
-        labels = ", ".join(label for _, label in found)
-        raise UnwrapError("ambiguous-key", f"several source keys give different data keys ({labels}); pin one with a materials description")
-    data_key, label = found[0]
-    if envelope.format == "v3" and len(data_key) != 32:
-        raise UnwrapError("wrong-key", "V3 objects need a 32-byte data key")
-    key = next(k for k in candidates if k.label == label)
-    if envelope.wrap is WrapAlgorithm.LEGACY:
-        proof = "pkcs1-structure" if isinstance(key, RsaMasterKey) else ("padding-block" if len(data_key) in (16, 32) else "pinned")
-    else:
-        proof = "authenticated"
-    return Unwrapped(DataKey(data_key), label, proof)
+        raise _ambiguous(found)
+    return found[0]
+
+
+def _ambiguous(found: Sequence[Unwrapped]) -> UnwrapError:
+    labels = ", ".join(u.key_label for u in found)
+    return UnwrapError("ambiguous-key", f"several source keys give different data keys ({labels}); pin one with a materials description")
+
+
+def check_proof_strength(unwrapped: Unwrapped) -> None:
+    """A weak proof (legacy RSA PKCS#1, pinned ECB) chosen among several candidate keys must,
+    with the body check, leave a wrong key less than 2^-64 per object: any of the candidates
+    could have passed, so their number counts against it. A single candidate is the operator's
+    own assertion and keeps the wrap and body checks alone (docs/formats.md)."""
+    if unwrapped.proof not in WEAK_PROOFS or unwrapped.candidates < 2:
+        return
+    bits = unwrapped.bits + unwrapped.body_bits - math.log2(unwrapped.candidates)
+    if bits < MIN_PROOF_BITS:
+        raise UnwrapError(
+            "proof-too-weak",
+            f"the data key from {unwrapped.key_label}, one of {unwrapped.candidates} candidate keys, is proven only to about "
+            f"1 in 2^{bits:.0f} (the legacy wrap and the body's last CBC block), not 1 in 2^64: pin each key to its objects' "
+            "materials description (--source-key FILE:{...}), or migrate these objects with that key alone",
+        )

@@ -118,9 +118,9 @@ def check_target(mode: "Mode | str", suffix: str, *, api_names: bool = False) ->
     if suffix.endswith(BACKUP_SUFFIX):
         raise ConfigurationError(f"instruction-file suffix {suffix!r}: {BACKUP_SUFFIX} is reserved for backups")
     if mode is Mode.CUTOVER and suffix != DEFAULT_INSTRUCTION_SUFFIX:
-        # Go S3EC v3/v4, .NET and C++ read only <key>.instruction.
+        # Go S3EC v3/v4 reads only <key>.instruction, and every default lookup tries it.
         raise ConfigurationError(
-            f"mode {name} writes {DEFAULT_INSTRUCTION_SUFFIX} (the only suffix every reader finds); "
+            f"mode {name} writes {DEFAULT_INSTRUCTION_SUFFIX} (the only suffix default lookups try); "
             f"the suffix cannot be {suffix!r}"
         )
     return mode

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 
 from keymigration.errors import ConfigurationError, InvalidKeyMigration
+from keymigration.formats.envelope import check_caller_context
 from keymigration.formats.vocabulary import (
     DEFAULT_INSTRUCTION_SUFFIX,
     SUFFIX_PATTERN,
@@ -97,7 +98,19 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "properties": {
                 "kmsKeyId": {"type": "string", "pattern": KMS_KEY_PATTERN, "maxLength": 2048, "description": "Key id, ARN or alias."},
                 "wrap": {"type": "string", "enum": ["kms+context", "kms"], "default": "kms+context"},
+                "encryptionContext": {
+                    **_STRING_MAP,
+                    "description": "Caller pairs of the new envelope's KMS encryption context for objects wrapped by AES/RSA "
+                    "keys (readers must then pass them). Objects wrapped by KMS keep their own caller context.",
+                },
             },
+        },
+        "grantTokens": {
+            "type": "array",
+            "description": "KMS grant tokens the workers send with every KMS request (Encrypt, Decrypt, ReEncrypt, "
+            "DescribeKey), for permissions from a grant that is not yet visible everywhere. Not secret.",
+            "maxItems": 10,
+            "items": {"type": "string", "minLength": 1, "maxLength": 8192},
         },
         "instructionFileSuffix": {
             "type": "string",
@@ -110,7 +123,8 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "enum": sorted(m.api_name for m in Mode),
             "default": "InstructionFile",
             "description": "InstructionFile: write instruction files only. CutOver: also remove the old envelope from "
-            "each object's metadata (backed up first) so every reader's default lookup uses the KMS envelope.",
+            "each object's metadata (backed up first) so the default lookup of readers that read KMS envelopes from "
+            "instruction files uses the new one (not .NET: docs/formats.md reader matrix).",
         },
         "concurrency": {
             "type": "object",
@@ -293,8 +307,10 @@ class KeyMigration:
     prefixes: tuple[str, ...]
     target_key_id: str
     wrap: str = "kms+context"
+    target_encryption_context: dict[str, str] = field(default_factory=dict)
     source_keys: tuple[SourceKeyRef, ...] = ()
     source_kms_key_ids: tuple[str, ...] = ()
+    grant_tokens: tuple[str, ...] = ()
     suffix: str = ".instruction"
     mode: Mode = Mode.INSTRUCTION_FILE
     max_jobs: int = 4
@@ -333,6 +349,10 @@ class KeyMigration:
             mode = check_target(spec.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
         except ConfigurationError as error:
             problems.append(f"spec.instructionFileSuffix: {error}")
+        try:
+            check_caller_context(spec["target"].get("encryptionContext") or {}, "spec.target.encryptionContext")
+        except ConfigurationError as error:
+            problems.append(str(error))
         if problems:
             raise InvalidKeyMigration(problems)
         concurrency = spec.get("concurrency") or {}
@@ -342,10 +362,12 @@ class KeyMigration:
             prefixes=prefixes,
             target_key_id=spec["target"]["kmsKeyId"],
             wrap=spec["target"].get("wrap", "kms+context"),
+            target_encryption_context=dict(spec["target"].get("encryptionContext") or {}),
             source_keys=tuple(
                 SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in spec.get("sourceKeys") or ()
             ),
             source_kms_key_ids=tuple(spec.get("sourceKmsKeyIds") or ()),
+            grant_tokens=tuple(spec.get("grantTokens") or ()),
             suffix=suffix,
             mode=mode,
             max_jobs=concurrency.get("maxJobs", 4),
@@ -376,6 +398,15 @@ class KeyMigration:
             return None
         return max(1, self.kms_requests_per_second // self.max_jobs)
 
+    def _kms_options(self) -> list[str]:
+        """The target's encryption context and the KMS grant tokens, as ``run`` options."""
+        args = []
+        for key, value in self.target_encryption_context.items():
+            args += ["--encryption-context", f"{key}={value}"]
+        for token in self.grant_tokens:
+            args += ["--grant-token", token]
+        return args
+
     def worker_args(self, prefix: str, progress_resource: str | None = None, max_failures: int | None = None) -> list[str]:
         """The exact ``keymigration run`` arguments of the Job for ``prefix``."""
         args = ["--log-format", "json", "run", "--bucket", self.bucket, "--prefix", prefix]
@@ -387,6 +418,7 @@ class KeyMigration:
         for key_id in self.source_kms_key_ids:
             args += ["--source-kms-key-id", key_id]
         args += ["--kms-key-id", self.target_key_id, "--wrap", self.wrap, "--suffix", self.suffix, "--mode", self.mode.value]
+        args += self._kms_options()
         args += ["--concurrency", str(self.per_job_concurrency), "--verify", self.verify]
         rate = self.per_job_kms_rate()
         if rate:

@@ -1,10 +1,13 @@
 """Reading an object with only the KMS key, as an S3EC reader would. Used by ``verify``.
 
-Two lookups, matching the reader families (docs/formats.md §4.3):
+Two lookups, matching the reader families (docs/formats.md, "Which reader reads a migrated
+object"; formats/readers.py):
 * ``explicit`` (Java v1 ``withInstructionFileSuffix``, Ruby ``instruction_file_suffix``, Go v1
-  ``S3LoadStrategy``): the envelope comes from ``<key><suffix>`` only.
-* ``default`` (Java S3EC v3/v4, Python v4, Go S3EC, .NET, C++): object metadata if it holds an
-  envelope, else ``<key>.instruction``, as the specification says (cited at ``locate``).
+  ``S3LoadStrategy``, PHP ``InstructionFileMetadataStrategy``): the envelope comes from
+  ``<key><suffix>`` only.
+* ``default`` (Java S3EC v3/v4, Python v4, Go S3EC; every reader without an explicit suffix):
+  object metadata if it holds an envelope, else ``<key>.instruction``, as the specification says
+  (cited at ``locate``). .NET reads KMS envelopes from metadata only: neither lookup is its.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from keymigration.aws.s3 import Bucket
 from keymigration.errors import EnvelopeError, NotReadable, S3Error
 from keymigration.formats import envelope as env_mod
 from keymigration.formats.content import decrypt_stream
-from keymigration.formats.envelope import Envelope, MetadataKind, WrapAlgorithm
+from keymigration.formats.envelope import Envelope, MetadataKind
 from keymigration.formats.vocabulary import DEFAULT_INSTRUCTION_SUFFIX
 
 # Python S3EC v4 refuses an instruction-file read when the first three linger in the object
@@ -58,10 +61,8 @@ def kms_data_key(kms: KmsKeys, envelope: Envelope):
     """Decrypt the data key with the target key, with the reader-side context checks."""
     if not envelope.wrap.is_kms:
         raise NotReadable("not-kms", f"the envelope is wrapped with {envelope.wrap}, not KMS")
-    if envelope.wrap is WrapAlgorithm.KMS_CONTEXT:
-        # Go, PHP, Java v1 V2 and Ruby: aws:x-amz-cek-alg must equal the content cipher.
-        if envelope.context.get("aws:x-amz-cek-alg") != envelope.cipher_identifier:
-            raise NotReadable("context-mismatch", "aws:x-amz-cek-alg in the encryption context does not match the content cipher")
+    # (Parsing already refused a kms+context envelope whose aws:x-amz-cek-alg is not its content
+    # cipher, as Go, PHP, Java v1's V2 client and Ruby do: envelope.check_bound_cek_alg.)
     return kms.decrypt(envelope.encrypted_key, envelope.context, kms.target_key_id)
 
 

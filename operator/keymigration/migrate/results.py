@@ -35,6 +35,10 @@ class ObjectResult:
     source_key: str | None = None
     retryable: bool = False
     resumed: bool = False  # written by this run before an interruption, counted now
+    # The context a reader must pass changed (the new envelope's caller pairs, or none): readers
+    # that pass a context (Java S3EC, Python, Ruby V2, ...) must pass ``reader_context`` now.
+    context_changed: bool = False
+    reader_context: dict[str, str] | None = None
 
     def fail(self, error: ObjectError) -> "ObjectResult":
         """This object failed with ``error``: its reason, message and whether to retry it."""

@@ -28,13 +28,13 @@ from typing import Mapping, Sequence
 
 from keymigration.aws.kms import KmsKeys, Wrapped
 from keymigration.aws.s3 import Bucket, StoredFile
-from keymigration.errors import ContentError, EnvelopeError, KmsError, PreconditionFailed, UnwrapError
+from keymigration.errors import ContentError, EnvelopeError, KmsError, ObjectError, PreconditionFailed, UnwrapError
 from keymigration.formats import envelope as env_mod
-from keymigration.formats.content import check_cbc_tail, check_commitment, verify_body
+from keymigration.formats.content import GCM_TAG_BITS, check_cbc_tail, check_commitment, verify_body
 from keymigration.formats.envelope import Envelope, MetadataKind
 from keymigration.formats.secrets import DataKey
 from keymigration.formats.source_keys import MasterKey
-from keymigration.formats.unwrap import unwrap_data_key
+from keymigration.formats.unwrap import Unwrapped, check_proof_strength, unwrap_candidates
 from keymigration.formats.vocabulary import (
     DEFAULT_INSTRUCTION_SUFFIX,
     Mode,
@@ -115,6 +115,8 @@ class ObjectRewrapper:
         result = state.result(verdict)
         if self.cut_over and self.cut_over.wants(state, verdict):
             self.cut_over.run(state, verdict).apply(result)
+        if result.outcome in (Outcome.MIGRATED, Outcome.PLANNED) and state.envelope is not None:
+            self._note_context(result, state.envelope)
         return result
 
     # -- stages -----------------------------------------------------------------------------
@@ -162,21 +164,39 @@ class ObjectRewrapper:
         raise Verdict.skipped("already-migrated", f"{state.target_name!r} already wraps the data key under the target key")
 
     def unwrap_data_key(self, state: ObjectState) -> ObjectState:
-        """AES/RSA sources: the data key, from exactly one proven source key."""
+        """AES/RSA sources: the data key, from the source keys that prove it; several only when
+        each is weakly proven (legacy RSA PKCS#1, pinned ECB): the body decides, next stage."""
         if state.envelope.wrap.is_kms:
             return state
-        return state.add(unwrapped=unwrap_data_key(state.envelope, self.source_keys))
+        found = tuple(unwrap_candidates(state.envelope, self.source_keys))
+        return state.add(candidates=found, unwrapped=found[0] if len(found) == 1 else None)
 
     def prove_data_key(self, state: ObjectState) -> ObjectState:
-        """Proofs the unwrap itself could not give, at every --verify level."""
-        envelope, unwrapped = state.envelope, state.unwrapped
-        if unwrapped is None:
+        """Proofs the unwrap itself could not give, at every --verify level: the V3 commitment;
+        for a weak unwrap (or a CBC label the wrap did not bind) the body, the whole GCM body's
+        tag or the last CBC block; among several candidates, the one the body accepts, whose
+        whole proof must then reach 2^-64 (``check_proof_strength``)."""
+        envelope, found = state.envelope, state.candidates
+        if envelope.format == "v3" and state.unwrapped is not None:
+            check_commitment(envelope, state.unwrapped.data_key)  # proves the data key without reading the body
+        if not any(u.needs_content_check for u in found):
             return state
-        if envelope.format == "v3":
-            check_commitment(envelope, unwrapped.data_key)  # proves the data key without reading the body
-        elif unwrapped.needs_content_check and self.options.verify is not VerifyLevel.BODY and not self.options.dry_run:
-            self._check_tail(state)  # (--verify body decrypts the whole body later)
-        return state
+        if self.options.dry_run:  # a plan reads no bodies
+            if len(found) > 1:
+                raise UnwrapError("ambiguous-key", f"{len(found)} source keys give different data keys; a run decides by the body")
+            return state
+        proven, failure = [], None
+        for candidate in found:
+            try:
+                proven.append(self._prove_against_body(state, candidate))
+            except ObjectError as error:
+                failure = error
+        if not proven:
+            raise failure
+        if len(proven) > 1:
+            raise UnwrapError("ambiguous-key", f"the data keys of {', '.join(u.key_label for u in proven)} all decrypt the body")
+        check_proof_strength(proven[0])
+        return state.add(unwrapped=proven[0])
 
     def plan_dry_run(self, state: ObjectState) -> ObjectState:
         if not self.options.dry_run:
@@ -233,6 +253,8 @@ class ObjectRewrapper:
 
     def verify_body(self, state: ObjectState) -> ObjectState:
         """--verify body: the whole body decrypts with the data key the new envelope holds."""
+        if state.unwrapped is not None and state.unwrapped.body_proof == "gcm-tag":
+            return state  # the proof already streamed and authenticated the whole body
         data_key = state.data_key
         if data_key is None:
             data_key = self.kms.decrypt(state.new_envelope.encrypted_key, state.new_envelope.context, self.kms.target_key_id)
@@ -317,18 +339,38 @@ class ObjectRewrapper:
             return False
         return True
 
-    def _check_tail(self, state: ObjectState) -> None:
-        """A weakly proven CBC data key (legacy RSA PKCS#1, pinned ECB) is checked against the
-        body's last blocks before anything is written: one ranged GET of 32 bytes."""
-        length = state.head["ContentLength"]
+    def _note_context(self, result: ObjectResult, envelope: Envelope) -> None:
+        """Record an object whose readers must now pass another encryption context."""
+        after = env_mod.reader_context(self.kms.target_wrap(envelope), self.kms.target_context(envelope))
+        if after != env_mod.reader_context(envelope.wrap, envelope.context):
+            result.context_changed, result.reader_context = True, after
+
+    def _prove_against_body(self, state: ObjectState, candidate: Unwrapped) -> Unwrapped:
+        """Check a data key against the body before anything is written. GCM: stream the whole
+        body (1 MiB chunks, constant memory) and verify its tag, which a wrong key passes with
+        probability 2^-128 (Java v1 AuthenticatedEncryption wrote RSA PKCS#1 v1.5 keys over GCM
+        bodies when no provider named BC was present). CBC: one ranged GET of the last 32 bytes,
+        whose final block must unpad (``check_cbc_tail``)."""
+        if not candidate.needs_content_check:
+            return candidate
+        envelope = state.envelope
         try:
+            if envelope.cek_alg == env_mod.GCM:
+                verify_body(envelope, candidate.data_key, self.bucket.stream(state.key, if_match=state.etag))
+                return candidate.proven("gcm-tag", GCM_TAG_BITS)
+            length = state.head["ContentLength"]
             tail = self.bucket.tail(state.key, 32, length, state.etag)
+            return candidate.proven("cbc-tail", check_cbc_tail(envelope, candidate.data_key, tail, length))
         except PreconditionFailed:
             raise Verdict.failed("object-changed", "the object changed while it was checked", retryable=True) from None
-        try:
-            check_cbc_tail(state.envelope, state.data_key, tail, length)
         except ContentError:
-            raise UnwrapError("wrong-key", f"the data key from {state.source_key} does not decrypt the body") from None
+            if candidate.proof == "authenticated":  # the key is right; the CBC label is not
+                raise EnvelopeError(
+                    "cek-alg-mismatch",
+                    "the wrap authenticates AES/GCM/NoPadding, not the envelope's x-amz-cek-alg, and the body is not "
+                    "AES/CBC under this data key: the object may be altered or corrupted",
+                ) from None
+            raise UnwrapError("wrong-key", f"the data key from {candidate.key_label} does not decrypt the body") from None
 
 
 def _already_on_target() -> Verdict:

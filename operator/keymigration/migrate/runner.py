@@ -56,6 +56,9 @@ class RunOptions:
     source_kms_key_ids: list[str] = field(default_factory=list)
     suffix: str = DEFAULT_INSTRUCTION_SUFFIX
     wrap: str = "kms+context"
+    # The caller's pairs of the new KMS context for AES/RSA sources (KMS sources keep theirs).
+    encryption_context: dict[str, str] = field(default_factory=dict)
+    grant_tokens: list[str] = field(default_factory=list)  # sent with every KMS request
     mode: Mode = Mode.INSTRUCTION_FILE
     concurrency: int = 16
     kms_rate: float | None = None
@@ -126,6 +129,8 @@ class Migration:
             _wrap(options.wrap),
             options.source_kms_key_ids,
             self.kms_budget.limiter,
+            encryption_context=options.encryption_context,
+            grant_tokens=options.grant_tokens,
         )
         self.source: ObjectSource | None = None
         self.inventory_md5: str | None = None

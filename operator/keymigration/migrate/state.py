@@ -73,8 +73,11 @@ class ObjectState:
     existing: StoredFile | None = None  # the file at target_name before we write it, if any
     fingerprint: str = ""  # of the old envelope: marks the new file as written for it
     # unwrap_data_key (AES/RSA sources; a KMS source never shows its data key): the data key,
-    # the label of the master key that unwrapped it, and how the unwrap proved it right
+    # the label of the master key that unwrapped it, and how the unwrap proved it right;
+    # ``candidates`` holds every data key a source key yielded (several only when each is weakly
+    # proven, until prove_data_key picks the one the body accepts)
     unwrapped: Unwrapped | None = None
+    candidates: tuple[Unwrapped, ...] = ()
     # wrap_data_key
     wrapped: Wrapped | None = field(default=None, repr=False)  # the data key under the target key
     # build_envelope
