@@ -14,9 +14,14 @@ from urllib.parse import urlencode
 from botocore.exceptions import BotoCoreError, ClientError
 
 from keymigration.aws.s3 import Bucket, failure, s3_call
+from keymigration.errors import CutOverRefused
 
 MAX_SINGLE_COPY = 5 * 1024**3  # CopyObject's limit; larger objects use UploadPartCopy
-PART_SIZE = 512 * 1024**2
+PART_SIZE = 512 * 1024**2  # the preferred part; larger when 10,000 of them would not hold the object
+# S3's multipart limits: "Maximum number of parts per upload 10,000", "Part size 5 MiB to 5 GiB"
+# (so objects up to 10,000 x 5 GiB, 48.8 TiB, S3's current maximum object size).
+MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * 1024**3
 # HEAD fields carried over by CopyObject parameters of the same name.
 CARRIED = (
     "ContentType",
@@ -54,6 +59,19 @@ def copy_parameters(head: dict, metadata: dict[str, str]) -> dict:
         if head.get("BucketKeyEnabled") is not None:
             params["BucketKeyEnabled"] = head["BucketKeyEnabled"]
     return params
+
+
+def part_size_for(size: int, preferred: int = PART_SIZE) -> int:
+    """The part size of a multipart copy of ``size`` bytes: ``preferred``, or the smallest whole
+    MiB that fits the object into 10,000 parts. Refuses objects S3 cannot hold in parts."""
+    mib = 1024**2
+    needed = -(-size // MAX_PARTS)
+    part = max(preferred, -(-needed // mib) * mib)
+    if part > MAX_PART_SIZE:
+        raise CutOverRefused(
+            "object-too-large", f"{size} bytes do not fit into {MAX_PARTS} parts of at most {MAX_PART_SIZE} bytes"
+        )
+    return part
 
 
 EMPTY_BODY_MD5 = base64.b64encode(hashlib.md5(b"").digest()).decode()
@@ -107,10 +125,12 @@ class MetadataRewriter:
         client = self.bucket.client
         source = {"Bucket": self.bucket.name, "Key": key}
         params = copy_parameters(head, metadata)
+        size = head.get("ContentLength", 0)
+        part_size = part_size_for(size, self.part_size) if size > self.single_copy_limit else 0
 
         def copy() -> str:
-            if head.get("ContentLength", 0) > self.single_copy_limit:
-                return self._multipart(key, source, head, params)
+            if part_size:
+                return self._multipart(key, source, head, params, part_size)
             response = client.copy_object(
                 Bucket=self.bucket.name,
                 Key=key,
@@ -123,7 +143,7 @@ class MetadataRewriter:
 
         return s3_call("CopyObject", key, copy)
 
-    def _multipart(self, key: str, source: dict, head: dict, params: dict) -> str:
+    def _multipart(self, key: str, source: dict, head: dict, params: dict, part_size: int) -> str:
         client = self.bucket.client
         create = {k: v for k, v in params.items() if k not in ("MetadataDirective", "TaggingDirective")}
         tags = client.get_object_tagging(Bucket=self.bucket.name, Key=key).get("TagSet", [])
@@ -133,8 +153,8 @@ class MetadataRewriter:
         try:
             parts = []
             size = head["ContentLength"]
-            for number, start in enumerate(range(0, size, self.part_size), start=1):
-                end = min(start + self.part_size, size) - 1
+            for number, start in enumerate(range(0, size, part_size), start=1):
+                end = min(start + part_size, size) - 1
                 part = client.upload_part_copy(
                     Bucket=self.bucket.name,
                     Key=key,
@@ -157,4 +177,4 @@ class MetadataRewriter:
             raise
 
 
-__all__ = ["MetadataRewriter", "copy_parameters"]
+__all__ = ["MetadataRewriter", "copy_parameters", "part_size_for"]
