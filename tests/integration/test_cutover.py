@@ -106,6 +106,77 @@ def test_storage_class_sse_and_lock_are_kept(aws):
     assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"] == until
 
 
+def lock_bucket_with_object(aws, key="k"):
+    locked = f"{aws.bucket}-lock"
+    aws.s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).replace(microsecond=0)
+    enc = encrypt_object(b"x" * 100, fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
+    aws.s3.put_object(Bucket=locked, Key=key, Body=enc.body, Metadata=enc.fields, ObjectLockMode="GOVERNANCE",
+                      ObjectLockRetainUntilDate=until, ObjectLockLegalHoldStatus="ON")
+    return locked, until
+
+
+def head_without_lock_headers(moto_server, deny_lock_reads: bool):
+    """A proxy answering HEAD like S3 does to a role without s3:GetObjectRetention and
+    s3:GetObjectLegalHold: no x-amz-object-lock-* headers (and no error). With
+    ``deny_lock_reads``, GetObjectRetention/GetObjectLegalHold are denied too (403)."""
+    import boto3
+
+    proxy = FaultProxy(moto_server.endpoint).start()
+
+    def hide(method, path, headers):
+        return [(k, v) for k, v in headers if not (method == "HEAD" and k.lower().startswith("x-amz-object-lock-"))]
+
+    def deny(method, path, headers, body):
+        query = path.partition("?")[2]
+        return "s3-access-denied" if deny_lock_reads and method == "GET" and ("retention" in query or "legal-hold" in query) else None
+
+    proxy.response_filter, proxy.rule = hide, deny
+    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    return proxy, s3
+
+
+@pytest.mark.parametrize("mode", ["cutover"])
+def test_object_lock_is_asked_for_explicitly_and_kept(aws, moto_server, mode):
+    """HEAD hides retention and legal hold from a role without s3:GetObjectRetention /
+    s3:GetObjectLegalHold; a copy made from HEAD alone left the new version unlocked."""
+    locked, until = lock_bucket_with_object(aws)
+    proxy, s3 = head_without_lock_headers(moto_server, deny_lock_reads=False)
+    try:
+        kms = KmsKeys(aws.kms, aws.target_key)
+        kms.describe_target()
+        result = ObjectRewrapper(s3, kms, [AES], RewrapOptions(locked, mode=mode)).process("k")
+    finally:
+        proxy.stop()
+    assert result.outcome is Outcome.MIGRATED, result
+    head = aws.s3.head_object(Bucket=locked, Key="k")
+    assert not envelope_in_metadata(head["Metadata"]) or mode == "metadata"
+    assert (head["ObjectLockMode"], head["ObjectLockRetainUntilDate"]) == ("GOVERNANCE", until)
+    assert head["ObjectLockLegalHoldStatus"] == "ON"
+
+
+@pytest.mark.parametrize("mode", ["cutover"])
+def test_object_lock_that_cannot_be_read_is_refused(aws, moto_server, mode):
+    locked, _ = lock_bucket_with_object(aws)
+    before = aws.s3.head_object(Bucket=locked, Key="k")
+    proxy, s3 = head_without_lock_headers(moto_server, deny_lock_reads=True)
+    try:
+        kms = KmsKeys(aws.kms, aws.target_key)
+        kms.describe_target()
+        worker = ObjectRewrapper(s3, kms, [AES], RewrapOptions(locked, mode=mode))
+        plan = ObjectRewrapper(s3, kms, [AES], RewrapOptions(locked, mode=mode, dry_run=True)).process("k")
+        result = worker.process("k")
+    finally:
+        proxy.stop()
+    assert (plan.outcome, plan.reason) == (Outcome.FAILED, "object-lock-unreadable")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "object-lock-unreadable"), result
+    after = aws.s3.head_object(Bucket=locked, Key="k")
+    assert (after["ETag"], after["VersionId"], after["Metadata"]) == (before["ETag"], before["VersionId"], before["Metadata"])
+    names = [o["Key"] for o in aws.s3.list_objects_v2(Bucket=locked).get("Contents", [])]
+    assert not [n for n in names if "keymigration-backup" in n]
+
+
 def test_versioned_bucket_keeps_the_old_envelope_in_the_previous_version(aws):
     aws.s3.put_bucket_versioning(Bucket=aws.bucket, VersioningConfiguration={"Status": "Enabled"})
     body, _ = put_with_headers(aws, "k")
@@ -267,10 +338,8 @@ def test_a_lost_copy_response_is_recognised_as_our_copy(aws, monkeypatch):
     worker = cutover(aws)
     real = worker.rewriter.rewrite
 
-    def lost(key, head, metadata):
-        real(key, head, metadata)  # the copy lands...
-        
-
+    def lost(key, *args):
+        real(key, *args)  # the copy lands...
         raise PreconditionFailed(key)  # ...and the SDK's retry answers 412
 
     monkeypatch.setattr(worker.rewriter, "rewrite", lost)

@@ -14,13 +14,15 @@ so that the test world is as strict as S3 where the project depends on it
   UTF-8 encoding of each key and value" (S3 User Guide, "Working with object metadata").
   moto accepts any size, so a tool that grew metadata past the limit would pass here and fail
   on S3.
+* GetObjectRetention answers the object's retention, or ``NoSuchObjectLockConfiguration`` when
+  it has none, as S3 does; moto 5.2.1 does not implement it (500).
 """
 from keymigration.demo.standins import _LAUNCH, FAKE_CREDENTIALS, REGION, free_port
 from keymigration.demo.standins import MotoServer as _DemoMotoServer
 
 USER_METADATA_LIMIT = 2048  # bytes of user-metadata keys (without x-amz-meta-) and values, UTF-8
 
-_PATCHES = f"""
+_PATCHES = """
 import moto.s3.models as _models, moto.s3.responses as _responses
 from moto.s3.exceptions import S3ClientError as _S3ClientError
 
@@ -35,11 +37,24 @@ def _metadata_within_limit(headers):
     metadata = _metadata_from_headers(headers)
     size = sum(len(k[len("x-amz-meta-"):].encode()) + len(str(v).encode())
                for k, v in metadata.items() if k.lower().startswith("x-amz-meta-"))
-    if size > {USER_METADATA_LIMIT}:
+    if size > USER_METADATA_LIMIT:
         raise _S3ClientError("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size")
     return metadata
 _responses.metadata_from_headers = _metadata_within_limit
+
+_key_response_get = _responses.S3Response._key_response_get
+def _with_get_object_retention(self, query, key_name):
+    if "retention" not in query:
+        return _key_response_get(self, query, key_name)
+    key, _ = self._get_key()
+    if not key.lock_mode:
+        raise _S3ClientError("NoSuchObjectLockConfiguration", "The specified object does not have a ObjectLock configuration")
+    body = ('<?xml version="1.0" encoding="UTF-8"?><Retention xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Mode>{key.lock_mode}</Mode><RetainUntilDate>{key.lock_until}</RetainUntilDate></Retention>")
+    return 200, {"Content-Type": "application/xml"}, body
+_responses.S3Response._key_response_get = _with_get_object_retention
 """
+_PATCHES = f"USER_METADATA_LIMIT = {USER_METADATA_LIMIT}\n" + _PATCHES
 _MAIN = "from moto.server import main; main(sys.argv[1:])"
 assert _LAUNCH.endswith(_MAIN)
 TEST_LAUNCH = _LAUNCH[: -len(_MAIN)] + _PATCHES + _MAIN

@@ -94,6 +94,9 @@ class _PartRecorder:
     def get_object_tagging(self, **_):
         return {"TagSet": []}
 
+    def get_object_lock_configuration(self, **_):
+        return {}
+
     def create_multipart_upload(self, **_):
         return {"UploadId": "u"}
 

@@ -156,6 +156,8 @@ class CutOverState:
     # read_new_file
     new_file: StoredFile | None = None  # <key>.instruction as it is now
     new_envelope: Envelope | None = None  # the envelope readers will use after the cut-over
+    # refuse: the object's Object Lock settings, which the copy carries onto the new version
+    lock: dict = field(default_factory=dict, repr=False)
     # store_backup
     backup_etag: str | None = None  # the backup this call stored (None: it was there already)
     # confirm
@@ -208,7 +210,13 @@ class CutOver:
     def refusal(self, key: str, head: dict) -> CutOverRefused | None:
         """Why this object must not be copied onto itself, or None."""
         # The cheap checks first: an archived object cannot even answer GetObjectAcl.
-        return refusal(head, None) or refusal(head, self.rewriter.acl_grants(key, head))
+        refused = refusal(head, None) or refusal(head, self.rewriter.acl_grants(key, head))
+        if refused is None:
+            try:
+                self.rewriter.object_lock(key, head)
+            except CutOverRefused as error:
+                return error
+        return refused
 
     def run(self, state: ObjectState, verdict: Verdict) -> Verdict:
         """The cut-over of an object the re-wrap ended with ``verdict``; returns its verdict."""
@@ -254,17 +262,18 @@ class CutOver:
         return state
 
     def refuse(self, state: CutOverState) -> CutOverState:
-        refused = self.refusal(state.key, state.head)
+        head = state.head
+        refused = refusal(head, None) or refusal(head, self.rewriter.acl_grants(state.key, head))
         if refused:
             raise refused
-        return state
+        return replace(state, lock=self.rewriter.object_lock(state.key, head))
 
     def store_backup(self, state: CutOverState) -> CutOverState:
         return replace(state, backup_etag=store_metadata_backup(self.bucket, state.key, state.head, state.removed))
 
     def copy(self, state: CutOverState) -> CutOverState:
         try:
-            self.rewriter.rewrite(state.key, state.head, state.new_metadata)
+            self.rewriter.rewrite(state.key, state.head, state.new_metadata, state.lock)
         except PreconditionFailed:
             if not self._our_copy_landed(state):
                 self._take_back(state)
