@@ -64,6 +64,8 @@ def test_cut_over_keeps_everything_but_the_envelope(aws, fmt, wrap, cek, master)
     assert aws.s3.get_object(Bucket=aws.bucket, Key="k")["Body"].read() == raw
     assert not envelope_in_metadata(after["Metadata"])
     kept = {k: v for k, v in before["Metadata"].items() if k not in envelope_in_metadata(before["Metadata"])}
+    mark = after["Metadata"].pop("keymigration-copy")  # only this copy writes it (docs/cutover.md)
+    assert len(mark) == 32 and int(mark, 16) >= 0
     assert after["Metadata"] == kept and after["Metadata"]["owner"] == "team-a"
     if fmt == "v3":
         assert {"x-amz-c", "x-amz-d", "x-amz-i"} <= set(after["Metadata"])
@@ -303,11 +305,19 @@ def test_rollback_restores_old_envelopes_then_prune(aws):
         assert b"".join(decrypt_stream(env, dk, [raw])) == bodies[key]
     again = rollback.process("meta")
     assert again.outcome is Outcome.SKIPPED  # nothing left to roll back
+    # The undone step's backups are live again, so they went with the step.
+    assert not [k for k in aws.keys() if "keymigration-backup" in k]
 
-    # Prune keeps backups of objects that are not migrated (rolled back), deletes after re-migration.
-    prune = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True)
-    assert prune.process("meta").reason == "not-migrated"
+    # Prune keeps the backups of an object a reader cannot open with the target key (here: the
+    # old envelope is in its metadata again, as when a cut-over stopped after its backup), and
+    # deletes them once it can.
     assert cutover(aws).process("meta").reason == "cut-over"
+    prune = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True)
+    aws.s3.copy_object(Bucket=aws.bucket, Key="meta", CopySource={"Bucket": aws.bucket, "Key": "meta"},
+                       Metadata=originals["meta"], MetadataDirective="REPLACE")
+    assert prune.process("meta").reason == "not-migrated"
+    assert "meta.keymigration-backup" in aws.keys()
+    assert cutover(aws).process("meta").reason == "cut-over"  # (the same backup, taken over)
     assert Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False).process("meta").reason == "would-prune"
     assert prune.process("meta").reason == "pruned"
     assert "meta.keymigration-backup" not in aws.keys()
@@ -353,28 +363,31 @@ def test_rollback_plans_restores_once_and_refuses_what_others_wrote(aws):
     """Each rollback step on its own: a planned restore writes nothing, a restored file is not
     restored twice, and neither a foreign instruction file nor a metadata envelope that differs
     from the backup is ever replaced."""
-    for key, location in (("meta", "metadata"), ("file", "instruction-file")):
+    for key, location in (("meta", "metadata"), ("file", "instruction-file"), ("file2", "instruction-file")):
         put_encrypted(aws.s3, aws.bucket, key, encrypt_object(os.urandom(100), fmt="v1", wrap=W.LEGACY, master=AES), location)
     old_file = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
     worker = cutover(aws)
-    assert [worker.process(k).reason for k in ("meta", "file")] == ["cut-over", "migrated"]
+    assert [worker.process(k).reason for k in ("meta", "file", "file2")] == ["cut-over", "migrated", "migrated"]
     ours = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
 
     planned = Rollback(aws.s3, RollbackOptions(aws.bucket, dry_run=True)).process("file")
-    assert (planned.outcome, planned.reason, planned.message) == (Outcome.PLANNED, "would-roll-back", "instruction file restored")
+    assert (planned.outcome, planned.reason) == (Outcome.PLANNED, "would-roll-back")
+    assert planned.message == "step 1: instruction file .instruction restored"
     assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == ours
+    assert "file.instruction.keymigration-backup" in aws.keys()
     rollback = Rollback(aws.s3, RollbackOptions(aws.bucket))
     done = rollback.process("file")
-    assert (done.outcome, done.message) == (Outcome.ROLLED_BACK, "instruction file restored")
+    assert (done.outcome, done.message) == (Outcome.ROLLED_BACK, "step 1: instruction file .instruction restored")
     assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == old_file
     again = rollback.process("file")
     assert (again.outcome, again.reason) == (Outcome.SKIPPED, "nothing-to-roll-back")
 
     foreign = b'{"x-amz-key":"AAAA","x-amz-iv":"AAAAAAAAAAAAAAAAAAAAAA==","x-amz-matdesc":"{}"}'
-    aws.s3.put_object(Bucket=aws.bucket, Key="file.instruction", Body=foreign)
-    refused = rollback.process("file")
+    aws.s3.put_object(Bucket=aws.bucket, Key="file2.instruction", Body=foreign)
+    refused = rollback.process("file2")
     assert (refused.outcome, refused.reason) == (Outcome.FAILED, "instruction-file-changed")
-    assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == foreign
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="file2.instruction")["Body"].read() == foreign
+    assert "file2.instruction.keymigration-backup" in aws.keys()  # kept: nothing was undone
 
     head = aws.s3.head_object(Bucket=aws.bucket, Key="meta")
     other = encrypt_object(os.urandom(100), fmt="v1", wrap=W.LEGACY, master=AES).fields
@@ -406,8 +419,14 @@ def test_our_stale_file_is_never_backed_up_or_restored(aws):
     assert plain.process("k").reason == "migrated"
     body, _ = put_with_headers(aws, "k")  # a new version of the object
     assert plain.process("k").reason == "migrated"
-    assert "k.instruction.keymigration-backup" not in aws.keys()
+    assert not [k for k in aws.keys() if "keymigration-backup" in k]
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+    stale_body = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
+    # The second migration is step 2 of the object's chain (its step-1 marks were on the stale
+    # file): rolling it back removes the file it wrote and restores nothing in its place.
     result = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
-    assert result.outcome is Outcome.SKIPPED
-    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+    assert (result.outcome, result.message) == (Outcome.ROLLED_BACK, "step 2: KMS instruction file .instruction removed")
+    assert "k.instruction" not in aws.keys()
+    assert e.detect(aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]) is e.MetadataKind.ENVELOPE  # old key reads it
+    assert stale_body  # (never put back)
+    assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").reason == "nothing-to-roll-back"

@@ -110,7 +110,9 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "enum": sorted(m.api_name for m in Mode),
             "default": "InstructionFile",
             "description": "InstructionFile: write instruction files only. CutOver: also remove the old envelope from "
-            "each object's metadata (backed up first) so every reader's default lookup uses the KMS envelope.",
+            "each object's metadata (backed up first) so default lookups use the KMS envelope in .instruction. "
+            "Metadata: replace the old envelope in each object's metadata with the KMS envelope (backed up first; an "
+            "old .instruction is backed up and removed), read by every reader's default lookup in one request.",
         },
         "concurrency": {
             "type": "object",
