@@ -139,7 +139,7 @@ def head_without_lock_headers(moto_server, deny_lock_reads: bool):
     return proxy, s3
 
 
-@pytest.mark.parametrize("mode", ["cutover"])
+@pytest.mark.parametrize("mode", ["cutover", "metadata"])
 def test_object_lock_is_asked_for_explicitly_and_kept(aws, moto_server, mode):
     """HEAD hides retention and legal hold from a role without s3:GetObjectRetention /
     s3:GetObjectLegalHold; a copy made from HEAD alone left the new version unlocked."""
@@ -158,7 +158,7 @@ def test_object_lock_is_asked_for_explicitly_and_kept(aws, moto_server, mode):
     assert head["ObjectLockLegalHoldStatus"] == "ON"
 
 
-@pytest.mark.parametrize("mode", ["cutover"])
+@pytest.mark.parametrize("mode", ["cutover", "metadata"])
 def test_object_lock_that_cannot_be_read_is_refused(aws, moto_server, mode):
     locked, _ = lock_bucket_with_object(aws)
     before = aws.s3.head_object(Bucket=locked, Key="k")
@@ -430,3 +430,44 @@ def test_our_stale_file_is_never_backed_up_or_restored(aws):
     assert e.detect(aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]) is e.MetadataKind.ENVELOPE  # old key reads it
     assert stale_body  # (never put back)
     assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").reason == "nothing-to-roll-back"
+
+
+@pytest.mark.parametrize("mode", ["cutover", "metadata"])
+def test_a_foreign_same_length_write_at_the_copy_is_never_taken_for_ours(aws, moto_server, mode):
+    """#13 item 4: right at our copy, someone writes an object of the same length with exactly
+    the user metadata our copy would leave (the envelope removed). moto ignores
+    CopySourceIfMatch; the proxy enforces it, so our copy gets 412. Whether the copy is ours is
+    decided by what only the copy writes (keymigration-copy), never by length and metadata."""
+    import boto3
+
+    put_with_headers(aws, "k")
+    before = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    lookalike = {k: v for k, v in before["Metadata"].items() if k not in envelope_in_metadata(before["Metadata"])}
+    foreign_body = os.urandom(before["ContentLength"])
+    proxy = FaultProxy(moto_server.endpoint).start()
+    proxy.enforce_copy_source_if_match = True
+    raced: list[str] = []
+
+    def writer(method, path, headers, body):
+        if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} and not raced:
+            raced.append(path)
+            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=foreign_body, Metadata=lookalike, **HEADERS)
+        return None
+
+    proxy.rule = writer
+    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    try:
+        kms = KmsKeys(aws.kms, aws.target_key)
+        kms.describe_target()
+        result = ObjectRewrapper(s3, kms, [AES], RewrapOptions(aws.bucket, run_id="r1", mode=mode)).process("k")
+    finally:
+        proxy.stop()
+    assert raced and proxy.stats["copy-source-if-match-412"] == 1
+    assert (result.outcome, result.reason, result.retryable) == (Outcome.FAILED, "object-changed", True), result
+    stored = aws.s3.get_object(Bucket=aws.bucket, Key="k")
+    assert stored["Body"].read() == foreign_body and stored["Metadata"] == lookalike  # theirs, untouched
+    assert aws.keys() == ["k"]  # our backup (and, cut-over, the file written for the old object) taken back
+    after_rollback = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
+    assert after_rollback.reason == "nothing-to-roll-back"
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == lookalike

@@ -67,7 +67,8 @@ def leaving(metadata: Mapping[str, str], new_metadata: Mapping[str, str]) -> dic
     """What a rewrite to ``new_metadata`` takes out of (or changes in) the metadata, for the
     backup: the old envelope keys and keymigration's marks."""
     md = env_mod.lower_keys(metadata)
-    return {k: v for k, v in md.items() if k not in new_metadata or new_metadata[k] != v}
+    replaced = set(REMOVED_KEYS) | set(OBJECT_MARKERS)
+    return {k: v for k, v in md.items() if k in replaced or new_metadata.get(k) != v}
 
 
 def restored_metadata(current: Mapping[str, str], backup: Mapping[str, str]) -> dict[str, str]:

@@ -141,7 +141,7 @@ def back_up_instruction_file(bucket: Bucket, existing: StoredFile, metadata_fing
     metadata[BACKUP_OF] = "instruction-file"
     metadata[BACKUP_ETAG] = existing.etag.strip('"')
     try:
-        return bucket.put(backup_key, existing.body, metadata, if_none_match=True)
+        return bucket.put(backup_key, existing.body, metadata, if_none_match=True, content_type=existing.content_type)
     except PreconditionFailed:
         stored = bucket.get_small(backup_key)
         if stored is None or stored.body != existing.body:
