@@ -229,14 +229,21 @@ class Rollback:
 
     def remove_created_files(self, state: RollbackState) -> RollbackState:
         """Files of ours the step created (nothing to restore over them) go: a rotation's always,
-        a first migration's only with --remove-instruction-files, once the old envelope is in
-        the metadata again (the KMS file otherwise keeps explicit-suffix readers working)."""
+        a first migration's only with --remove-instruction-files, once the old envelope is where
+        the old readers find it (the KMS file otherwise keeps explicit-suffix readers working)."""
         step = state.step
         assert step is not None
         first = step.number == 1
         if first and not self.options.remove_instruction_files:
             return state
-        envelope_in_place = step.metadata is not None or envelope_in_metadata(state.metadata)
+        default_name = state.key + DEFAULT_INSTRUCTION_SUFFIX
+        default_file = state.current.get(default_name)
+        envelope_in_place = (  # where the old readers' default lookup finds it
+            step.metadata is not None
+            or envelope_in_metadata(state.metadata)
+            or default_name in step.files
+            or (default_file is not None and not _ours(default_file))
+        )
         for name, current in state.current.items():
             created = _ours(current) and files.step_of(current.metadata) == step.number and name not in step.files
             if not created or (first and not envelope_in_place):
