@@ -44,16 +44,21 @@ def read_with(aws, key, target, mode, suffix):
     return read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, target), key, lookup)
 
 
+def seed(aws, size: int) -> dict[str, bytes]:
+    bodies = {}
+    for key, fmt, wrap, cek, location in OBJECTS:
+        bodies[key] = os.urandom(size)
+        put_encrypted(aws.s3, aws.bucket, key, encrypt_object(bodies[key], fmt=fmt, wrap=wrap, cek_alg=cek, master=AES), location)
+    return bodies
+
+
 def backups(aws):
     return sorted(k for k in aws.keys() if "keymigration-backup" in k)
 
 
 @pytest.mark.parametrize("mode,suffix", MODES)
 def test_a_to_b_to_c_with_only_kms_keys_then_back_one_step_at_a_time(aws, mode, suffix):
-    bodies = {}
-    for key, fmt, wrap, cek, location in OBJECTS:
-        bodies[key] = os.urandom(200)
-        put_encrypted(aws.s3, aws.bucket, key, encrypt_object(bodies[key], fmt=fmt, wrap=wrap, cek_alg=cek, master=AES), location)
+    bodies = seed(aws, 200)
     originals = {key: aws.s3.head_object(Bucket=aws.bucket, Key=key)["Metadata"] for key in bodies}
     a, b, c = aws.new_kms_key(), aws.new_kms_key(), aws.new_kms_key()
 
@@ -97,10 +102,7 @@ def test_a_to_b_to_c_with_only_kms_keys_then_back_one_step_at_a_time(aws, mode, 
 
 @pytest.mark.parametrize("mode,suffix", MODES)
 def test_prune_deletes_the_whole_chain_once_the_last_key_reads_everything(aws, mode, suffix):
-    bodies = {}
-    for key, fmt, wrap, cek, location in OBJECTS:
-        bodies[key] = os.urandom(100)
-        put_encrypted(aws.s3, aws.bucket, key, encrypt_object(bodies[key], fmt=fmt, wrap=wrap, cek_alg=cek, master=AES), location)
+    bodies = seed(aws, 100)
     a, b = aws.new_kms_key(), aws.new_kms_key()
     migrate(aws, mode, suffix, a, keys=[AES])
     results, _ = migrate(aws, mode, suffix, b, source_kms=[a])
