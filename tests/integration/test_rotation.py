@@ -29,11 +29,11 @@ OBJECTS = [  # key, format, wrap, content cipher, where the original envelope is
 MODES = [("instruction-file", ".kms"), ("cutover", ".instruction"), ("metadata", ".instruction")]
 
 
-def migrate(aws, mode, suffix, target, *, source_kms=(), keys=(), run="run"):
+def migrate(aws, mode, suffix, target, *, source_kms=(), keys=(), run="run", objects=tuple(o[0] for o in OBJECTS)):
     kms = KmsKeys(aws.kms, target, source_key_ids=list(source_kms))
     kms.describe_target()
     worker = ObjectRewrapper(aws.s3, kms, list(keys), RewrapOptions(aws.bucket, suffix=suffix, run_id=run, mode=mode))
-    results = {key: worker.process(key) for key, *_ in OBJECTS}
+    results = {key: worker.process(key) for key in objects}
     return results, worker.kms.calls
 
 
@@ -142,3 +142,29 @@ def test_backups_of_an_object_replaced_since_its_migration_are_pruned_and_stop_b
     assert (pruned.outcome, pruned.message) == (Outcome.PRUNED, "1 backups of 1 migration steps of a replaced object")
     assert worker.process("k").reason == "migrated"
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, a), "k", None) == newer
+
+
+def test_backups_rollback_and_prune_work_with_any_suffix(aws):
+    """#13 item 8: a file replaced at a custom suffix is backed up, restored and pruned like one
+    at .instruction (rollback and prune only knew <key>.instruction.keymigration-backup)."""
+    body = os.urandom(100)
+    put_encrypted(aws.s3, aws.bucket, "k", encrypt_object(body, fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES), "metadata")
+    foreign = b'{"x-amz-key-v2":"AAAA","x-amz-iv":"AAAAAAAAAAAAAAAA","x-amz-matdesc":"{}","x-amz-wrap-alg":"AES/GCM","x-amz-cek-alg":"AES/GCM/NoPadding"}'
+    aws.s3.put_object(Bucket=aws.bucket, Key="k.v2", Body=foreign, Metadata={"written-by": "someone"})
+    results, _ = migrate(aws, "instruction-file", ".v2", aws.target_key, keys=[AES], objects=["k"])
+    assert results["k"].reason == "migrated"
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.v2.keymigration-backup")["Body"].read() == foreign
+    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".v2") == body
+
+    plan = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False, suffix=".v2").process("k")
+    assert plan.reason == "would-prune"  # the object opens with the target key at the suffix
+    undone = Rollback(aws.s3, RollbackOptions(aws.bucket, suffix=".v2")).process("k")
+    assert (undone.outcome, undone.message) == (Outcome.ROLLED_BACK, "step 1: instruction file .v2 restored")
+    restored = aws.s3.get_object(Bucket=aws.bucket, Key="k.v2")
+    assert restored["Body"].read() == foreign and restored["Metadata"] == {"written-by": "someone"}
+    assert backups(aws) == []
+
+    results, _ = migrate(aws, "instruction-file", ".v2", aws.target_key, keys=[AES], run="again", objects=["k"])
+    assert results["k"].reason == "migrated"
+    pruned = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True, suffix=".v2").process("k")
+    assert pruned.reason == "pruned" and backups(aws) == []
