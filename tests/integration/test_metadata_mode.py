@@ -23,13 +23,13 @@ from keymigration.migrate.rollback import Rollback, RollbackOptions
 from tests.integration.test_cutover import AES, HEADERS, RSA, put_with_headers, racing_proxy
 
 V1_V2 = {"x-amz-key", "x-amz-key-v2", "x-amz-iv", "x-amz-matdesc", "x-amz-wrap-alg", "x-amz-cek-alg", "x-amz-tag-len"}
-MARKS = {"keymigration-target-key", "keymigration-step", "keymigration-copy"}
+MARKS = {"keymigration-target-key", "keymigration-step", "keymigration-copy", "keymigration-run"}
 
 
-def metadata_mode(aws, s3=None, keys=(AES, RSA), dry_run=False, source_kms=()):
+def metadata_mode(aws, s3=None, keys=(AES, RSA), dry_run=False, source_kms=(), run_id="r1"):
     kms = KmsKeys(aws.kms, aws.target_key, source_key_ids=list(source_kms))
     kms.describe_target()
-    return ObjectRewrapper(s3 or aws.s3, kms, keys, RewrapOptions(aws.bucket, run_id="r1", mode="metadata", dry_run=dry_run))
+    return ObjectRewrapper(s3 or aws.s3, kms, keys, RewrapOptions(aws.bucket, run_id=run_id, mode="metadata", dry_run=dry_run))
 
 
 def default_read(aws, key):
@@ -75,6 +75,7 @@ def test_the_new_envelope_replaces_the_old_one_and_everything_else_stays(aws, fm
         assert metadata["x-amz-wrap-alg"] == "kms+context" and metadata["x-amz-iv"] == before["Metadata"]["x-amz-iv"]
         assert ("x-amz-tag-len" in metadata) == (envelope.cek_alg == e.GCM)
     assert metadata["keymigration-target-key"] == worker.kms.target_arn and metadata["keymigration-step"] == "1"
+    assert metadata["keymigration-run"] == "r1"
     for name in HEADERS:
         assert after.get(name) == before.get(name), name
     tags = aws.s3.get_object_tagging(Bucket=aws.bucket, Key="k")["TagSet"]
@@ -116,7 +117,9 @@ def test_a_rerun_makes_no_kms_call_and_no_write(aws):
     put_with_headers(aws, "k")
     assert metadata_mode(aws).process("k").reason == "migrated"
     snapshot = {k: aws.s3.head_object(Bucket=aws.bucket, Key=k)["ETag"] for k in aws.keys()}
-    again = metadata_mode(aws)
+    resumed = metadata_mode(aws).process("k")  # the same run again (after a kill): counted as its own
+    assert (resumed.outcome, resumed.reason, resumed.resumed) == (Outcome.MIGRATED, "migrated", True)
+    again = metadata_mode(aws, run_id="r2")
     result = again.process("k")
     assert (result.outcome, result.reason) == (Outcome.SKIPPED, "already-migrated")
     assert dict(again.kms.calls) == {"describe_key": 1}
@@ -137,7 +140,7 @@ def test_a_run_stopped_before_removing_the_old_file_is_finished_by_the_next(aws,
     assert (result.outcome, result.reason, result.resumed) == (Outcome.MIGRATED, "migrated", True)
     assert "k.instruction" not in aws.keys() and "k.instruction.keymigration-backup" in aws.keys()
     assert dict(again.kms.calls) == {"describe_key": 1}
-    assert metadata_mode(aws).process("k").reason == "already-migrated"
+    assert metadata_mode(aws, run_id="r2").process("k").reason == "already-migrated"
 
 
 def test_dry_run_plans_and_writes_nothing(aws):

@@ -35,7 +35,7 @@ MARKER_RUN = "keymigration-run"
 MARKER_STEP = "keymigration-step"
 MARKER_COPY = "keymigration-copy"  # object metadata only
 # What keymigration may put into an object's metadata besides the envelope.
-OBJECT_MARKERS = (MARKER_TARGET, MARKER_STEP, MARKER_COPY)
+OBJECT_MARKERS = (MARKER_TARGET, MARKER_STEP, MARKER_COPY, MARKER_RUN)
 BACKUP_OF = "keymigration-backup-of"
 BACKUP_ETAG = "keymigration-backup-etag"
 
@@ -56,9 +56,12 @@ def instruction_file_metadata(target_arn: str, fingerprint: str, run_id: str, st
     return marker
 
 
-def object_metadata_marks(target_arn: str, envelope: Envelope, step: int) -> dict[str, str]:
+def object_metadata_marks(target_arn: str, envelope: Envelope, step: int, run_id: str = "") -> dict[str, str]:
     """The marks of a metadata-mode envelope on the object itself."""
-    return {MARKER_TARGET: target_arn, MARKER_STEP: str(step), MARKER_COPY: source_fingerprint(envelope)}
+    marks = {MARKER_TARGET: target_arn, MARKER_STEP: str(step), MARKER_COPY: source_fingerprint(envelope)}
+    if run_id:
+        marks[MARKER_RUN] = run_id
+    return marks
 
 
 def step_of(metadata: Mapping[str, str] | None) -> int:

@@ -226,6 +226,9 @@ class ObjectRewrapper:
                 except PreconditionFailed:
                     pass
             raise Verdict(Outcome.MIGRATED, "migrated", "finished an interrupted migration: removed the old instruction file", resumed=True)
+        run_id = self.options.run_id
+        if run_id and metadata.get(files.MARKER_RUN) == run_id and not self.options.dry_run:
+            raise Verdict(Outcome.MIGRATED, "migrated", "written by this run before an interruption", resumed=True)
         raise Verdict.skipped("already-migrated", "the object's metadata holds the envelope under the target key")
 
     def unwrap_data_key(self, state: ObjectState) -> ObjectState:
@@ -301,7 +304,8 @@ class ObjectRewrapper:
             kept = cutover.stripped_metadata(state.metadata)
             with_envelope = env_mod.metadata_with_envelope(kept, fields)
             new_envelope = _parse_back(env_mod.from_metadata(with_envelope), envelope, wrapped)
-            new_metadata = {**with_envelope, **files.object_metadata_marks(self.kms.target_arn, new_envelope, state.step)}
+            marks = files.object_metadata_marks(self.kms.target_arn, new_envelope, state.step, self.options.run_id)
+            new_metadata = {**with_envelope, **marks}
             removed = cutover.leaving(state.metadata, new_metadata)
             return state.add(fields=fields, new_envelope=new_envelope, new_metadata=new_metadata, removed=removed)
         body = env_mod.instruction_body(fields)
@@ -410,7 +414,7 @@ class ObjectRewrapper:
         envelope = state.envelope
         size = max(184, len(envelope.encrypted_key) if envelope.wrap.is_kms else 0)
         fields = env_mod.target_fields(envelope, bytes(size), self.kms.target_wrap(envelope), self.kms.target_context(envelope))
-        marks = {files.MARKER_TARGET: self.kms.target_arn or "", files.MARKER_STEP: str(state.step), files.MARKER_COPY: "0" * 32}
+        marks = files.object_metadata_marks(self.kms.target_arn or "", envelope, state.step, self.options.run_id)
         return {**env_mod.metadata_with_envelope(cutover.stripped_metadata(state.metadata), fields), **marks}
 
     def _marked_done(self, existing: StoredFile, state: ObjectState, replaces_source: bool) -> bool:
