@@ -78,3 +78,14 @@ def test_cel_rejects_changing_what_is_immutable(change, message):
 @pytest.mark.parametrize("change", [{"suspend": True}, {"concurrency": {"maxJobs": 9}}, {"kmsRequestsPerSecond": 5}, {"maxFailedObjects": 3}])
 def test_cel_allows_editing_what_may_change(change):
     assert violations(BASE, {**BASE, **change}) == []
+
+
+def test_mode_enum_and_printer_column_follow_the_vocabulary():
+    from keymigration.formats.vocabulary import Mode
+    from keymigration.kube.crd import keymigration_crd
+
+    version = keymigration_crd()["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["mode"]
+    assert schema["enum"] == ["CutOver", "InstructionFile", "Metadata"] == sorted(m.api_name for m in Mode)
+    assert {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "where the new envelopes go"} in (
+        version["additionalPrinterColumns"])

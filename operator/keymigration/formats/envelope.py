@@ -581,12 +581,6 @@ def metadata_with_envelope(object_metadata: Mapping[str, str], fields: Mapping[s
     return {**kept, **fields}
 
 
-def replaced_by_envelope(object_metadata: Mapping[str, str], fields: Mapping[str, str]) -> dict[str, str]:
-    """What ``metadata_with_envelope`` takes out of the object's metadata (for its backup)."""
-    new = metadata_with_envelope(object_metadata, fields)
-    return {k: v for k, v in lower_keys(object_metadata).items() if k not in new or k in fields}
-
-
 def instruction_body(fields: Mapping[str, str]) -> bytes:
     """Serialize an instruction file: one JSON object, every value a string, ASCII only."""
     for k, v in fields.items():
