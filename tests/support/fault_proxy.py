@@ -41,6 +41,12 @@ S3_PRECONDITION = (
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client killed mid-request (the crash suites do it on purpose) resets its connection:
+        nothing to report."""
+
+
 @dataclass(frozen=True)
 class Request:
     """One request the proxy received: ``path`` unquoted, without the query."""
@@ -71,7 +77,7 @@ class FaultProxy:
         self.response_filter: Callable[[str, str, list], list] | None = None
         self.log_requests = False
         self.requests: list[Request] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
