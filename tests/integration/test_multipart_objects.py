@@ -27,15 +27,16 @@ MiB = 1024 * 1024
 PART = 5 * MiB
 
 
-def put_in_parts(aws, key, body: bytes, fmt="v2", wrap=W.AES_GCM, cek=e.GCM, acl=None) -> tuple[bytes, dict]:
+def put_in_parts(aws, key, body: bytes, fmt="v2", wrap=W.AES_GCM, cek=e.GCM, acl=None, checksum=False) -> tuple[bytes, dict]:
     enc = encrypt_object(body, fmt=fmt, wrap=wrap, cek_alg=cek, master=AES)
     extra = {"ACL": acl} if acl else {}
+    sha = {"ChecksumAlgorithm": "SHA256"} if checksum else {}
     upload = aws.s3.create_multipart_upload(Bucket=aws.bucket, Key=key, Metadata={**enc.fields, "owner": "team-a"},
-                                            Tagging="project=blue", **HEADERS, **extra)["UploadId"]
+                                            Tagging="project=blue", **sha, **HEADERS, **extra)["UploadId"]
     parts = []
     for number, start in enumerate(range(0, len(enc.body), PART), start=1):
-        part = aws.s3.upload_part(Bucket=aws.bucket, Key=key, UploadId=upload, PartNumber=number, Body=enc.body[start:start + PART])
-        parts.append({"PartNumber": number, "ETag": part["ETag"]})
+        part = aws.s3.upload_part(Bucket=aws.bucket, Key=key, UploadId=upload, PartNumber=number, Body=enc.body[start:start + PART], **sha)
+        parts.append({"PartNumber": number, "ETag": part["ETag"], **({"ChecksumSHA256": part["ChecksumSHA256"]} if checksum else {})})
     aws.s3.complete_multipart_upload(Bucket=aws.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
     head = aws.s3.head_object(Bucket=aws.bucket, Key=key)
     assert head["ETag"].endswith(f'-{len(parts)}"')  # really uploaded in parts
@@ -55,7 +56,9 @@ def worker_for(aws, mode, copy_in_parts: bool) -> ObjectRewrapper:
 @pytest.mark.parametrize("mode", ["cutover", "metadata"])
 def test_every_step_on_an_object_uploaded_in_parts(aws, mode, copy_in_parts):
     body = os.urandom(2 * PART + 12345)
-    raw, before = put_in_parts(aws, "big", body)
+    # (with a SHA-256 checksum on the multipart copy's path only: moto's CopyObject turns a
+    # composite checksum into a wrong full-object one, which botocore then rejects on GET)
+    raw, before = put_in_parts(aws, "big", body, checksum=copy_in_parts)
     result = worker_for(aws, mode, copy_in_parts).process("big")
     assert result.outcome is Outcome.MIGRATED, result
     after = aws.s3.head_object(Bucket=aws.bucket, Key="big")
@@ -66,6 +69,8 @@ def test_every_step_on_an_object_uploaded_in_parts(aws, mode, copy_in_parts):
         assert after.get(name) == before.get(name), name
     assert aws.s3.get_object_tagging(Bucket=aws.bucket, Key="big")["TagSet"] == [{"Key": "project", "Value": "blue"}]
     assert bool(envelope_in_metadata(after["Metadata"])) == (mode == "metadata")
+    if copy_in_parts:  # the checksum algorithm survives the copy in parts (CopyObject keeps the checksum itself)
+        assert aws.s3.head_object(Bucket=aws.bucket, Key="big", ChecksumMode="ENABLED").get("ChecksumSHA256")
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "big", None) == body
 
     rollback = Rollback(aws.s3, RollbackOptions(aws.bucket, remove_instruction_files=True))

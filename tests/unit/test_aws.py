@@ -97,6 +97,9 @@ class _PartRecorder:
     def get_object_lock_configuration(self, **_):
         return {}
 
+    def head_object(self, **_):
+        return {}
+
     def create_multipart_upload(self, **_):
         return {"UploadId": "u"}
 

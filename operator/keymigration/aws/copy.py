@@ -27,6 +27,7 @@ MAX_PART_SIZE = 5 * 1024**3
 LOCK_FIELDS = ("ObjectLockMode", "ObjectLockRetainUntilDate", "ObjectLockLegalHoldStatus")
 # "no retention / no legal hold on this object" and "the bucket has no Object Lock".
 NO_LOCK = {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError", "InvalidRequest"}
+CHECKSUMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")  # as the Checksum<name> fields say them
 # HEAD fields carried over by CopyObject parameters of the same name.
 CARRIED = (
     "ContentType",
@@ -202,12 +203,22 @@ class MetadataRewriter:
 
         return s3_call("CopyObject", key, copy)
 
+    def _checksum_algorithm(self, key: str, head: dict) -> str | None:
+        """The object's checksum algorithm (HEAD shows checksums only when asked for them)."""
+        checked = self.bucket.client.head_object(Bucket=self.bucket.name, Key=key, IfMatch=head["ETag"], ChecksumMode="ENABLED")
+        return next((name for name in CHECKSUMS if checked.get(f"Checksum{name}")), None)
+
     def _multipart(self, key: str, source: dict, head: dict, params: dict, part_size: int) -> str:
         client = self.bucket.client
         create = {k: v for k, v in params.items() if k not in ("MetadataDirective", "TaggingDirective")}
         tags = client.get_object_tagging(Bucket=self.bucket.name, Key=key).get("TagSet", [])
         if tags:
             create["Tagging"] = urlencode({t["Key"]: t["Value"] for t in tags})
+        # CopyObject keeps an object's checksum; a multipart copy keeps its algorithm only if the
+        # upload asks for it (the value becomes the parts' composite checksum).
+        algorithm = self._checksum_algorithm(key, head)
+        if algorithm:
+            create["ChecksumAlgorithm"] = algorithm
         upload = client.create_multipart_upload(Bucket=self.bucket.name, Key=key, **create)["UploadId"]
         try:
             parts = []
@@ -223,7 +234,9 @@ class MetadataRewriter:
                     CopySourceRange=f"bytes={start}-{end}",
                     CopySourceIfMatch=head["ETag"],
                 )
-                parts.append({"PartNumber": number, "ETag": part["CopyPartResult"]["ETag"]})
+                result = part["CopyPartResult"]
+                checksum = {f"Checksum{algorithm}": result[f"Checksum{algorithm}"]} if f"Checksum{algorithm}" in result else {}
+                parts.append({"PartNumber": number, "ETag": result["ETag"], **checksum})
             done = client.complete_multipart_upload(
                 Bucket=self.bucket.name, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}, IfMatch=head["ETag"]
             )
