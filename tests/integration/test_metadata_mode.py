@@ -242,3 +242,26 @@ def test_rollback_refuses_an_object_that_is_not_the_tools_copy(aws):
     assert (result.outcome, result.reason) == (Outcome.FAILED, "metadata-changed")
     assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == foreign
     assert "k.keymigration-backup" in aws.keys()
+
+
+@pytest.mark.parametrize("first", ["instruction-file", "cutover"])
+def test_a_prefix_migrated_in_another_mode_moves_into_the_metadata_without_a_new_wrap(aws, first):
+    """The same target key: the KMS envelope keymigration wrote to .instruction moves into the
+    metadata (only the verification calls KMS), and the file goes, backed up as a step of its own."""
+    body, _ = put_with_headers(aws, "k")
+    kms = KmsKeys(aws.kms, aws.target_key)
+    kms.describe_target()
+    assert ObjectRewrapper(aws.s3, kms, [AES], RewrapOptions(aws.bucket, mode=first)).process("k").outcome is Outcome.MIGRATED
+    file_before = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
+    worker = metadata_mode(aws, keys=())  # no AES/RSA key, no source KMS key: nothing to unwrap
+    result = worker.process("k")
+    assert (result.outcome, result.reason) == (Outcome.MIGRATED, "migrated"), result
+    assert dict(worker.kms.calls) == {"describe_key": 1, "re_encrypt": 1}  # the verification only
+    metadata = aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]
+    assert metadata["x-amz-key-v2"] == json.loads(file_before)["x-amz-key-v2"] and metadata["keymigration-step"] == "2"
+    assert "k.instruction" not in aws.keys()
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction.keymigration-backup.2")["Body"].read() == file_before
+    assert default_read(aws, "k") == body
+    undone = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
+    assert undone.outcome is Outcome.ROLLED_BACK, undone
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == file_before
