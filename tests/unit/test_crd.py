@@ -69,10 +69,13 @@ BASE = next(doc for _, doc in examples())["spec"]
         ({"sourceKmsKeyIds": ["alias/old"]}, "sourceKmsKeyIds are immutable"),
         ({"target": {"kmsKeyId": "alias/other"}}, "target is immutable"),
         ({"instructionFileSuffix": ".other"}, "instructionFileSuffix is immutable"),
+        ({"mode": "Metadata"}, "mode is immutable"),
     ],
 )
 def test_cel_rejects_changing_what_is_immutable(change, message):
     assert violations(BASE, {**BASE, **change}) == [message]
+    if "mode" in change:  # from one mode to another, too
+        assert violations({**BASE, "mode": "CutOver"}, {**BASE, **change}) == [message]
 
 
 @pytest.mark.parametrize("change", [{"suspend": True}, {"concurrency": {"maxJobs": 9}}, {"kmsRequestsPerSecond": 5}, {"maxFailedObjects": 3}])
