@@ -19,6 +19,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+from keymigration.formats.vocabulary import BACKUP_SUFFIX
 from keymigration.migrate.results import ListingHint
 
 
@@ -88,11 +89,19 @@ class _Window:
 
 
 def chained_suffix(key: str, suffixes: Sequence[str]) -> str | None:
-    """``<name><suffix>.<n>``: a later step's backup (``backup_name``) of one of ``suffixes``."""
+    """``<name>.keymigration-backup.<n>``: a later migration step's backup (``backup_name``);
+    returns the backup suffix among ``suffixes`` it ends in, before the ``.<n>``."""
     head, dot, tail = key.rpartition(".")
     if dot and tail.isdigit():
-        return matching_suffix(head, suffixes)
+        suffix = matching_suffix(head, suffixes)
+        if suffix is not None and suffix.endswith(BACKUP_SUFFIX):
+            return suffix
     return None
+
+
+def not_an_object(key: str, suffixes: Sequence[str]) -> str | None:
+    """The suffix that makes ``key`` an instruction file or a backup, not an object, or None."""
+    return matching_suffix(key, suffixes) or (chained_suffix(key, suffixes) if key[-1:].isdigit() else None)
 
 
 def with_hints(
