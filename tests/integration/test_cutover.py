@@ -421,14 +421,12 @@ def test_our_stale_file_is_never_backed_up_or_restored(aws):
     assert plain.process("k").reason == "migrated"
     assert not [k for k in aws.keys() if "keymigration-backup" in k]
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
-    stale_body = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read()
     # The second migration is step 2 of the object's chain (its step-1 marks were on the stale
     # file): rolling it back removes the file it wrote and restores nothing in its place.
     result = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
     assert (result.outcome, result.message) == (Outcome.ROLLED_BACK, "step 2: KMS instruction file .instruction removed")
     assert "k.instruction" not in aws.keys()
     assert e.detect(aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]) is e.MetadataKind.ENVELOPE  # old key reads it
-    assert stale_body  # (never put back)
     assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").reason == "nothing-to-roll-back"
 
 
