@@ -32,6 +32,7 @@ KINDS = [
     ("v2", "rsa", "instruction_file"),
     ("v2", "kms", "instruction_file"),
 ]
+ROTATION_KINDS = [("v1", "aes", "metadata"), ("v1", "kms", "metadata"), ("v2", "rsa", "instruction_file"), ("v2", "kms", "metadata")]
 PREFIX = "metadata-mode/"
 
 
@@ -149,7 +150,7 @@ def test_rotation_to_a_third_key_is_read_with_only_that_key(interop, needs_ruby,
     """Original -> new key (any mode) -> a third key with only --source-kms-key-id: the readers
     of the mode open every object with only the third key."""
     prefix = f"rotation-{mode}/"
-    objects = seed(interop, prefix, KINDS)
+    objects = seed(interop, prefix, ROTATION_KINDS)
     aes, rsa = key_files
     third = interop.kms.create_key(Description=f"third key {mode}")["KeyMetadata"]["Arn"]
     suffix = [] if mode != "instruction-file" else ["--suffix", ".kms"]
