@@ -77,7 +77,9 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
         default="instruction-file",
         help="instruction-file: write <key><suffix> only (readers told to read it first use it; the others keep the "
         "old envelope in the metadata); cutover: also remove the old envelope from the object's metadata, so readers "
-        "that read KMS envelopes from instruction files find <key>.instruction (not .NET: docs/cutover.md)",
+        "that read KMS envelopes from instruction files find <key>.instruction (not .NET); metadata: replace the old "
+        "envelope in the object's metadata with the KMS envelope (an old <key>.instruction is backed up and removed), "
+        "where every reader looks first (docs/cutover.md)",
     )
     scale = parser.add_argument_group("a shard of the prefix, or an inventory instead of a listing (docs/scale.md)")
     scale.add_argument("--start-after", metavar="KEY", default=None,
@@ -438,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
             rollback = RollbackOptions(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
             summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
         elif args.command == "prune-backups":
-            summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
+            summary = migration.run(
+                lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm, settings.suffix).process, description="pruning"
+            )
         else:
             _warn_about_readers(settings)
             summary = migration.run(description="planning" if args.command == "plan" else "migrating")

@@ -89,6 +89,8 @@ def test_no_key_material_anywhere(aws, moto_server, tmp_path):
         ["verify", *common, "--kms-key-id", aws.target_key, "--lookup", "default", "--report", str(tmp_path / "verify.jsonl")],
         ["rollback", *common, "--report", str(tmp_path / "rollback.jsonl")],
         ["prune-backups", *common, "--kms-key-id", aws.target_key, "--report", str(tmp_path / "prune.jsonl")],
+        ["run", *common, *keys, "--kms-key-id", aws.target_key, "--mode", "metadata", "--report", str(tmp_path / "metadata.jsonl")],
+        ["rollback", *common, "--report", str(tmp_path / "rollback-metadata.jsonl")],
         ["run", *common, "--source-key", str(tmp_path / "old.aes"), "--kms-key-id", "alias/missing"],  # a config error
     ]
     outputs: dict[str, bytes] = {}

@@ -64,6 +64,8 @@ def test_cut_over_keeps_everything_but_the_envelope(aws, fmt, wrap, cek, master)
     assert aws.s3.get_object(Bucket=aws.bucket, Key="k")["Body"].read() == raw
     assert not envelope_in_metadata(after["Metadata"])
     kept = {k: v for k, v in before["Metadata"].items() if k not in envelope_in_metadata(before["Metadata"])}
+    mark = after["Metadata"].pop("keymigration-copy")  # only this copy writes it (docs/cutover.md)
+    assert len(mark) == 32 and int(mark, 16) >= 0
     assert after["Metadata"] == kept and after["Metadata"]["owner"] == "team-a"
     if fmt == "v3":
         assert {"x-amz-c", "x-amz-d", "x-amz-i"} <= set(after["Metadata"])
@@ -104,6 +106,77 @@ def test_storage_class_sse_and_lock_are_kept(aws):
     head = aws.s3.head_object(Bucket=locked, Key="k")
     assert head["StorageClass"] == "STANDARD_IA" and head["ServerSideEncryption"] == "AES256"
     assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"] == until
+
+
+def lock_bucket_with_object(aws, key="k"):
+    locked = f"{aws.bucket}-lock"
+    aws.s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).replace(microsecond=0)
+    enc = encrypt_object(b"x" * 100, fmt="v2", wrap=W.AES_GCM, cek_alg=e.GCM, master=AES)
+    aws.s3.put_object(Bucket=locked, Key=key, Body=enc.body, Metadata=enc.fields, ObjectLockMode="GOVERNANCE",
+                      ObjectLockRetainUntilDate=until, ObjectLockLegalHoldStatus="ON")
+    return locked, until
+
+
+def head_without_lock_headers(moto_server, deny_lock_reads: bool):
+    """A proxy answering HEAD like S3 does to a role without s3:GetObjectRetention and
+    s3:GetObjectLegalHold: no x-amz-object-lock-* headers (and no error). With
+    ``deny_lock_reads``, GetObjectRetention/GetObjectLegalHold are denied too (403)."""
+    import boto3
+
+    proxy = FaultProxy(moto_server.endpoint).start()
+
+    def hide(method, path, headers):
+        return [(k, v) for k, v in headers if not (method == "HEAD" and k.lower().startswith("x-amz-object-lock-"))]
+
+    def deny(method, path, headers, body):
+        query = path.partition("?")[2]
+        return "s3-access-denied" if deny_lock_reads and method == "GET" and ("retention" in query or "legal-hold" in query) else None
+
+    proxy.response_filter, proxy.rule = hide, deny
+    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    return proxy, s3
+
+
+@pytest.mark.parametrize("mode", ["cutover", "metadata"])
+def test_object_lock_is_asked_for_explicitly_and_kept(aws, moto_server, mode):
+    """HEAD hides retention and legal hold from a role without s3:GetObjectRetention /
+    s3:GetObjectLegalHold; a copy made from HEAD alone left the new version unlocked."""
+    locked, until = lock_bucket_with_object(aws)
+    proxy, s3 = head_without_lock_headers(moto_server, deny_lock_reads=False)
+    try:
+        kms = KmsKeys(aws.kms, aws.target_key)
+        kms.describe_target()
+        result = ObjectRewrapper(s3, kms, [AES], RewrapOptions(locked, mode=mode)).process("k")
+    finally:
+        proxy.stop()
+    assert result.outcome is Outcome.MIGRATED, result
+    head = aws.s3.head_object(Bucket=locked, Key="k")
+    assert not envelope_in_metadata(head["Metadata"]) or mode == "metadata"
+    assert (head["ObjectLockMode"], head["ObjectLockRetainUntilDate"]) == ("GOVERNANCE", until)
+    assert head["ObjectLockLegalHoldStatus"] == "ON"
+
+
+@pytest.mark.parametrize("mode", ["cutover", "metadata"])
+def test_object_lock_that_cannot_be_read_is_refused(aws, moto_server, mode):
+    locked, _ = lock_bucket_with_object(aws)
+    before = aws.s3.head_object(Bucket=locked, Key="k")
+    proxy, s3 = head_without_lock_headers(moto_server, deny_lock_reads=True)
+    try:
+        kms = KmsKeys(aws.kms, aws.target_key)
+        kms.describe_target()
+        worker = ObjectRewrapper(s3, kms, [AES], RewrapOptions(locked, mode=mode))
+        plan = ObjectRewrapper(s3, kms, [AES], RewrapOptions(locked, mode=mode, dry_run=True)).process("k")
+        result = worker.process("k")
+    finally:
+        proxy.stop()
+    assert (plan.outcome, plan.reason) == (Outcome.FAILED, "object-lock-unreadable")
+    assert (result.outcome, result.reason) == (Outcome.FAILED, "object-lock-unreadable"), result
+    after = aws.s3.head_object(Bucket=locked, Key="k")
+    assert (after["ETag"], after["VersionId"], after["Metadata"]) == (before["ETag"], before["VersionId"], before["Metadata"])
+    names = [o["Key"] for o in aws.s3.list_objects_v2(Bucket=locked).get("Contents", [])]
+    assert not [n for n in names if "keymigration-backup" in n]
 
 
 def test_versioned_bucket_keeps_the_old_envelope_in_the_previous_version(aws):
@@ -232,11 +305,19 @@ def test_rollback_restores_old_envelopes_then_prune(aws):
         assert b"".join(decrypt_stream(env, dk, [raw])) == bodies[key]
     again = rollback.process("meta")
     assert again.outcome is Outcome.SKIPPED  # nothing left to roll back
+    # The undone step's backups are live again, so they went with the step.
+    assert not [k for k in aws.keys() if "keymigration-backup" in k]
 
-    # Prune keeps backups of objects that are not migrated (rolled back), deletes after re-migration.
-    prune = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True)
-    assert prune.process("meta").reason == "not-migrated"
+    # Prune keeps the backups of an object a reader cannot open with the target key (here: the
+    # old envelope is in its metadata again, as when a cut-over stopped after its backup), and
+    # deletes them once it can.
     assert cutover(aws).process("meta").reason == "cut-over"
+    prune = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True)
+    aws.s3.copy_object(Bucket=aws.bucket, Key="meta", CopySource={"Bucket": aws.bucket, "Key": "meta"},
+                       Metadata=originals["meta"], MetadataDirective="REPLACE")
+    assert prune.process("meta").reason == "not-migrated"
+    assert "meta.keymigration-backup" in aws.keys()
+    assert cutover(aws).process("meta").reason == "cut-over"  # (the same backup, taken over)
     assert Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False).process("meta").reason == "would-prune"
     assert prune.process("meta").reason == "pruned"
     assert "meta.keymigration-backup" not in aws.keys()
@@ -267,10 +348,8 @@ def test_a_lost_copy_response_is_recognised_as_our_copy(aws, monkeypatch):
     worker = cutover(aws)
     real = worker.rewriter.rewrite
 
-    def lost(key, head, metadata):
-        real(key, head, metadata)  # the copy lands...
-        
-
+    def lost(key, *args):
+        real(key, *args)  # the copy lands...
         raise PreconditionFailed(key)  # ...and the SDK's retry answers 412
 
     monkeypatch.setattr(worker.rewriter, "rewrite", lost)
@@ -284,28 +363,31 @@ def test_rollback_plans_restores_once_and_refuses_what_others_wrote(aws):
     """Each rollback step on its own: a planned restore writes nothing, a restored file is not
     restored twice, and neither a foreign instruction file nor a metadata envelope that differs
     from the backup is ever replaced."""
-    for key, location in (("meta", "metadata"), ("file", "instruction-file")):
+    for key, location in (("meta", "metadata"), ("file", "instruction-file"), ("file2", "instruction-file")):
         put_encrypted(aws.s3, aws.bucket, key, encrypt_object(os.urandom(100), fmt="v1", wrap=W.LEGACY, master=AES), location)
     old_file = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
     worker = cutover(aws)
-    assert [worker.process(k).reason for k in ("meta", "file")] == ["cut-over", "migrated"]
+    assert [worker.process(k).reason for k in ("meta", "file", "file2")] == ["cut-over", "migrated", "migrated"]
     ours = aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read()
 
     planned = Rollback(aws.s3, RollbackOptions(aws.bucket, dry_run=True)).process("file")
-    assert (planned.outcome, planned.reason, planned.message) == (Outcome.PLANNED, "would-roll-back", "instruction file restored")
+    assert (planned.outcome, planned.reason) == (Outcome.PLANNED, "would-roll-back")
+    assert planned.message == "step 1: instruction file .instruction restored"
     assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == ours
+    assert "file.instruction.keymigration-backup" in aws.keys()
     rollback = Rollback(aws.s3, RollbackOptions(aws.bucket))
     done = rollback.process("file")
-    assert (done.outcome, done.message) == (Outcome.ROLLED_BACK, "instruction file restored")
+    assert (done.outcome, done.message) == (Outcome.ROLLED_BACK, "step 1: instruction file .instruction restored")
     assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == old_file
     again = rollback.process("file")
     assert (again.outcome, again.reason) == (Outcome.SKIPPED, "nothing-to-roll-back")
 
     foreign = b'{"x-amz-key":"AAAA","x-amz-iv":"AAAAAAAAAAAAAAAAAAAAAA==","x-amz-matdesc":"{}"}'
-    aws.s3.put_object(Bucket=aws.bucket, Key="file.instruction", Body=foreign)
-    refused = rollback.process("file")
+    aws.s3.put_object(Bucket=aws.bucket, Key="file2.instruction", Body=foreign)
+    refused = rollback.process("file2")
     assert (refused.outcome, refused.reason) == (Outcome.FAILED, "instruction-file-changed")
-    assert aws.s3.get_object(Bucket=aws.bucket, Key="file.instruction")["Body"].read() == foreign
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="file2.instruction")["Body"].read() == foreign
+    assert "file2.instruction.keymigration-backup" in aws.keys()  # kept: nothing was undone
 
     head = aws.s3.head_object(Bucket=aws.bucket, Key="meta")
     other = encrypt_object(os.urandom(100), fmt="v1", wrap=W.LEGACY, master=AES).fields
@@ -337,8 +419,53 @@ def test_our_stale_file_is_never_backed_up_or_restored(aws):
     assert plain.process("k").reason == "migrated"
     body, _ = put_with_headers(aws, "k")  # a new version of the object
     assert plain.process("k").reason == "migrated"
-    assert "k.instruction.keymigration-backup" not in aws.keys()
+    assert not [k for k in aws.keys() if "keymigration-backup" in k]
     assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+    # The second migration is step 2 of the object's chain (its step-1 marks were on the stale
+    # file): rolling it back removes the file it wrote and restores nothing in its place.
     result = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
-    assert result.outcome is Outcome.SKIPPED
-    assert read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), "k", ".instruction") == body
+    assert (result.outcome, result.message) == (Outcome.ROLLED_BACK, "step 2: KMS instruction file .instruction removed")
+    assert "k.instruction" not in aws.keys()
+    assert e.detect(aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]) is e.MetadataKind.ENVELOPE  # old key reads it
+    assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").reason == "nothing-to-roll-back"
+
+
+@pytest.mark.parametrize("mode", ["cutover", "metadata"])
+def test_a_foreign_same_length_write_at_the_copy_is_never_taken_for_ours(aws, moto_server, mode):
+    """#13 item 4: right at our copy, someone writes an object of the same length with exactly
+    the user metadata our copy would leave (the envelope removed). moto ignores
+    CopySourceIfMatch; the proxy enforces it, so our copy gets 412. Whether the copy is ours is
+    decided by what only the copy writes (keymigration-copy), never by length and metadata."""
+    import boto3
+
+    put_with_headers(aws, "k")
+    before = aws.s3.head_object(Bucket=aws.bucket, Key="k")
+    lookalike = {k: v for k, v in before["Metadata"].items() if k not in envelope_in_metadata(before["Metadata"])}
+    foreign_body = os.urandom(before["ContentLength"])
+    proxy = FaultProxy(moto_server.endpoint).start()
+    proxy.enforce_copy_source_if_match = True
+    raced: list[str] = []
+
+    def writer(method, path, headers, body):
+        if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers} and not raced:
+            raced.append(path)
+            aws.s3.put_object(Bucket=aws.bucket, Key="k", Body=foreign_body, Metadata=lookalike, **HEADERS)
+        return None
+
+    proxy.rule = writer
+    s3 = boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    try:
+        kms = KmsKeys(aws.kms, aws.target_key)
+        kms.describe_target()
+        result = ObjectRewrapper(s3, kms, [AES], RewrapOptions(aws.bucket, run_id="r1", mode=mode)).process("k")
+    finally:
+        proxy.stop()
+    assert raced and proxy.stats["copy-source-if-match-412"] == 1
+    assert (result.outcome, result.reason, result.retryable) == (Outcome.FAILED, "object-changed", True), result
+    stored = aws.s3.get_object(Bucket=aws.bucket, Key="k")
+    assert stored["Body"].read() == foreign_body and stored["Metadata"] == lookalike  # theirs, untouched
+    assert aws.keys() == ["k"]  # our backup (and, cut-over, the file written for the old object) taken back
+    after_rollback = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
+    assert after_rollback.reason == "nothing-to-roll-back"
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == lookalike

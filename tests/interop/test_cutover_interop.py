@@ -23,13 +23,14 @@ KINDS = [
 SIZES = [0, 17, 70000]
 
 
-@pytest.fixture(scope="module")
-def cut(interop, needs_ruby, needs_go, key_files):
-    prefix = "cutover/"
+def seed(interop, prefix, kinds=KINDS):
+    """Objects written by Ruby V1/V2 (``kinds``: client, master key, envelope location) and the
+    Python S3EC v4 (V2 and V3 under the old KMS key), with content headers and tags a copy of
+    the object must keep. Returns {key: {"body", "client", "kind", "location"}}."""
     objects = {}
     items = []
     n = 0
-    for client, kind, location in KINDS:
+    for client, kind, location in kinds:
         for size in SIZES:
             key = f"{prefix}{client}-{kind}-{location}/obj +%ü {size}"
             body = body_for(n, size)
@@ -51,12 +52,19 @@ def cut(interop, needs_ruby, needs_go, key_files):
             objects[key] = {"body": body, "client": f"python-{fmt}", "kind": "kms", "location": "metadata"}
             n += 1
     oracles.py_s3ec_put(interop.endpoint, py_items)
+    for key in objects:  # content headers and tags that the copy must keep
+        head = interop.s3.head_object(Bucket=interop.bucket, Key=key)
+        interop.s3.copy_object(Bucket=interop.bucket, Key=key, CopySource={"Bucket": interop.bucket, "Key": key},
+                               MetadataDirective="REPLACE", Metadata=head["Metadata"], **HEADERS)
+        interop.s3.put_object_tagging(Bucket=interop.bucket, Key=key, Tagging={"TagSet": [{"Key": "team", "Value": "payroll"}]})
+    return objects
+
+
+@pytest.fixture(scope="module")
+def cut(interop, needs_ruby, needs_go, key_files):
+    prefix = "cutover/"
+    objects = seed(interop, prefix)
     s3 = interop.s3
-    for key in objects:  # content headers and tags that the cut-over must keep
-        head = s3.head_object(Bucket=interop.bucket, Key=key)
-        s3.copy_object(Bucket=interop.bucket, Key=key, CopySource={"Bucket": interop.bucket, "Key": key},
-                       MetadataDirective="REPLACE", Metadata=head["Metadata"], **HEADERS)
-        s3.put_object_tagging(Bucket=interop.bucket, Key=key, Tagging={"TagSet": [{"Key": "team", "Value": "payroll"}]})
     raw = {k: s3.get_object(Bucket=interop.bucket, Key=k)["Body"].read() for k in objects}
     before = {k: s3.head_object(Bucket=interop.bucket, Key=k) for k in objects}
 

@@ -217,7 +217,7 @@ def test_example_migrates_with_kubectl_apply_and_wait(cluster, env, operator, ru
     assert not obj["metadata"].get("finalizers")
     # kubectl get shows the printer columns.
     table = kubectl("get", "keymigrations", "-n", NS).stdout
-    assert "Succeeded" in table and "2/2" in table
+    assert "Succeeded" in table and "2/2" in table and "InstructionFile" in table  # (the Mode column)
     reasons = {e["reason"] for e in cluster.events(NS, involved_name=NAME)}
     assert {"Validated", "JobCreated", "PrefixCompleted", "Succeeded"} <= reasons
     # /metrics agrees with the status, exactly.

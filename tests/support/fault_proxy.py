@@ -10,7 +10,10 @@ requests it answers as a throttled or failing AWS would, instead of forwarding:
 
 It can also enforce what moto ignores (docs: moto-fidelity): ``x-amz-copy-source-if-match`` on
 CopyObject is checked against the source's current ETag, answering 412 like S3.
-Every decision is counted in ``stats``.
+Every decision is counted in ``stats``. With ``log_requests`` on, every request is recorded in
+``requests`` (method, path, query, Range, whether it went to KMS): readers' requests per read
+are counted from it. ``response_filter`` may rewrite the headers of a forwarded answer (for
+example drop what S3 shows only to a role with more permissions).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -29,11 +33,29 @@ S3_SLOWDOWN = (
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 S3_INTERNAL = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>'
+S3_ACCESS_DENIED = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
 S3_PRECONDITION = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code>'
     b"<Message>At least one of the pre-conditions you specified did not hold</Message></Error>"
 )
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client killed mid-request (the crash suites do it on purpose) resets its connection:
+        nothing to report."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the proxy received: ``path`` unquoted, without the query."""
+
+    method: str
+    path: str
+    query: str
+    range: str | None
+    kms: bool
 
 
 class FaultProxy:
@@ -51,7 +73,11 @@ class FaultProxy:
         # Optional hook: (method, path, headers, body) -> fault name or None, before the random
         # draw. Besides the faults above it may answer "kms-access-denied".
         self.rule: Callable[..., str | None] | None = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        # Optional: (method, path, [(header, value)]) -> the headers to send back instead.
+        self.response_filter: Callable[[str, str, list], list] | None = None
+        self.log_requests = False
+        self.requests: list[Request] = []
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -136,6 +162,8 @@ class FaultProxy:
                         self._reply(500, b'{"__type":"KMSInternalException","message":"internal"}', "application/x-amz-json-1.1")
                     else:
                         self._reply(500, S3_INTERNAL, "application/xml")
+                elif name == "s3-access-denied":
+                    self._reply(403, S3_ACCESS_DENIED, "application/xml")
                 elif name == "precondition":
                     self._reply(412, S3_PRECONDITION, "application/xml")
                 elif name == "kms-access-denied":
@@ -149,7 +177,10 @@ class FaultProxy:
                 response = conn.getresponse()
                 data = response.read()
                 self.send_response(response.status, response.reason)
-                for k, v in response.getheaders():
+                headers = response.getheaders()
+                if proxy.response_filter:
+                    headers = proxy.response_filter(self.command, self.path, headers)
+                for k, v in headers:
                     if k.lower() not in HOP_HEADERS and k.lower() != "content-length":
                         self.send_header(k, v)
                 # A HEAD answer carries the length of the body it does not send.
@@ -177,6 +208,11 @@ class FaultProxy:
 
             def handle_one(self) -> None:
                 body = self._body()
+                if proxy.log_requests:
+                    path, _, query = self.path.partition("?")
+                    request = Request(self.command, urllib.parse.unquote(path), query, self.headers.get("Range"), self._is_kms())
+                    with proxy.lock:
+                        proxy.requests.append(request)
                 fault = proxy._draw(self.command, self.path, dict(self.headers), body)
                 if fault == "slow":
                     proxy._count("slow")

@@ -82,3 +82,65 @@ def test_kms_connection_errors_become_retryable_kms_errors():
             call()
         assert caught.value.reason == "kms-connection" and caught.value.retryable
         assert "EndpointConnectionError" in str(caught.value)
+
+
+class _PartRecorder:
+    """An S3 client that records a multipart copy's parts without moving any bytes."""
+
+    def __init__(self):
+        self.ranges: list[tuple[int, int]] = []
+        self.meta = type("Meta", (), {"events": type("Events", (), {"register": staticmethod(lambda *a, **k: None)})()})()
+
+    def get_object_tagging(self, **_):
+        return {"TagSet": []}
+
+    def get_object_lock_configuration(self, **_):
+        return {}
+
+    def head_object(self, **_):
+        return {}
+
+    def create_multipart_upload(self, **_):
+        return {"UploadId": "u"}
+
+    def upload_part_copy(self, CopySourceRange, PartNumber, **_):  # noqa: N803 - boto3's names
+        first, last = (int(n) for n in CopySourceRange[len("bytes="):].split("-"))
+        assert PartNumber == len(self.ranges) + 1
+        self.ranges.append((first, last))
+        return {"CopyPartResult": {"ETag": f'"{PartNumber}"'}}
+
+    def complete_multipart_upload(self, MultipartUpload, **_):  # noqa: N803
+        return {"ETag": f'"x-{len(MultipartUpload["Parts"])}"'}
+
+    def abort_multipart_upload(self, **_):
+        pass
+
+
+TiB, GiB, MiB = 1024**4, 1024**3, 1024**2
+
+
+@pytest.mark.parametrize("size", [5 * GiB + 1, 4 * TiB + 900 * GiB, 5 * TiB, 10_000 * 5 * GiB])
+def test_multipart_copy_stays_within_10000_parts_of_at_most_5_gib(size):
+    """S3 allows 10,000 parts of 5 MiB to 5 GiB: 512 MiB parts overflow above 4.88 TiB, and S3
+    now stores objects up to 48.8 TiB (10,000 x 5 GiB)."""
+    from keymigration.aws.copy import MetadataRewriter
+    from keymigration.aws.s3 import Bucket
+
+    client = _PartRecorder()
+    etag = MetadataRewriter(Bucket(client, "b")).rewrite("k", {"ETag": '"e"', "ContentLength": size}, {})
+    ranges = client.ranges
+    assert len(ranges) <= 10_000 and etag == f'"x-{len(ranges)}"'
+    assert ranges[0][0] == 0 and ranges[-1][1] == size - 1
+    assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))  # contiguous, no byte twice
+    assert all(5 * MiB <= last - first + 1 <= 5 * GiB for first, last in ranges[:-1])
+
+
+def test_an_object_beyond_s3s_maximum_is_refused_before_any_request():
+    from keymigration.aws.copy import MetadataRewriter
+    from keymigration.aws.s3 import Bucket
+    from keymigration.errors import CutOverRefused
+
+    client = _PartRecorder()
+    with pytest.raises(CutOverRefused) as refused:
+        MetadataRewriter(Bucket(client, "b")).rewrite("k", {"ETag": '"e"', "ContentLength": 10_000 * 5 * GiB + 1}, {})
+    assert refused.value.reason == "object-too-large" and client.ranges == []

@@ -69,12 +69,26 @@ BASE = next(doc for _, doc in examples())["spec"]
         ({"sourceKmsKeyIds": ["alias/old"]}, "sourceKmsKeyIds are immutable"),
         ({"target": {"kmsKeyId": "alias/other"}}, "target is immutable"),
         ({"instructionFileSuffix": ".other"}, "instructionFileSuffix is immutable"),
+        ({"mode": "Metadata"}, "mode is immutable"),
     ],
 )
 def test_cel_rejects_changing_what_is_immutable(change, message):
     assert violations(BASE, {**BASE, **change}) == [message]
+    if "mode" in change:  # from one mode to another, too
+        assert violations({**BASE, "mode": "CutOver"}, {**BASE, **change}) == [message]
 
 
 @pytest.mark.parametrize("change", [{"suspend": True}, {"concurrency": {"maxJobs": 9}}, {"kmsRequestsPerSecond": 5}, {"maxFailedObjects": 3}])
 def test_cel_allows_editing_what_may_change(change):
     assert violations(BASE, {**BASE, **change}) == []
+
+
+def test_mode_enum_and_printer_column_follow_the_vocabulary():
+    from keymigration.formats.vocabulary import Mode
+    from keymigration.kube.crd import keymigration_crd
+
+    version = keymigration_crd()["spec"]["versions"][0]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["mode"]
+    assert schema["enum"] == ["CutOver", "InstructionFile", "Metadata"] == sorted(m.api_name for m in Mode)
+    assert {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "where the new envelopes go"} in (
+        version["additionalPrinterColumns"])

@@ -286,3 +286,40 @@ def test_reader_context_is_what_a_reader_passes():
     assert e.reader_context(WrapAlgorithm.KMS_CONTEXT, {"tenant": "a", "aws:x-amz-cek-alg": e.GCM, "kms_cmk_id": "k"}) == {"tenant": "a"}
     assert e.reader_context(WrapAlgorithm.KMS, {"kms_cmk_id": "k", "tenant": "a"}) == {}
     assert e.reader_context(WrapAlgorithm.AES_GCM, {"owner": "x"}) == {}
+
+
+def test_check_target_takes_metadata_mode_with_any_suffix_and_keeps_backup_names_reserved():
+    from keymigration.errors import ConfigurationError
+    from keymigration.formats.vocabulary import Mode, check_target
+
+    assert check_target("metadata", ".kms") is Mode.METADATA  # the suffix an earlier migration wrote
+    assert check_target("Metadata", ".instruction", api_names=True) is Mode.METADATA
+    with pytest.raises(ConfigurationError):
+        check_target("cutover", ".kms")
+    for suffix in (".keymigration-backup", ".keymigration-backup.2", ".x.keymigration-backup.v"):
+        with pytest.raises(ConfigurationError, match="reserved for backups"):
+            check_target("instruction-file", suffix)
+
+
+def test_backup_names_of_a_chain():
+    from keymigration.formats.vocabulary import backup_name, is_backup_name
+
+    assert backup_name("k") == "k.keymigration-backup" == backup_name("k", 1)
+    assert backup_name("k.instruction", 3) == "k.instruction.keymigration-backup.3"
+    assert all(is_backup_name(backup_name(n, s)) for n in ("k", "a/b.instruction") for s in (1, 2, 17))
+    assert not any(is_backup_name(n) for n in ("k", "k.2", "k.keymigration-backup.x", "k.keymigration-backup.0"))
+
+
+def test_the_metadata_form_of_a_new_envelope():
+    from keymigration.formats import envelope as e
+
+    v3_object = {"x-amz-c": "115", "x-amz-d": "d", "x-amz-i": "i", "x-amz-3": "old", "x-amz-w": "02", "x-amz-m": "{}",
+                 "x-amz-unencrypted-content-length": "5", "owner": "a"}
+    fields = {"x-amz-3": "new", "x-amz-w": "12", "x-amz-t": '{"aws:x-amz-cek-alg":"115"}'}
+    assert e.metadata_with_envelope(v3_object, fields) == {"x-amz-c": "115", "x-amz-d": "d", "x-amz-i": "i", "owner": "a", **fields}
+    v1_object = {"x-amz-key": "k", "x-amz-iv": "iv", "x-amz-matdesc": "{}", "x-amz-unencrypted-content-length": "5", "owner": "a"}
+    v2 = {"x-amz-key-v2": "n", "x-amz-iv": "iv", "x-amz-matdesc": "{}", "x-amz-wrap-alg": "kms+context", "x-amz-cek-alg": e.CBC}
+    assert e.metadata_with_envelope(v1_object, v2) == {"x-amz-unencrypted-content-length": "5", "owner": "a", **v2}
+    with pytest.raises(e.EnvelopeError):
+        e.metadata_with_envelope({"owner": "a"}, fields)  # a V3 envelope needs x-amz-c/d/i beside it
+    assert e.user_metadata_size({"ab": "cde"}) == len("x-amz-meta-ab") + 3

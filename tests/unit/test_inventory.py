@@ -56,12 +56,13 @@ def test_rows_become_objects_with_keys_decoded_and_non_objects_skipped():
     s3 = FakeObjects()
     rows = [Row(k) for k in AWKWARD] + [
         Row("a b.instruction"), Row("x.keymigration-backup"), Row("old", latest=False), Row("gone", delete_marker=True),
+        Row("x.keymigration-backup.2"), Row("a b.instruction.keymigration-backup.3"),  # rotations' backups
     ]
     url = write_inventory(s3, "dest", "src", [rows[:6], rows[6:]])
     src = source(s3, url)
     aux = Counter()
     assert keys_of(src, aux=aux) == AWKWARD
-    assert aux == Counter({".instruction": 1, ".keymigration-backup": 1})
+    assert aux == Counter({".instruction": 1, ".keymigration-backup": 3})
     assert src.summary()["inventory_rows_skipped"] == {"not-latest": 1, "delete-marker": 1}
     assert all(item.hint is None for item in src.items(Checkpoint("src", "", ".i", "t"), Counter()))
 

@@ -45,3 +45,17 @@ def test_listing_order_kept_and_unicode_order_matches_s3():
 def test_bare_suffix_key_is_an_object():
     _, order, _ = run([".instruction"])
     assert order == [".instruction"]
+
+
+def test_backups_of_later_migration_steps_are_not_objects():
+    keys = ["a", "a.keymigration-backup", "a.keymigration-backup.2", "a.instruction", "a.instruction.keymigration-backup.3",
+            "a.instruction.keymigration-backup.12", "b.2", "b.v.3", "b.instruction.2"]
+    hints, order, skipped = run(keys)
+    assert order == ["a", "b.2", "b.instruction.2", "b.v.3"]  # a name merely ending in .<n> is still an object
+    assert hints["a"] == ({"a.instruction": "etag-a.instruction"}, True)
+    assert skipped == Counter({".instruction": 1, ".keymigration-backup": 4})
+    from keymigration.migrate.listing import not_an_object
+
+    suffixes = (".instruction", ".keymigration-backup")
+    assert [not_an_object(k, suffixes) for k in ("a.instruction", "a.keymigration-backup.7", "a.instruction.2", "a.7")] == [
+        ".instruction", ".keymigration-backup", None, None]

@@ -233,6 +233,8 @@ def test_worker_args_parse_back_into_the_same_settings():
     assert settings.source_kms_key_ids == ["alias/old"]
     assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
     assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
+    rotation = KeyMigration.from_fields(km({"mode": "Metadata", "sourceKeys": [], "sourceKmsKeyIds": ["alias/old"]})["spec"])
+    assert settings_from_args(build_parser().parse_args(rotation.worker_args("a/"))).mode == "metadata"
 
 
 def test_target_encryption_context_reaches_the_worker():

@@ -45,6 +45,8 @@ def free_port() -> int:
 class MotoServer:
     """``python -m moto.server`` on a free port of 127.0.0.1; ``endpoint`` is its URL."""
 
+    launch = _LAUNCH  # the child's program (the tests' server patches moto before main())
+
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -53,7 +55,7 @@ class MotoServer:
     def start(self, timeout: float = 30) -> "MotoServer":
         env = {**os.environ, **FAKE_CREDENTIALS}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCH, "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-c", self.launch, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,

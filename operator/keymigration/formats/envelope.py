@@ -655,6 +655,56 @@ def target_fields(source: Envelope, new_encrypted_key: bytes, wrap: WrapAlgorith
     return fields
 
 
+# The envelope keys a new envelope replaces in object metadata: every V1/V2 key and the V3 keys
+# of the encrypted data key. x-amz-c/d/i describe the content and stay.
+REPLACEABLE_KEYS = V1_V2_KEYS + V3_INSTRUCTION_KEYS
+# S3: "the user-defined metadata is limited to 2 KB in size. The size of user-defined metadata is
+# measured by taking the sum of the number of bytes in the UTF-8 encoding of each key and value."
+# Whether S3 counts the x-amz-meta- prefix is not documented, so it is counted here.
+USER_METADATA_LIMIT = 2048
+USER_METADATA_PREFIX = "x-amz-meta-"
+
+
+def user_metadata_size(metadata: Mapping[str, str]) -> int:
+    """Bytes of user metadata as S3 limits them, counting the x-amz-meta- prefix of each key."""
+    return sum(len((USER_METADATA_PREFIX + k).encode()) + len(v.encode()) for k, v in metadata.items())
+
+
+##= docs/spec/s3-encryption/data-format/metadata-strategy.md#object-metadata
+##% By default, the S3EC MUST store content metadata in the S3 Object Metadata.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-c" MUST be present for V3 format objects.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-3" MUST be present for V3 format objects.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-t" SHOULD be present for V3 format objects that use KMS Encryption Context.
+##% - In practice, this mapkey will always be present due to the default KMS Encryption Context used in kms+context mode.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-w" MUST be present for V3 format objects.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-d" MUST be present for V3 format objects.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - The mapkey "x-amz-i" MUST be present for V3 format objects.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - If a mapkey exclusive to other (non-V3) format versions is present, the S3EC SHOULD throw an exception.
+##= docs/spec/s3-encryption/data-format/content-metadata.md#content-metadata-mapkeys
+##% - If a mapkey exclusive to other (non-V2) format versions is present, the S3EC SHOULD throw an exception.
+def metadata_with_envelope(object_metadata: Mapping[str, str], fields: Mapping[str, str]) -> dict[str, str]:
+    """The object's user metadata with ``fields`` (``target_fields``) as its envelope: every old
+    envelope key replaced; for V3, x-amz-c/d/i kept and x-amz-3/w/t beside them. Any other user
+    metadata stays as it is, except x-amz-unencrypted-content-length on V3 objects (the .NET
+    S3EC refuses a V3 envelope in metadata next to any V1/V2 key, that one included)."""
+    v3 = ENCRYPTED_DATA_KEY_V3 in fields
+    kept = {
+        k: v
+        for k, v in lower_keys(object_metadata).items()
+        if k not in REPLACEABLE_KEYS and not (v3 and k == UNENCRYPTED_LENGTH)
+    }
+    if v3 and any(k not in kept for k in V3_OBJECT_ONLY_KEYS):
+        raise EnvelopeError("malformed-envelope", "a V3 envelope in metadata needs x-amz-c, x-amz-d and x-amz-i")
+    return {**kept, **fields}
+
+
 def instruction_body(fields: Mapping[str, str]) -> bytes:
     """Serialize an instruction file: one JSON object, every value a string, ASCII only."""
     for k, v in fields.items():

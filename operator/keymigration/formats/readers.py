@@ -47,6 +47,8 @@ READERS: tuple[Reader, ...] = (
 def finds_new_envelope(reader: Reader, mode: Mode, suffix: str) -> bool:
     """Whether ``reader`` (suitably configured) reads the KMS envelope a migration in ``mode``
     writes, for an object whose old envelope was in its metadata."""
+    if mode is Mode.METADATA:  # the new envelope is in the metadata, where every reader looks first
+        return True
     if not reader.kms_from_file:
         return False
     if mode is Mode.CUTOVER:  # the metadata no longer holds an envelope: every default lookup finds <key>.instruction

@@ -17,8 +17,21 @@ from keymigration.errors import ConfigurationError
 DEFAULT_INSTRUCTION_SUFFIX = ".instruction"
 # Backups of replaced envelopes: <key>.instruction.keymigration-backup (an instruction file,
 # byte for byte) and <key>.keymigration-backup (an envelope removed from object metadata).
+# Each migration of an object is one step of a chain; step n > 1 (a rotation) names its
+# backups <name>.keymigration-backup.<n>, so no migration overwrites another's backup.
 BACKUP_SUFFIX = ".keymigration-backup"
+BACKUP_PATTERN = r"\.keymigration-backup(\.[1-9][0-9]{0,5})?$"
 SUFFIX_PATTERN = r"^\.[A-Za-z0-9._-]{1,64}$"
+
+
+def backup_name(name: str, step: int = 1) -> str:
+    """The backup of ``name`` (an object, for its metadata envelope, or an instruction file)
+    taken by migration step ``step`` of that object."""
+    return name + BACKUP_SUFFIX + (f".{step}" if step > 1 else "")
+
+
+def is_backup_name(name: str) -> bool:
+    return re.search(BACKUP_PATTERN, name) is not None
 
 
 E = TypeVar("E", bound=Enum)
@@ -66,10 +79,16 @@ class Mode(str, Enum):
 
     INSTRUCTION_FILE = "instruction-file"  # <key><suffix> only; the object is not touched
     CUTOVER = "cutover"  # also strip the old envelope from the object's metadata
+    METADATA = "metadata"  # the new envelope replaces the old one in the object's metadata
 
     @property
     def api_name(self) -> str:
-        return {Mode.INSTRUCTION_FILE: "InstructionFile", Mode.CUTOVER: "CutOver"}[self]
+        return {Mode.INSTRUCTION_FILE: "InstructionFile", Mode.CUTOVER: "CutOver", Mode.METADATA: "Metadata"}[self]
+
+    @property
+    def copies_objects(self) -> bool:
+        """The mode rewrites objects in place (CopyObject onto themselves)."""
+        return self is not Mode.INSTRUCTION_FILE
 
     @classmethod
     def from_api_name(cls, name: str) -> "Mode":
@@ -115,7 +134,7 @@ def check_target(mode: "Mode | str", suffix: str, *, api_names: bool = False) ->
         raise ConfigurationError(
             f"invalid instruction-file suffix {suffix!r}: a dot and 1-64 characters of A-Z a-z 0-9 . _ -"
         )
-    if suffix.endswith(BACKUP_SUFFIX):
+    if BACKUP_SUFFIX in suffix:
         raise ConfigurationError(f"instruction-file suffix {suffix!r}: {BACKUP_SUFFIX} is reserved for backups")
     if mode is Mode.CUTOVER and suffix != DEFAULT_INSTRUCTION_SUFFIX:
         # Go S3EC v3/v4 reads only <key>.instruction, and every default lookup tries it.
@@ -127,11 +146,14 @@ def check_target(mode: "Mode | str", suffix: str, *, api_names: bool = False) ->
 
 
 __all__ = [
+    "BACKUP_PATTERN",
     "BACKUP_SUFFIX",
     "DEFAULT_INSTRUCTION_SUFFIX",
     "Mode",
     "SUFFIX_PATTERN",
     "VerifyLevel",
     "WrapAlgorithm",
+    "backup_name",
     "check_target",
+    "is_backup_name",
 ]

@@ -124,7 +124,9 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "default": "InstructionFile",
             "description": "InstructionFile: write instruction files only. CutOver: also remove the old envelope from "
             "each object's metadata (backed up first) so the default lookup of readers that read KMS envelopes from "
-            "instruction files uses the new one (not .NET: docs/formats.md reader matrix).",
+            "instruction files uses the new one (not .NET: docs/formats.md reader matrix). "
+            "Metadata: replace the old envelope in each object's metadata with the KMS envelope (backed up first; an "
+            "old .instruction is backed up and removed), read by every reader's default lookup in one request.",
         },
         "concurrency": {
             "type": "object",

@@ -55,6 +55,7 @@ def keymigration_crd() -> dict:
     columns = [
         {"name": "Ready", "type": "string", "jsonPath": condition("Ready") + ".status"},
         {"name": "Reason", "type": "string", "jsonPath": condition("Ready") + ".reason"},
+        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "where the new envelopes go"},
         {"name": "Prefixes", "type": "string", "jsonPath": ".status.prefixesDone", "description": "completed/total"},
         {"name": "Migrated", "type": "integer", "jsonPath": ".status.totals.migrated"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.totals.failed"},

@@ -1,37 +1,43 @@
-"""Cut-over: remove the old envelope from an object's metadata so that every S3EC reader's
-default lookup finds the new KMS envelope in ``<key>.instruction`` (docs/cutover.md).
+"""Rewriting an object's metadata envelope in place: the cut-over strips the old envelope so that
+every S3EC reader's default lookup finds the new KMS envelope in ``<key>.instruction``; metadata
+mode writes the new envelope into the metadata itself, where every reader looks first
+(docs/cutover.md).
 
 Readers that find an envelope in object metadata use it and never look at the instruction file
 (Java S3EC v3/v4, Python v4, Go S3EC, .NET, C++; the specification's rule is cited in
 ``migrate/rewrap.py`` ``locate_envelope``). The metadata can
 only change by rewriting the object: a server-side CopyObject (``aws/copy.py``) onto itself with
 ``MetadataDirective=REPLACE`` and ``CopySourceIfMatch=<ETag read>``, which keeps the ciphertext
-bytes and fails if anyone wrote the object in between. Before that, the removed envelope is
-stored in ``<key>.keymigration-backup`` for rollback.
+bytes and fails if anyone wrote the object in between. Before that, what leaves the metadata is
+stored in ``<key>.keymigration-backup`` (``backup_name``, one per migration step) for rollback,
+with the value of ``keymigration-copy`` the copy writes: only this copy carries it, so the tool
+and the rollback tell keymigration's copy from anyone else's write.
 
 ``CutOver.run`` is the cut-over of one object as named stages over a ``CutOverState``, after the
 re-wrap stages (``migrate/rewrap.py``) wrote and verified the instruction file:
 read_new_file -> check_ready -> plan_dry_run -> recheck_earlier_write -> refuse -> store_backup
--> copy -> confirm -> record.
+-> copy -> confirm. ``CutOver.write_envelope`` is metadata mode's write stage, over the same
+state: refuse -> store_backup -> back_up_files -> copy -> confirm -> retire_files.
 """
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from keymigration.aws.copy import MetadataRewriter
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket, StoredFile
-from keymigration.errors import CutOverRefused, PreconditionFailed, S3Error
+from keymigration.errors import CutOverRefused, EnvelopeError, PreconditionFailed, S3Error
 from keymigration.formats import envelope as env_mod
 from keymigration.formats.envelope import Envelope
-from keymigration.formats.vocabulary import BACKUP_SUFFIX, DEFAULT_INSTRUCTION_SUFFIX, VerifyLevel
-from keymigration.migrate.files import MARKER_SOURCE, MARKER_TARGET, source_fingerprint, withdraw
+from keymigration.formats.vocabulary import DEFAULT_INSTRUCTION_SUFFIX, VerifyLevel, backup_name
+from keymigration.migrate import files
+from keymigration.migrate.files import MARKER_COPY, MARKER_TARGET, OBJECT_MARKERS, source_fingerprint, withdraw
 from keymigration.migrate.results import Outcome
 from keymigration.migrate.state import ObjectState, Verdict, run_stages
 
-METADATA_BACKUP_SUFFIX = BACKUP_SUFFIX  # <key>.keymigration-backup
 # Envelope keys that leave the metadata: all V1/V2 keys, and the V3 keys that live in the
 # instruction file; x-amz-c/d/i stay:
 ##= docs/spec/s3-encryption/data-format/metadata-strategy.md#v3-instruction-files
@@ -41,12 +47,7 @@ METADATA_BACKUP_SUFFIX = BACKUP_SUFFIX  # <key>.keymigration-backup
 ##% - The V3 message format MUST NOT store the mapkey "x-amz-d" and its value in the Instruction File.
 ##% - The V3 message format MUST store the mapkey "x-amz-i" and its value in the Object Metadata when writing with an Instruction File.
 ##% - The V3 message format MUST NOT store the mapkey "x-amz-i" and its value in the Instruction File.
-REMOVED_KEYS = env_mod.V1_V2_KEYS + (
-    env_mod.ENCRYPTED_DATA_KEY_V3,
-    env_mod.ENCRYPTED_DATA_KEY_ALGORITHM_V3,
-    env_mod.MAT_DESC_V3,
-    env_mod.ENCRYPTION_CONTEXT_V3,
-)
+REMOVED_KEYS = env_mod.REPLACEABLE_KEYS
 
 ARCHIVED = {"GLACIER", "DEEP_ARCHIVE"}
 
@@ -57,8 +58,23 @@ def envelope_in_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 def stripped_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The metadata without any envelope keys or keymigration's marks (x-amz-c/d/i stay)."""
     md = env_mod.lower_keys(metadata)
-    return {k: v for k, v in md.items() if k not in REMOVED_KEYS}
+    return {k: v for k, v in md.items() if k not in REMOVED_KEYS and k not in OBJECT_MARKERS}
+
+
+def leaving(metadata: Mapping[str, str], new_metadata: Mapping[str, str]) -> dict[str, str]:
+    """What a rewrite to ``new_metadata`` takes out of (or changes in) the metadata, for the
+    backup: the old envelope keys and keymigration's marks."""
+    md = env_mod.lower_keys(metadata)
+    replaced = set(REMOVED_KEYS) | set(OBJECT_MARKERS)
+    return {k: v for k, v in md.items() if k in replaced or new_metadata.get(k) != v}
+
+
+def restored_metadata(current: Mapping[str, str], backup: Mapping[str, str]) -> dict[str, str]:
+    """The metadata with the backup's keys back in place of whatever envelope and marks the
+    migration wrote: exactly the metadata from before."""
+    return {**stripped_metadata(current), **backup}
 
 
 def refusal(head: dict, acl_grants: list | None) -> CutOverRefused | None:
@@ -70,6 +86,10 @@ def refusal(head: dict, acl_grants: list | None) -> CutOverRefused | None:
         return CutOverRefused("archived", f"the object is in {storage}; restore it before the cut-over")
     if head.get("ArchiveStatus"):
         return CutOverRefused("archived", f"the object is in Intelligent-Tiering {head['ArchiveStatus']}; restore it first")
+    if head.get("MissingMeta"):
+        return CutOverRefused(
+            "unreadable-metadata", f"{head['MissingMeta']} metadata entries S3 cannot return (unprintable); a rewrite would drop them"
+        )
     if acl_grants:
         return CutOverRefused(
             "custom-acl", "the object has ACL grants beyond its owner; CopyObject would drop them (see docs/cutover.md)"
@@ -77,7 +97,18 @@ def refusal(head: dict, acl_grants: list | None) -> CutOverRefused | None:
     return None
 
 
-def backup_body(key: str, head: dict, removed: dict[str, str], cut_over_etag: str | None = None) -> bytes:
+def size_refusal(new_metadata: Mapping[str, str]) -> CutOverRefused | None:
+    size = env_mod.user_metadata_size(new_metadata)
+    if size > env_mod.USER_METADATA_LIMIT:
+        return CutOverRefused(
+            "metadata-too-large",
+            f"the rewritten user metadata would be {size} bytes (x-amz-meta- prefixes counted); S3 allows "
+            f"{env_mod.USER_METADATA_LIMIT}: use the instruction-file or cut-over mode for this object",
+        )
+    return None
+
+
+def backup_body(key: str, head: dict, removed: dict[str, str], step: int = 1, copy: str | None = None) -> bytes:
     data = {
         "keymigration-backup": 1,
         "source": "object-metadata",
@@ -86,9 +117,10 @@ def backup_body(key: str, head: dict, removed: dict[str, str], cut_over_etag: st
         "length": head.get("ContentLength"),
         "version_id": head.get("VersionId"),
         "envelope": removed,
+        "step": step,
     }
-    if cut_over_etag:
-        data["cut_over_etag"] = cut_over_etag  # the object as the cut-over left it
+    if copy:
+        data["copy"] = copy  # the keymigration-copy value of the copy this backup precedes
     return json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
 
 
@@ -106,58 +138,57 @@ def read_metadata_backup(stored_body: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in read_backup_record(stored_body)["envelope"].items()}
 
 
-def record_cut_over(bucket: Bucket, key: str, head: dict, removed: dict[str, str], after: dict) -> None:
-    """Add the cut-over object's ETag to its backup, so a rollback can tell that object from one
-    written later under the same key. Best effort: without it, rollback falls back to checks."""
-    name = key + METADATA_BACKUP_SUFFIX
-    stored = bucket.get_small(name)
-    if stored is None:
-        return
+def store_metadata_backup(bucket: Bucket, key: str, head: dict, removed: dict[str, str], step: int, copy: str) -> str:
+    """``<key>.keymigration-backup`` (of migration step ``step``): what is about to leave the
+    metadata, and the ``keymigration-copy`` value of the copy that will replace it. Returns the
+    backup's ETag. The same backup left by an interrupted attempt is taken over (with this
+    copy's value); a different one is refused."""
+    name = backup_name(key, step)
+    body = backup_body(key, head, removed, step, copy)
+    metadata = {files.BACKUP_OF: "object-metadata"}
     try:
-        bucket.put(name, backup_body(key, head, removed, after["ETag"]), stored.metadata, if_match=stored.etag)
-    except PreconditionFailed:
-        pass
-
-
-def store_metadata_backup(bucket: Bucket, key: str, head: dict, removed: dict[str, str]) -> str | None:
-    """``<key>.keymigration-backup``: the envelope about to leave the metadata, for rollback.
-    Returns the new backup's ETag, or None when the same backup was already there (a resumed
-    run); a different existing backup is refused."""
-    name = key + METADATA_BACKUP_SUFFIX
-    body = backup_body(key, head, removed)
-    try:
-        return bucket.put(name, body, {"keymigration-backup-of": "object-metadata"}, if_none_match=True)
+        return bucket.put(name, body, metadata, if_none_match=True)
     except PreconditionFailed:
         stored = bucket.get_small(name)
-        try:
-            same = stored is not None and read_metadata_backup(stored.body) == removed
-        except ValueError:
-            same = False
-        if not same:
-            raise S3Error(
-                "backup-exists",
-                f"{name!r} holds a different envelope (an earlier migration's backup); confirm and prune it first",
-            ) from None
-        return None
+    try:
+        same = stored is not None and read_metadata_backup(stored.body) == removed
+    except ValueError:
+        same = False
+    if not same:
+        raise S3Error(
+            "backup-exists",
+            f"{name!r} holds a different envelope (an earlier migration's backup); confirm and prune it first",
+        )
+    assert stored is not None
+    if stored.body == body:
+        return stored.etag
+    return bucket.put(name, body, metadata, if_match=stored.etag)
 
 
 # ---------------------------------------------------------------------------------------------
-# One object's cut-over, in stages
+# One object's metadata rewrite, in stages
 
 
 @dataclass(frozen=True)
 class CutOverState:
-    """What the cut-over stages know about one object, in the order they learn it."""
+    """What the metadata-rewrite stages know about one object, in the order they learn it."""
 
     object: ObjectState  # what the re-wrap read (head, key) and wrote (written)
     earlier: bool  # the instruction file was written by an earlier run, not verified by this one
-    removed: dict[str, str] = field(repr=False)  # the envelope keys leaving the metadata
+    removed: dict[str, str] = field(repr=False)  # the envelope keys (and marks) leaving the metadata
     new_metadata: dict[str, str] = field(repr=False)  # the user metadata the copy writes
+    copy_mark: str  # the keymigration-copy value in new_metadata: only this copy writes it
+    step: int = 1  # the migration step (names the backups)
+    expected: Envelope | None = None  # metadata mode: the envelope the metadata must hold after
+    retire: tuple[StoredFile, ...] = ()  # metadata mode: instruction files removed after the copy
     # read_new_file
     new_file: StoredFile | None = None  # <key>.instruction as it is now
     new_envelope: Envelope | None = None  # the envelope readers will use after the cut-over
-    # store_backup
-    backup_etag: str | None = None  # the backup this call stored (None: it was there already)
+    # refuse: the object's Object Lock settings, which the copy carries onto the new version
+    lock: dict = field(default_factory=dict, repr=False)
+    # store_backup, back_up_files: the backups this call stored (taken back if the object changed)
+    backup_etag: str | None = None
+    file_backups: tuple[tuple[str, str], ...] = ()
     # confirm
     after: dict | None = field(default=None, repr=False)  # HEAD of the object after the copy
 
@@ -175,8 +206,9 @@ CUT_OVER = Verdict(Outcome.MIGRATED, "cut-over", "metadata envelope removed; rea
 
 
 class CutOver:
-    """Strips the old envelope from an object's metadata once ``<key>.instruction`` holds our
-    verified KMS envelope; the removed envelope goes to ``<key>.keymigration-backup`` first."""
+    """Rewrites an object's metadata envelope in place once the new KMS envelope is verified:
+    strips it (cut-over, ``run``) or replaces it (metadata mode, ``write_envelope``). What
+    leaves the metadata goes to ``<key>.keymigration-backup`` first."""
 
     def __init__(self, bucket: Bucket, kms: KmsKeys, verify: VerifyLevel, dry_run: bool):
         self.bucket = bucket
@@ -193,7 +225,14 @@ class CutOver:
             self.store_backup,
             self.copy,
             self.confirm,
-            self.record,
+        )
+        self.metadata_stages = (
+            self.refuse,
+            self.store_backup,
+            self.back_up_files,
+            self.copy,
+            self.confirm,
+            self.retire_files,
         )
 
     def wants(self, state: ObjectState, verdict: Verdict) -> bool:
@@ -205,22 +244,51 @@ class CutOver:
             return True
         return verdict.outcome in (Outcome.SKIPPED, Outcome.PLANNED) and verdict.reason == "already-migrated"
 
-    def refusal(self, key: str, head: dict) -> CutOverRefused | None:
+    def refusal(self, key: str, head: dict, new_metadata: Mapping[str, str] | None = None) -> CutOverRefused | None:
         """Why this object must not be copied onto itself, or None."""
         # The cheap checks first: an archived object cannot even answer GetObjectAcl.
-        return refusal(head, None) or refusal(head, self.rewriter.acl_grants(key, head))
+        refused = refusal(head, None) or (size_refusal(new_metadata) if new_metadata is not None else None)
+        refused = refused or refusal(head, self.rewriter.acl_grants(key, head))
+        if refused is None:
+            try:
+                self.rewriter.object_lock(key, head)
+            except CutOverRefused as error:
+                return error
+        return refused
 
     def run(self, state: ObjectState, verdict: Verdict) -> Verdict:
         """The cut-over of an object the re-wrap ended with ``verdict``; returns its verdict."""
         metadata = state.head["Metadata"] if state.head else {}
+        copy_mark = uuid.uuid4().hex
+        new_metadata = {**stripped_metadata(metadata), MARKER_COPY: copy_mark}
         start = CutOverState(
             state,
             earlier=verdict.reason == "already-migrated",
-            removed=envelope_in_metadata(metadata),
-            new_metadata=stripped_metadata(metadata),
+            removed=leaving(metadata, new_metadata),
+            new_metadata=new_metadata,
+            copy_mark=copy_mark,
         )
         _, ending = run_stages(self.stages, start)
         return ending or CUT_OVER
+
+    def write_envelope(self, state: ObjectState) -> ObjectState:
+        """Metadata mode's write: the object's metadata gets ``state.new_metadata`` (the new
+        envelope and its marks), after backups of what leaves it; the instruction files in
+        ``state.retire`` are removed after the copy. Ends the object (a Verdict) if not."""
+        start = CutOverState(
+            state,
+            earlier=False,
+            removed=state.removed,
+            new_metadata=state.new_metadata,
+            copy_mark=state.new_metadata[MARKER_COPY],
+            step=state.step,
+            expected=state.new_envelope,
+            retire=state.retire,
+        )
+        _, ending = run_stages(self.metadata_stages, start)
+        if ending is not None:
+            raise ending
+        return state
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -234,14 +302,14 @@ class CutOver:
         stored, new = state.new_file, state.new_envelope
         if stored is None or new is None or not new.wrap.is_kms or stored.metadata.get(MARKER_TARGET) != self.kms.target_arn:
             raise Verdict.failed("cut-over-not-ready", f"{name!r} does not hold the target KMS envelope; not stripping the metadata")
-        if stored.metadata.get(MARKER_SOURCE) != source_fingerprint(env_mod.from_metadata(state.head["Metadata"])):
+        if not files.written_for(stored, source_fingerprint(env_mod.from_metadata(state.head["Metadata"]))):
             raise Verdict.failed("cut-over-not-ready", f"{name!r} was written for another version of the object")
-        return state
+        return replace(state, step=files.step_of(stored.metadata))
 
     def plan_dry_run(self, state: CutOverState) -> CutOverState:
         if not self.dry_run:
             return state
-        refused = self.refusal(state.key, state.head)
+        refused = self.refusal(state.key, state.head, state.new_metadata)
         if refused:
             raise Verdict.failed(refused.reason, str(refused))
         raise Verdict.planned("would-cut-over", "would strip the metadata envelope")
@@ -254,17 +322,29 @@ class CutOver:
         return state
 
     def refuse(self, state: CutOverState) -> CutOverState:
-        refused = self.refusal(state.key, state.head)
+        head = state.head
+        refused = refusal(head, None) or size_refusal(state.new_metadata)
+        refused = refused or refusal(head, self.rewriter.acl_grants(state.key, head))
         if refused:
             raise refused
-        return state
+        return replace(state, lock=self.rewriter.object_lock(state.key, head))
 
     def store_backup(self, state: CutOverState) -> CutOverState:
-        return replace(state, backup_etag=store_metadata_backup(self.bucket, state.key, state.head, state.removed))
+        etag = store_metadata_backup(self.bucket, state.key, state.head, state.removed, state.step, state.copy_mark)
+        return replace(state, backup_etag=etag)
+
+    def back_up_files(self, state: CutOverState) -> CutOverState:
+        """Metadata mode: byte-exact backups of the instruction files that go after the copy."""
+        stored = []
+        for retired in state.retire:
+            etag = files.back_up_instruction_file(self.bucket, retired, None, state.step)
+            if etag:
+                stored.append((backup_name(retired.key, state.step), etag))
+        return replace(state, file_backups=tuple(stored))
 
     def copy(self, state: CutOverState) -> CutOverState:
         try:
-            self.rewriter.rewrite(state.key, state.head, state.new_metadata)
+            self.rewriter.rewrite(state.key, state.head, state.new_metadata, state.lock)
         except PreconditionFailed:
             if not self._our_copy_landed(state):
                 self._take_back(state)
@@ -276,21 +356,33 @@ class CutOver:
         return state
 
     def confirm(self, state: CutOverState) -> CutOverState:
+        """A HEAD reads the metadata back: exactly what was written, the same length, and in
+        metadata mode the envelope parses to the one verified before the copy."""
         after = self.bucket.head(state.key)
-        if after is None or envelope_in_metadata(after.get("Metadata", {})) or env_mod.lower_keys(after.get("Metadata", {})) != state.new_metadata:
+        metadata = env_mod.lower_keys(after.get("Metadata", {})) if after is not None else None
+        if metadata != state.new_metadata:
             raise Verdict.failed("cut-over-unverified", "after the rewrite the metadata is not what was written")
         if after.get("ContentLength") != state.head.get("ContentLength"):
             raise Verdict.failed("cut-over-unverified", "after the rewrite the object length differs")
+        if state.expected is not None and not _same_envelope(metadata, state.expected):
+            raise Verdict.failed("cut-over-unverified", "after the rewrite the metadata envelope does not read back as written")
         return replace(state, after=after)
 
-    def record(self, state: CutOverState) -> CutOverState:
-        assert state.after is not None
-        record_cut_over(self.bucket, state.key, state.head, state.removed, state.after)
+    def retire_files(self, state: CutOverState) -> CutOverState:
+        """Metadata mode: the instruction files that held an older envelope go, so that no reader
+        asking for them explicitly gets an older key's envelope (their backups stay)."""
+        for retired in state.retire:
+            try:
+                self.bucket.delete(retired.key, if_match=retired.etag)
+            except PreconditionFailed:
+                pass  # rewritten by someone since it was read: theirs, left alone
         return state
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _our_copy_landed(self, state: CutOverState) -> bool:
+        """Only our copy writes ``copy_mark``: a write by anyone else, even of the same length
+        and metadata, is not taken for ours."""
         now = self.bucket.head(state.key)
         return (
             now is not None
@@ -299,11 +391,24 @@ class CutOver:
         )
 
     def _take_back(self, state: CutOverState) -> None:
-        """Someone wrote the object since we read it: nothing of ours landed. The backup just
+        """Someone wrote the object since we read it: nothing of ours landed. The backups just
         made and the instruction file just written describe an object that no longer exists."""
+        made = list(state.file_backups)
         if state.backup_etag:
+            made.append((backup_name(state.key, state.step), state.backup_etag))
+        for name, etag in made:
             try:
-                self.bucket.delete(state.key + BACKUP_SUFFIX, if_match=state.backup_etag)
+                self.bucket.delete(name, if_match=etag)
             except PreconditionFailed:
                 pass
         withdraw(self.bucket, state.object.written)
+
+
+def _same_envelope(metadata: Mapping[str, str], expected: Envelope) -> bool:
+    try:
+        found = env_mod.from_metadata(metadata)
+    except EnvelopeError:
+        return False
+    return (found.encrypted_key, found.context, found.wrap, found.cek_alg, found.iv, found.message_id) == (
+        expected.encrypted_key, expected.context, expected.wrap, expected.cek_alg, expected.iv, expected.message_id,
+    )

@@ -45,7 +45,7 @@ from urllib.parse import unquote_plus, urlparse
 from keymigration.aws.s3 import s3_call
 from keymigration.errors import ConfigurationError, PreconditionFailed, S3Error
 from keymigration.migrate.checkpoint import Checkpoint
-from keymigration.migrate.listing import matching_suffix
+from keymigration.migrate.listing import not_an_object
 from keymigration.migrate.sources import KeyRange, WorkItem
 
 CHUNK = 1 << 20
@@ -265,8 +265,8 @@ class InventorySource:
             key = object_key(row)
             if key is None:
                 continue
-            if key.endswith(suffixes):  # maybe an instruction file or a backup (one C call)
-                suffix = matching_suffix(key, not_objects)
+            if key.endswith(suffixes) or key[-1:].isdigit():  # maybe an instruction file or a backup
+                suffix = not_an_object(key, not_objects)
                 if suffix is not None:
                     aux[suffix] += 1
                     continue

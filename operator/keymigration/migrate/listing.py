@@ -19,6 +19,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+from keymigration.formats.vocabulary import BACKUP_SUFFIX
 from keymigration.migrate.results import ListingHint
 
 
@@ -87,6 +88,22 @@ class _Window:
             yield ListedObject(key, ListingHint(files, complete=False))
 
 
+def chained_suffix(key: str, suffixes: Sequence[str]) -> str | None:
+    """``<name>.keymigration-backup.<n>``: a later migration step's backup (``backup_name``);
+    returns the backup suffix among ``suffixes`` it ends in, before the ``.<n>``."""
+    head, dot, tail = key.rpartition(".")
+    if dot and tail.isdigit():
+        suffix = matching_suffix(head, suffixes)
+        if suffix is not None and suffix.endswith(BACKUP_SUFFIX):
+            return suffix
+    return None
+
+
+def not_an_object(key: str, suffixes: Sequence[str]) -> str | None:
+    """The suffix that makes ``key`` an instruction file or a backup, not an object, or None."""
+    return matching_suffix(key, suffixes) or (chained_suffix(key, suffixes) if key[-1:].isdigit() else None)
+
+
 def with_hints(
     listing: Iterable[Listed],
     file_suffixes: Sequence[str],
@@ -98,10 +115,11 @@ def with_hints(
     """Objects in listing order, each with the instruction files the listing saw for it.
 
     ``file_suffixes``: instruction-file names to report (``.instruction`` and the target
-    suffix); ``skip_suffixes``: further names that are not objects (backups). Keys passed over
-    are counted in ``skipped`` by suffix. With ``end_key``, objects after it are not yielded;
-    the listing is read past it only while an object of the range may still get a file, and
-    for at most ``window`` keys (then the remaining objects leave with incomplete hints).
+    suffix); ``skip_suffixes``: further names that are not objects (backups; with a ``.<n>``
+    after them too, the backups of later migration steps). Keys passed over are counted in
+    ``skipped`` by suffix. With ``end_key``, objects after it are not yielded; the listing is
+    read past it only while an object of the range may still get a file, and for at most
+    ``window`` keys (then the remaining objects leave with incomplete hints).
     """
     file_suffixes = sorted(set(file_suffixes), key=len, reverse=True)
     not_objects = sorted(set(file_suffixes) | set(skip_suffixes), key=len, reverse=True)
@@ -115,6 +133,11 @@ def with_hints(
             if not objects.pending or overrun > window:
                 yield from objects.drain()
                 return
+        chained = chained_suffix(item.key, skip_suffixes)
+        if chained is not None:
+            if skipped is not None and not beyond:
+                skipped[chained] += 1
+            continue
         suffix = matching_suffix(item.key, not_objects)
         if suffix is not None:
             objects.attach(item.key[: -len(suffix)], item.key, item.etag)

@@ -24,7 +24,7 @@ cut-over mode ``migrate/cutover.py`` ``CutOver`` follows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from keymigration.aws.kms import KmsKeys, Wrapped
 from keymigration.aws.s3 import Bucket, StoredFile
@@ -39,9 +39,10 @@ from keymigration.formats.vocabulary import (
     DEFAULT_INSTRUCTION_SUFFIX,
     Mode,
     VerifyLevel,
+    backup_name,
     check_target,
 )
-from keymigration.migrate import files
+from keymigration.migrate import cutover, files
 from keymigration.migrate.cutover import CutOver
 from keymigration.migrate.files import Written
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
@@ -73,7 +74,8 @@ class ObjectRewrapper:
         self.kms = kms
         self.source_keys = list(source_keys)
         self.options = options
-        self.cut_over = CutOver(self.bucket, kms, options.verify, options.dry_run) if options.mode is Mode.CUTOVER else None
+        copies = options.mode.copies_objects
+        self.cut_over = CutOver(self.bucket, kms, options.verify, options.dry_run) if copies else None
         self.stages: tuple[Stage[ObjectState], ...] = self.rewrap_stages()
 
     @property
@@ -90,21 +92,32 @@ class ObjectRewrapper:
         """The re-wrap of one object, in order. Each stage returns the state with what it found
         added, or ends the object (a ``Verdict``, or an ``ObjectError`` for a failure)."""
         verify = self.options.verify
+        checks = (
+            *((self.verify_envelope,) if verify is not VerifyLevel.NONE else ()),
+            *((self.verify_body,) if verify is VerifyLevel.BODY else ()),
+        )
+        if self.options.mode is Mode.METADATA:
+            # The new envelope goes into the object's metadata (a conditional copy onto itself)
+            # instead of a file; what the object is checked against is the copy's condition.
+            done, write = (self.skip_if_in_metadata,), (self.write_metadata,)
+        else:
+            done = (self.skip_if_done,)
+            write = (self.write_file, *((self.confirm_unchanged,) if verify is not VerifyLevel.NONE else ()))
         return (
             self.read_head,
             self.locate_envelope,
+            self.read_target,
+            self.choose_source,
             self.check_body_length,
-            self.skip_if_done,
+            *done,
             self.unwrap_data_key,
             self.prove_data_key,
             self.plan_dry_run,
             self.skip_if_already_wrapped,
             self.wrap_data_key,
             self.build_envelope,
-            *((self.verify_envelope,) if verify is not VerifyLevel.NONE else ()),
-            *((self.verify_body,) if verify is VerifyLevel.BODY else ()),
-            self.write_file,
-            *((self.confirm_unchanged,) if verify is not VerifyLevel.NONE else ()),
+            *checks,
+            *write,
         )
 
     # -- entry point ------------------------------------------------------------------------
@@ -113,7 +126,7 @@ class ObjectRewrapper:
         state, verdict = run_stages(self.stages, ObjectState.start(key, hint, key + self.options.suffix))
         verdict = verdict or MIGRATED
         result = state.result(verdict)
-        if self.cut_over and self.cut_over.wants(state, verdict):
+        if self.options.mode is Mode.CUTOVER and self.cut_over and self.cut_over.wants(state, verdict):
             self.cut_over.run(state, verdict).apply(result)
         if result.outcome in (Outcome.MIGRATED, Outcome.PLANNED) and state.envelope is not None:
             self._note_context(result, state.envelope)
@@ -136,14 +149,52 @@ class ObjectRewrapper:
         """The envelope readers use today: object metadata first, else ``<key>.instruction``."""
         kind = env_mod.detect(state.metadata)
         if kind is MetadataKind.ENVELOPE:
-            return state.add(envelope=env_mod.from_metadata(state.metadata))
+            envelope = env_mod.from_metadata(state.metadata)
+            fingerprint = files.source_fingerprint(envelope)
+            return state.add(envelope=envelope, fingerprint=fingerprint, metadata_fingerprint=fingerprint)
         name = state.key + DEFAULT_INSTRUCTION_SUFFIX
         source_file = self._read_file(name, state.hint)
         if source_file is None:
             if kind is MetadataKind.NONE:
                 raise Verdict.skipped("not-encrypted", "no S3EC envelope in metadata and no instruction file")
             raise Verdict.failed("missing-instruction-file", f"V3 metadata but {name!r} does not exist")
-        return state.add(envelope=env_mod.from_instruction_file(source_file.body, state.metadata), source_file=source_file)
+        envelope = env_mod.from_instruction_file(source_file.body, state.metadata)
+        return state.add(envelope=envelope, source_file=source_file, fingerprint=files.source_fingerprint(envelope))
+
+    def read_target(self, state: ObjectState) -> ObjectState:
+        """The file at the target name (metadata mode: also ``<key>.instruction``), if any."""
+        existing = state.source_file if state.replaces_source else self._read_file(state.target_name, state.hint)
+        state = state.add(existing=existing)
+        if self.options.mode is not Mode.METADATA:
+            return state
+        known = {f.key: f for f in (state.source_file, existing) if f is not None}
+        nearby = []
+        for name in dict.fromkeys((state.target_name, state.key + DEFAULT_INSTRUCTION_SUFFIX)):
+            found = known[name] if name in known else self._read_file(name, state.hint)
+            if found is not None:
+                nearby.append(found)
+        return state.add(nearby=tuple(nearby))
+
+    def choose_source(self, state: ObjectState) -> ObjectState:
+        """A rotation: the envelope an earlier migration of this object wrote (a KMS envelope in
+        our file at the target suffix, or next to the metadata envelope in metadata mode) is
+        re-wrapped, not the original that may still be in the metadata. Also numbers this
+        migration's step, and (metadata mode) picks the files the new envelope makes obsolete."""
+        previous = self._previous_migration(state)
+        if previous is not None:
+            envelope = env_mod.from_instruction_file(previous.body, state.metadata)
+            state = state.add(envelope=envelope, source_file=previous)
+        found = {f.key: f for f in (state.source_file, state.existing, *state.nearby) if f}.values()
+        in_metadata = files.step_of(state.metadata) if files.ours_in_metadata(state.metadata, state.metadata_fingerprint) else 0
+        # (a stale file of ours counts too: the backups of its chain stay where they are)
+        step = 1 + max([in_metadata, *(files.step_of(f.metadata) for f in found)])
+        retire = ()
+        if self.options.mode is Mode.METADATA:
+            retire = tuple(
+                f for f in found
+                if not files.stale(f, state.metadata_fingerprint) and (f is state.source_file or files.written_for(f, state.fingerprint))
+            )
+        return state.add(step=step, retire=retire)
 
     def check_body_length(self, state: ObjectState) -> ObjectState:
         envelope, length = state.envelope, state.head.get("ContentLength")
@@ -154,14 +205,33 @@ class ObjectRewrapper:
 
     def skip_if_done(self, state: ObjectState) -> ObjectState:
         """Our marker on the file at the target name says it already holds this data key."""
-        existing = state.source_file if state.replaces_source else self._read_file(state.target_name, state.hint)
-        state = state.add(existing=existing, fingerprint=files.source_fingerprint(state.envelope))
+        existing = state.existing
         if existing is None or not self._marked_done(existing, state, state.replaces_source):
             return state
         options = self.options
         if options.run_id and existing.metadata.get(files.MARKER_RUN) == options.run_id and not options.dry_run:
             raise Verdict(Outcome.MIGRATED, "migrated", "written by this run before an interruption", resumed=True)
         raise Verdict.skipped("already-migrated", f"{state.target_name!r} already wraps the data key under the target key")
+
+    def skip_if_in_metadata(self, state: ObjectState) -> ObjectState:
+        """Metadata mode: our marks in the object's metadata say it holds our envelope under the
+        target key (no KMS call, no write). An interrupted run's files are still removed."""
+        metadata = state.metadata
+        if not files.ours_in_metadata(metadata, state.metadata_fingerprint) or metadata[files.MARKER_TARGET] != self.kms.target_arn:
+            return state
+        step = files.step_of(metadata)
+        leftover = [f for f in state.nearby if self._backed_up(f, step)]
+        if leftover and not self.options.dry_run:
+            for stale_file in leftover:
+                try:
+                    self.bucket.delete(stale_file.key, if_match=stale_file.etag)
+                except PreconditionFailed:
+                    pass
+            raise Verdict(Outcome.MIGRATED, "migrated", "finished an interrupted migration: removed the old instruction file", resumed=True)
+        run_id = self.options.run_id
+        if run_id and metadata.get(files.MARKER_RUN) == run_id and not self.options.dry_run:
+            raise Verdict(Outcome.MIGRATED, "migrated", "written by this run before an interruption", resumed=True)
+        raise Verdict.skipped("already-migrated", "the object's metadata holds the envelope under the target key")
 
     def unwrap_data_key(self, state: ObjectState) -> ObjectState:
         """AES/RSA sources: the data key, from the source keys that prove it; several only when
@@ -201,8 +271,13 @@ class ObjectRewrapper:
     def plan_dry_run(self, state: ObjectState) -> ObjectState:
         if not self.options.dry_run:
             return state
-        if state.data_key is None and not self.kms.source_key_ids:
+        if state.data_key is None and not self.kms.source_key_ids and not self._ours_on_target(state):
             raise Verdict.failed("no-source-key", "the data key is wrapped by KMS but no source KMS key is configured")
+        if self.options.mode is Mode.METADATA:
+            refused = self.cut_over.refusal(state.key, state.head, self._estimated_metadata(state))
+            if refused:
+                raise Verdict.failed(refused.reason, str(refused))
+            raise Verdict.planned("would-migrate-in-metadata", "would replace the metadata envelope")
         if self.cut_over:
             refused = self.cut_over.refusal(state.key, state.head)
             if refused:
@@ -213,10 +288,13 @@ class ObjectRewrapper:
     def skip_if_already_wrapped(self, state: ObjectState) -> ObjectState:
         """Envelopes someone else already wrapped under the target key are not wrong."""
         if state.data_key is None:
+            if self._ours_on_target(state):
+                return state  # metadata mode: our own envelope moves into the metadata
             if not self.kms.source_key_ids and self._on_target_key(state.envelope):
                 raise _already_on_target()
             return state
-        if state.existing is not None and not state.replaces_source and self._holds_data_key(state, state.data_key):
+        in_file = self.options.mode is not Mode.METADATA and state.existing is not None and not state.replaces_source
+        if in_file and self._holds_data_key(state, state.data_key):
             raise Verdict.skipped("already-migrated", f"{state.target_name!r} already wraps the data key under the target key")
         return state
 
@@ -225,6 +303,10 @@ class ObjectRewrapper:
         data key never leaves KMS)."""
         if state.data_key is not None:
             return state.add(wrapped=self.kms.encrypt(state.data_key, state.envelope))
+        if self._ours_on_target(state):
+            # Metadata mode moving our own envelope under the target key into the metadata.
+            envelope = state.envelope
+            return state.add(wrapped=Wrapped(envelope.encrypted_key, dict(envelope.context), self.kms.target_arn))
         try:
             return state.add(wrapped=self.kms.reencrypt(state.envelope))
         except KmsError as error:
@@ -234,11 +316,22 @@ class ObjectRewrapper:
             raise
 
     def build_envelope(self, state: ObjectState) -> ObjectState:
-        """The new envelope as the instruction file will hold it, parsed back (pure, cheap)."""
+        """The new envelope as the instruction file (metadata mode: the object's metadata) will
+        hold it, parsed back (pure, cheap)."""
         envelope, wrapped = state.envelope, state.wrapped
         fields = env_mod.target_fields(envelope, wrapped.encrypted_key, self.kms.target_wrap(envelope), wrapped.context)
+        if self.options.mode is Mode.METADATA:
+            kept = cutover.stripped_metadata(state.metadata)
+            with_envelope = env_mod.metadata_with_envelope(kept, fields)
+            new_envelope = _parse_back(env_mod.from_metadata(with_envelope), envelope, wrapped)
+            marks = files.object_metadata_marks(self.kms.target_arn, new_envelope, state.step, self.options.run_id)
+            new_metadata = {**with_envelope, **marks}
+            removed = cutover.leaving(state.metadata, new_metadata)
+            return state.add(fields=fields, new_envelope=new_envelope, new_metadata=new_metadata, removed=removed)
         body = env_mod.instruction_body(fields)
-        return state.add(fields=fields, body=body, new_envelope=_parse_back(body, state.metadata, envelope, wrapped))
+        v3_metadata = {k: state.metadata[k] for k in env_mod.V3_OBJECT_ONLY_KEYS if k in state.metadata}
+        new_envelope = _parse_back(env_mod.from_instruction_file(body, v3_metadata), envelope, wrapped)
+        return state.add(fields=fields, body=body, new_envelope=new_envelope)
 
     def verify_envelope(self, state: ObjectState) -> ObjectState:
         """KMS opens the envelope exactly as it will be read back from the file."""
@@ -266,17 +359,22 @@ class ObjectRewrapper:
 
     def write_file(self, state: ObjectState) -> ObjectState:
         """A conditional PUT of ``<key><suffix>``, after a byte-exact backup of a file it replaces."""
-        marker = files.instruction_file_metadata(self.kms.target_arn, state.fingerprint, self.options.run_id)
+        marker = files.instruction_file_metadata(self.kms.target_arn, state.fingerprint, self.options.run_id, state.step)
         existing, name = state.existing, state.target_name
         try:
             if existing is not None:
-                files.back_up_instruction_file(self.bucket, existing, state.envelope)
+                files.back_up_instruction_file(self.bucket, existing, state.metadata_fingerprint, state.step)
                 etag = self.bucket.put(name, state.body, marker, if_match=existing.etag)
             else:
                 etag = self.bucket.put(name, state.body, marker, if_none_match=True)
         except PreconditionFailed:
             etag = self._after_lost_condition(state)
         return state.add(written=Written(name, etag, existing))
+
+    def write_metadata(self, state: ObjectState) -> ObjectState:
+        """Metadata mode: backups, then one conditional copy of the object onto itself with the
+        new envelope in its metadata, read back; then the older instruction files go."""
+        return self.cut_over.write_envelope(state)
 
     def confirm_unchanged(self, state: ObjectState) -> ObjectState:
         """After the write, the object must still be the one that was read."""
@@ -297,6 +395,49 @@ class ObjectRewrapper:
         if hint is not None and hint.complete and name not in hint.files:
             return None
         return self.bucket.get_small(name)
+
+    def _previous_migration(self, state: ObjectState) -> StoredFile | None:
+        """Our file written for this object's current envelope by an earlier migration, holding
+        a KMS envelope to re-wrap from (not the file the current envelope already comes from)."""
+        candidates = state.nearby if self.options.mode is Mode.METADATA else (state.existing,)
+        for candidate in candidates:
+            if candidate is None or candidate is state.source_file or not files.written_for(candidate, state.fingerprint):
+                continue
+            on_target = candidate.metadata.get(files.MARKER_TARGET) == self.kms.target_arn
+            if on_target and self.options.mode is not Mode.METADATA:
+                return None  # done already (skip_if_done)
+            if not on_target and not self.kms.source_key_ids and self.source_keys:
+                continue  # no old KMS key given: re-wrap the original with the keys given
+            try:
+                envelope = env_mod.from_instruction_file(candidate.body, state.metadata)
+            except EnvelopeError:
+                continue
+            if envelope.wrap.is_kms:
+                return candidate
+        return None
+
+    def _ours_on_target(self, state: ObjectState) -> bool:
+        """The envelope to re-wrap is our own, already under the target key with the target wrap."""
+        source = state.source_file
+        return (
+            source is not None
+            and source.metadata.get(files.MARKER_TARGET) == self.kms.target_arn
+            and state.envelope.wrap is self.kms.target_wrap(state.envelope)
+        )
+
+    def _backed_up(self, stored: StoredFile, step: int) -> bool:
+        """This step's backup of ``stored`` holds exactly its bytes: the file was meant to go."""
+        backup = self.bucket.get_small(backup_name(stored.key, step))
+        return backup is not None and backup.body == stored.body
+
+    def _estimated_metadata(self, state: ObjectState) -> dict[str, str]:
+        """For a plan (no KMS call): the metadata the copy would write, with a KMS ciphertext of
+        the usual size (184 bytes for a 32-byte data key)."""
+        envelope = state.envelope
+        size = max(184, len(envelope.encrypted_key) if envelope.wrap.is_kms else 0)
+        fields = env_mod.target_fields(envelope, bytes(size), self.kms.target_wrap(envelope), self.kms.target_context(envelope))
+        marks = files.object_metadata_marks(self.kms.target_arn or "", envelope, state.step, self.options.run_id)
+        return {**env_mod.metadata_with_envelope(cutover.stripped_metadata(state.metadata), fields), **marks}
 
     def _marked_done(self, existing: StoredFile, state: ObjectState, replaces_source: bool) -> bool:
         return files.marked_done(existing, self.kms.target_arn, state.envelope, state.fingerprint, replaces_source)
@@ -377,10 +518,8 @@ def _already_on_target() -> Verdict:
     return Verdict.skipped("already-on-target-key", "the envelope is already wrapped by the target KMS key")
 
 
-def _parse_back(body: bytes, metadata: Mapping[str, str], envelope: Envelope, wrapped: Wrapped) -> Envelope:
-    """The file we are about to write parses back to the new envelope."""
-    v3_metadata = {k: metadata[k] for k in env_mod.V3_OBJECT_ONLY_KEYS if k in metadata}
-    parsed = env_mod.from_instruction_file(body, v3_metadata)
+def _parse_back(parsed: Envelope, envelope: Envelope, wrapped: Wrapped) -> Envelope:
+    """What we are about to write parses back to the new envelope."""
     same = (
         parsed.encrypted_key == wrapped.encrypted_key
         and parsed.iv == envelope.iv
@@ -389,5 +528,5 @@ def _parse_back(body: bytes, metadata: Mapping[str, str], envelope: Envelope, wr
         and parsed.message_id == envelope.message_id
     )
     if not same:
-        raise EnvelopeError("internal-error", "the serialized instruction file does not parse back to the new envelope")
+        raise EnvelopeError("internal-error", "the serialized envelope does not parse back to the new envelope")
     return parsed

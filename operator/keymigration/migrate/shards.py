@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Sequence
 
 from keymigration.aws.s3 import s3_call
 from keymigration.errors import ConfigurationError, S3Error
-from keymigration.migrate.listing import matching_suffix
+from keymigration.migrate.listing import not_an_object
 from keymigration.migrate.sources import KeyRange
 
 MAX_CHAR = "\U0010ffff"  # sorts after every other code point, so after every other UTF-8 sequence
@@ -147,7 +147,7 @@ class _Planner:
         self.rng = rng
 
     def objects(self, keys: Iterable[str]) -> list[str]:
-        return [k for k in keys if matching_suffix(k, self.not_objects) is None]
+        return [k for k in keys if not_an_object(k, self.not_objects) is None]
 
     # -- expansion ------------------------------------------------------------------------------
 

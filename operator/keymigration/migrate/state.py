@@ -67,11 +67,17 @@ class ObjectState:
     head: dict | None = field(default=None, repr=False)  # the HEAD response: ETag, length, ...
     metadata: dict[str, str] = field(default_factory=dict, repr=False)  # its user metadata, keys lower-cased
     # locate_envelope
-    envelope: Envelope | None = None  # the envelope readers use today
+    envelope: Envelope | None = None  # the envelope to re-wrap: the one readers use today, or
+    # (choose_source) the envelope an earlier migration of this object wrote
     source_file: StoredFile | None = None  # the instruction file it came from, if any
-    # skip_if_done
+    fingerprint: str = ""  # of the envelope readers use today: marks the new file as written for it
+    metadata_fingerprint: str | None = None  # the same, when that envelope is in the object's metadata
+    # read_target
     existing: StoredFile | None = None  # the file at target_name before we write it, if any
-    fingerprint: str = ""  # of the old envelope: marks the new file as written for it
+    nearby: tuple[StoredFile, ...] = ()  # metadata mode: <key>.instruction and <key><suffix>, if any
+    # choose_source
+    step: int = 1  # this migration's step in the object's chain of migrations (names its backups)
+    retire: tuple[StoredFile, ...] = ()  # metadata mode: the files with older envelopes, removed
     # unwrap_data_key (AES/RSA sources; a KMS source never shows its data key): the data key,
     # the label of the master key that unwrapped it, and how the unwrap proved it right;
     # ``candidates`` holds every data key a source key yielded (several only when each is weakly
@@ -84,6 +90,8 @@ class ObjectState:
     fields: dict[str, str] = field(default_factory=dict, repr=False)  # the new envelope's S3EC keys
     body: bytes = field(default=b"", repr=False)  # the new instruction file
     new_envelope: Envelope | None = None  # body parsed back, as a reader will see it
+    new_metadata: dict[str, str] = field(default_factory=dict, repr=False)  # metadata mode: the object's
+    removed: dict[str, str] = field(default_factory=dict, repr=False)  # metadata mode: what leaves it
     # write_file
     written: Written | None = None
 
