@@ -18,19 +18,19 @@ CONFIG = InstallConfig(worker_image="registry.example/keymigration:1.2.3", worke
 
 
 def km(spec_changes=None, status=None, generation=1, annotations=None, prefixes=("a/", "b/", "c/")):
-    spec = {
+    fields = {
         "bucket": "my-bucket",
         "prefixes": list(prefixes),
         "sourceKeys": [{"secretName": "old-keys", "key": "aes.key", "materialsDescription": {"team": "x"}}],
         "target": {"kmsKeyId": "alias/new"},
         "concurrency": {"maxJobs": 2, "perJob": 8},
     }
-    spec.update(spec_changes or {})
+    fields.update(spec_changes or {})
     obj = {
         "apiVersion": "keymigration.io/v1alpha1",
         "kind": "KeyMigration",
         "metadata": {"name": "mig", "namespace": "ns", "uid": "uid-1", "generation": generation, "annotations": annotations or {}},
-        "spec": spec,
+        "spec": fields,
     }
     if status is not None:
         obj["status"] = status
@@ -183,8 +183,8 @@ def test_transition_times_only_move_on_change():
 
 
 def test_job_template_is_locked_down():
-    spec = KeyMigration.from_fields(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
-    manifest = job_manifest(km(), spec, "a/", CONFIG)
+    migration = KeyMigration.from_fields(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
+    manifest = job_manifest(km(), migration, "a/", CONFIG)
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
@@ -224,8 +224,8 @@ def test_worker_args_parse_back_into_the_same_settings():
     from keymigration.cli import build_parser, settings_from_args
 
     raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"], "aws": {"region": "eu-west-1", "pathStyle": True}})
-    spec = KeyMigration.from_fields(raw["spec"])
-    args = spec.worker_args("a/", progress_resource="ns/x", max_failures=5)
+    migration = KeyMigration.from_fields(raw["spec"])
+    args = migration.worker_args("a/", progress_resource="ns/x", max_failures=5)
     settings = settings_from_args(build_parser().parse_args(args))
     assert (settings.bucket, settings.prefix, settings.kms_key_id, settings.wrap, settings.suffix) == ("my-bucket", "a/", "alias/new", "kms+context", ".instruction")
     assert settings.source_key_files == ['/var/run/keymigration/keys/0/old-keys/aes.key:{"team":"x"}']
@@ -244,9 +244,9 @@ def test_a_job_still_finishing_counts_against_the_cap():
 
 
 def test_worker_env_secret_comes_only_from_the_operator_config():
-    spec = KeyMigration.from_fields(km()["spec"])
-    plain = job_manifest(km(), spec, "a/", CONFIG)["spec"]["template"]["spec"]["containers"][0]
+    migration = KeyMigration.from_fields(km()["spec"])
+    plain = job_manifest(km(), migration, "a/", CONFIG)["spec"]["template"]["spec"]["containers"][0]
     assert "envFrom" not in plain
     config = InstallConfig(worker_env_secret="aws-static-credentials")
-    container = job_manifest(km(), spec, "a/", config)["spec"]["template"]["spec"]["containers"][0]
+    container = job_manifest(km(), migration, "a/", config)["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "aws-static-credentials"}}]

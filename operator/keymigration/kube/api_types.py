@@ -1,8 +1,8 @@
-"""The ``KeyMigration`` spec: one model for the CRD schema, the operator, the Job and the CLI.
+"""The ``KeyMigration`` API type: one model for the CRD schema, the operator, the Job and the CLI.
 
 ``KEYMIGRATION_SCHEMA`` is the OpenAPI v3 schema the API server enforces (crds/ is generated from it by
 ``python -m keymigration.kube.crd``); ``KeyMigration.from_fields`` applies the same schema plus the
-checks a schema cannot express; ``worker_args`` turns a spec and one prefix into the exact
+checks a schema cannot express; ``worker_args`` turns a KeyMigration and one prefix into the exact
 ``keymigration run`` arguments a Job runs, which the CLI parses back into ``RunOptions``.
 """
 from __future__ import annotations
@@ -310,55 +310,55 @@ class KeyMigration:
     worker: dict = field(default_factory=dict)
 
     @classmethod
-    def from_fields(cls, spec: dict | None) -> "KeyMigration":
-        spec = spec or {}
+    def from_fields(cls, fields: dict | None) -> "KeyMigration":
+        fields = fields or {}
         validator = jsonschema.Draft7Validator({k: v for k, v in KEYMIGRATION_SCHEMA.items() if k != "x-kubernetes-validations"})
         problems = sorted(
             f"spec.{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-            for error in validator.iter_errors(spec)
+            for error in validator.iter_errors(fields)
         )
         if problems:
             raise InvalidKeyMigration(problems)
-        prefixes = tuple(spec["prefixes"])
+        prefixes = tuple(fields["prefixes"])
         if len(set(prefixes)) != len(prefixes):
             problems.append("spec.prefixes: duplicate prefixes")
         for a in prefixes:
             for b in prefixes:
                 if a != b and b.startswith(a):
                     problems.append(f"spec.prefixes: {a!r} contains {b!r}; prefixes must not overlap")
-        if not spec.get("sourceKeys") and not spec.get("sourceKmsKeyIds"):
+        if not fields.get("sourceKeys") and not fields.get("sourceKmsKeyIds"):
             problems.append("spec: give sourceKeys (AES/RSA Secrets) and/or sourceKmsKeyIds")
-        suffix = spec.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
+        suffix = fields.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
         try:
-            mode = check_target(spec.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
+            mode = check_target(fields.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
         except ConfigurationError as error:
             problems.append(f"spec.instructionFileSuffix: {error}")
         if problems:
             raise InvalidKeyMigration(problems)
-        concurrency = spec.get("concurrency") or {}
-        aws = spec.get("aws") or {}
+        concurrency = fields.get("concurrency") or {}
+        aws = fields.get("aws") or {}
         return cls(
-            bucket=spec["bucket"],
+            bucket=fields["bucket"],
             prefixes=prefixes,
-            target_key_id=spec["target"]["kmsKeyId"],
-            wrap=spec["target"].get("wrap", "kms+context"),
+            target_key_id=fields["target"]["kmsKeyId"],
+            wrap=fields["target"].get("wrap", "kms+context"),
             source_keys=tuple(
-                SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in spec.get("sourceKeys") or ()
+                SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in fields.get("sourceKeys") or ()
             ),
-            source_kms_key_ids=tuple(spec.get("sourceKmsKeyIds") or ()),
+            source_kms_key_ids=tuple(fields.get("sourceKmsKeyIds") or ()),
             suffix=suffix,
             mode=mode,
             max_jobs=concurrency.get("maxJobs", 4),
             per_job_concurrency=concurrency.get("perJob", 16),
-            kms_requests_per_second=spec.get("kmsRequestsPerSecond"),
-            verify=spec.get("verify", "envelope"),
-            suspend=bool(spec.get("suspend", False)),
-            max_failed_objects=spec.get("maxFailedObjects"),
+            kms_requests_per_second=fields.get("kmsRequestsPerSecond"),
+            verify=fields.get("verify", "envelope"),
+            suspend=bool(fields.get("suspend", False)),
+            max_failed_objects=fields.get("maxFailedObjects"),
             region=aws.get("region"),
             s3_endpoint_url=aws.get("s3EndpointUrl"),
             kms_endpoint_url=aws.get("kmsEndpointUrl"),
             path_style=bool(aws.get("pathStyle", False)),
-            worker=dict(spec.get("worker") or {}),
+            worker=dict(fields.get("worker") or {}),
         )
 
     # -- the Job's view -----------------------------------------------------------------------

@@ -76,7 +76,7 @@ def labels(km: dict, prefix: str) -> dict[str, str]:
     }
 
 
-def progress_manifest(km: dict, spec: KeyMigration, prefix: str) -> dict:
+def progress_manifest(km: dict, migration: KeyMigration, prefix: str) -> dict:
     name = child_name(km["metadata"]["name"], prefix)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -88,33 +88,33 @@ def progress_manifest(km: dict, spec: KeyMigration, prefix: str) -> dict:
             "annotations": {ANNOTATION_PREFIX: prefix},
             "ownerReferences": [owner_reference(km)],
         },
-        "spec": {"migration": km["metadata"]["name"], "bucket": spec.bucket, "prefix": prefix, "job": name},
+        "spec": {"migration": km["metadata"]["name"], "bucket": migration.bucket, "prefix": prefix, "job": name},
     }
 
 
-def job_manifest(km: dict, spec: KeyMigration, prefix: str, config: InstallConfig, max_failures: int | None = None) -> dict:
+def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: InstallConfig, max_failures: int | None = None) -> dict:
     meta = km["metadata"]
     name = child_name(meta["name"], prefix)
     namespace = meta["namespace"]
     pod_labels = labels(km, prefix)
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
-    for index, ref in enumerate(spec.source_keys):
+    for index, ref in enumerate(migration.source_keys):
         volume = f"source-key-{index}"
         # One directory per key, holding one file: only the named key of the Secret is mounted.
-        mounts.append({"name": volume, "mountPath": spec.key_dir(index), "readOnly": True})
+        mounts.append({"name": volume, "mountPath": migration.key_dir(index), "readOnly": True})
         volumes.append(
             {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}}
         )
     env = [{"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]}, {"name": "KEYMIGRATION_NAMESPACE", "value": namespace}]
-    env += [{"name": k, "value": v} for k, v in sorted(spec.worker_env().items())]
-    worker = spec.worker
+    env += [{"name": k, "value": v} for k, v in sorted(migration.worker_env().items())]
+    worker = migration.worker
     env_from = [{"secretRef": {"name": config.worker_env_secret}}] if config.worker_env_secret else []
     container = {
         "name": CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "args": spec.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures),
+        "args": migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures),
         "env": env,
         **({"envFrom": env_from} if env_from else {}),
         "resources": worker.get("resources") or config.default_resources,

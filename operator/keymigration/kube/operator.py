@@ -192,32 +192,47 @@ class Reconciler:
         return await self.apply(km, plan)
 
     async def apply(self, km: dict, plan: Plan) -> float | None:
-        namespace, name = km["metadata"]["namespace"], km["metadata"]["name"]
+        """Carry out a plan: the actions first, then (rate-limited) the status and its events."""
+        await self._act(km, plan)
+        if not status_changed(km.get("status"), plan.status):
+            return None
+        wait = self._status_wait(km, plan)
+        if wait > 0:
+            return wait  # bounded write rate: look again (and write) when the interval has passed
+        await self._write_status(km, plan)
+        return None
+
+    async def _act(self, km: dict, plan: Plan) -> None:
+        namespace = km["metadata"]["namespace"]
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
         for obj in plan.create:
             await asyncio.to_thread(self.api.create, obj)
-        for job in plan.suspend_jobs:
-            await asyncio.to_thread(self.api.set_job_suspended, namespace, job, True)
-        for job in plan.resume_jobs:
-            await asyncio.to_thread(self.api.set_job_suspended, namespace, job, False)
-        for event in plan.events:
-            if event.reason == "JobCreated":  # tied to an action taken now, not to a status transition
-                await asyncio.to_thread(self.api.post_event, km, event.type, event.reason, event.message)
-        if not status_changed(km.get("status"), plan.status):
-            return None
-        key = (namespace, name)
-        wait = self.settings.status_interval - (time.monotonic() - self.last_status_write.get(key, 0.0))
-        first_sight = not km.get("status")
-        if wait > 0 and not first_sight and not plan.create and not plan.delete_jobs:
-            return wait  # bounded write rate: look again (and write) when the interval has passed
+        for names, suspend in ((plan.suspend_jobs, True), (plan.resume_jobs, False)):
+            for job in names:
+                await asyncio.to_thread(self.api.set_job_suspended, namespace, job, suspend)
+        # Tied to an action taken now, not to a status transition: posted at once.
+        await self._post(km, [e for e in plan.events if e.reason == "JobCreated"])
+
+    def _status_wait(self, km: dict, plan: Plan) -> float:
+        """Seconds to wait before this status may be written (0: now). The first status, and one
+        that records created or deleted Jobs, is written at once."""
+        if not km.get("status") or plan.create or plan.delete_jobs:
+            return 0.0
+        key = (km["metadata"]["namespace"], km["metadata"]["name"])
+        return self.settings.status_interval - (time.monotonic() - self.last_status_write.get(key, 0.0))
+
+    async def _write_status(self, km: dict, plan: Plan) -> None:
+        namespace, name = km["metadata"]["namespace"], km["metadata"]["name"]
         await asyncio.to_thread(self.api.patch_status, namespace, name, plan.status)
         self.metrics.status_writes.inc()
-        self.last_status_write[key] = time.monotonic()
-        for event in plan.events:
-            if event.reason != "JobCreated":  # transitions: posted once, with the status that records them
-                await asyncio.to_thread(self.api.post_event, km, event.type, event.reason, event.message)
-        return None
+        self.last_status_write[(namespace, name)] = time.monotonic()
+        # Transitions: posted once, with the status that records them.
+        await self._post(km, [e for e in plan.events if e.reason != "JobCreated"])
+
+    async def _post(self, km: dict, events: list) -> None:
+        for event in events:
+            await asyncio.to_thread(self.api.post_event, km, event.type, event.reason, event.message)
 
     async def resync(self) -> None:
         while True:
@@ -226,19 +241,18 @@ class Reconciler:
                 self.enqueue(namespace, name)
 
 
-def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf.OperatorRegistry, dict]:
-    """A fresh kopf registry with the operator's handlers (tests build one per operator)."""
-    registry = kopf.OperatorRegistry()
-    state: dict = {}
+def _configure(settings: kopf.OperatorSettings) -> None:
+    # Brand kopf's storage with our API group; kopf's defaults would be kopf.zalando.org.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.consistency_timeout = 0
+    settings.posting.enabled = False  # our own Events only; never kopf's handler logs as Events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
 
-    def reconciler() -> Reconciler:
-        if "reconciler" not in state:
-            metrics = OperatorMetrics(settings.stall_seconds)
-            if settings.metrics_port:
-                metrics.serve(settings.metrics_port)
-            state["reconciler"] = Reconciler(api_factory(), settings, metrics)
-        return state["reconciler"]
 
+def _register_lifecycle(registry: kopf.OperatorRegistry, state: dict, reconciler) -> None:
     @kopf.on.login(registry=registry)
     def login(**kwargs):
         # A private registry gets none of kopf's default login handlers: in a pod the
@@ -247,14 +261,7 @@ def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_):
-        # Brand kopf's storage with our API group; kopf's defaults would be kopf.zalando.org.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.persistence.consistency_timeout = 0
-        settings.posting.enabled = False  # our own Events only; never kopf's handler logs as Events
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
+        _configure(settings)
         # Created now, not at the first event, so /metrics answers from the start.
         state["resync"] = asyncio.get_running_loop().create_task(reconciler().resync())
 
@@ -264,6 +271,8 @@ def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf
             if task is not None:
                 task.cancel()
 
+
+def _register_watches(registry: kopf.OperatorRegistry, reconciler) -> None:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def migration_event(event, namespace, name, **_):
         if event.get("type") == "DELETED":
@@ -279,6 +288,22 @@ def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf
     async def progress_event(namespace, labels, **_):
         reconciler().enqueue(namespace, labels[LABEL_MIGRATION])
 
+
+def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf.OperatorRegistry, dict]:
+    """A fresh kopf registry with the operator's handlers (tests build one per operator)."""
+    registry = kopf.OperatorRegistry()
+    state: dict = {}
+
+    def reconciler() -> Reconciler:
+        if "reconciler" not in state:
+            metrics = OperatorMetrics(settings.stall_seconds)
+            if settings.metrics_port:
+                metrics.serve(settings.metrics_port)
+            state["reconciler"] = Reconciler(api_factory(), settings, metrics)
+        return state["reconciler"]
+
+    _register_lifecycle(registry, state, reconciler)
+    _register_watches(registry, reconciler)
     return registry, state
 
 

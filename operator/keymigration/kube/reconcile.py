@@ -4,12 +4,24 @@ what to create, suspend, resume or delete, the new status, and the events to pos
 Conditions follow kstatus (Flux health checks, Helm 4 --wait=watcher, kubectl wait):
 ``Ready``, ``Reconciling``, ``Stalled``, plus ``Suspended``; every condition and
 ``status.observedGeneration`` carry ``metadata.generation``.
+
+The shape, like cert-manager's policy chains:
+
+1. ``observe``: each work unit (today a prefix) of the KeyMigration, from its Job, its progress
+   object and its previous status row, becomes a ``UnitView`` with a state;
+2. ``schedule``: suspend, resume or start Jobs (never more than ``maxJobs`` at once, never a
+   finished unit again);
+3. ``VERDICTS``: an ordered chain of small functions, each taking the ``Observed`` state and
+   returning a ``Verdict`` (phase + the four conditions, each a ``Condition``) or None; the
+   first match wins;
+4. ``status_of``: the status written back, with the conditions' transition times kept.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 
 from keymigration.clock import utc_timestamp
 from keymigration.errors import InvalidKeyMigration
@@ -28,6 +40,7 @@ COUNTER_NAMES = ("scanned", "migrated", "skipped", "failed")
 PENDING, RUNNING, SUSPENDED = "Pending", "Running", "Suspended"
 COMPLETED, COMPLETED_WITH_FAILURES, FAILED = "Completed", "CompletedWithFailures", "Failed"
 FINISHED = (COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
+STATES = (PENDING, RUNNING, SUSPENDED, COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
 
 
 @dataclass
@@ -48,7 +61,9 @@ class Plan:
 
 
 @dataclass
-class PrefixView:
+class UnitView:
+    """One work unit of a KeyMigration (a prefix) as observed, and then as planned."""
+
     prefix: str
     name: str
     state: str
@@ -60,8 +75,63 @@ class PrefixView:
     completion: str | None = None
 
 
-def _timestamp(now: datetime) -> str:
-    return utc_timestamp(now)
+
+# -- conditions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One kstatus condition as a verdict states it: True/False, a CamelCase reason, a message."""
+
+    status: bool
+    reason: str
+    message: str = ""
+
+    def render(self, kind: str, generation: int, previous: dict, now: str) -> dict:
+        value = "True" if self.status else "False"
+        old = previous.get(kind) or {}
+        changed = old.get("status") != value
+        return {
+            "type": kind,
+            "status": value,
+            "reason": self.reason,
+            "message": self.message,
+            "observedGeneration": generation,
+            "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
+        }
+
+
+NOT_SUSPENDED = Condition(False, "NotSuspended")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the KeyMigration is, as its status says it: a phase and the four conditions."""
+
+    phase: str
+    ready: Condition
+    reconciling: Condition
+    stalled: Condition
+    suspended: Condition = NOT_SUSPENDED
+
+    @classmethod
+    def stall(cls, phase: str, reason: str, message: str, progress: str, suspended: Condition = NOT_SUSPENDED) -> "Verdict":
+        """Stalled=True: work stopped for ``reason``; a person must act (message says how)."""
+        return cls(
+            phase,
+            ready=Condition(False, reason, message),
+            reconciling=Condition(False, reason, progress),
+            stalled=Condition(True, reason, message),
+            suspended=suspended,
+        )
+
+    def conditions(self, generation: int, previous_status: dict | None, now: str) -> list[dict]:
+        previous = {c.get("type"): c for c in (previous_status or {}).get("conditions") or ()}
+        named = (("Ready", self.ready), ("Reconciling", self.reconciling), ("Stalled", self.stalled), ("Suspended", self.suspended))
+        return [condition.render(kind, generation, previous, now) for kind, condition in named]
+
+
+# -- observing --------------------------------------------------------------------------------
 
 
 def _job_condition(job: dict, kind: str) -> dict | None:
@@ -87,10 +157,27 @@ def _checkpoint_after(checkpoint: str | None) -> str | None:
         return None
 
 
-def observe_prefix(prefix: str, name: str, job: dict | None, progress: dict | None, previous: dict | None) -> PrefixView:
+def _done_state(counters: dict) -> str:
+    return COMPLETED_WITH_FAILURES if counters["failed"] else COMPLETED
+
+
+def _state_from_job(view: UnitView, job: dict) -> None:
+    failed = _job_condition(job, "Failed")
+    if failed:
+        view.state = FAILED
+        view.last_error = view.last_error or f"Job failed: {failed.get('reason', '')} {failed.get('message', '')}".strip()
+    elif _job_condition(job, "Complete"):
+        view.state = _done_state(view.counters)
+    elif (job.get("spec") or {}).get("suspend"):
+        view.state = SUSPENDED
+    else:
+        view.state = RUNNING
+
+
+def observe_prefix(prefix: str, name: str, job: dict | None, progress: dict | None, previous: dict | None) -> UnitView:
     status = (progress or {}).get("status") or {}
     counters = {k: int((status.get("counters") or {}).get(k, 0)) for k in COUNTER_NAMES}
-    view = PrefixView(
+    view = UnitView(
         prefix=prefix,
         name=name,
         state=PENDING,
@@ -102,65 +189,315 @@ def observe_prefix(prefix: str, name: str, job: dict | None, progress: dict | No
         completion=(previous or {}).get("completionTime"),
     )
     if status.get("done"):
-        view.state = COMPLETED_WITH_FAILURES if counters["failed"] else COMPLETED
+        view.state = _done_state(counters)
     elif job is not None:
-        failed = _job_condition(job, "Failed")
-        if failed:
-            view.state = FAILED
-            view.last_error = view.last_error or f"Job failed: {failed.get('reason', '')} {failed.get('message', '')}".strip()
-        elif _job_condition(job, "Complete"):
-            view.state = COMPLETED_WITH_FAILURES if counters["failed"] else COMPLETED
-        elif (job.get("spec") or {}).get("suspend"):
-            view.state = SUSPENDED
-        else:
-            view.state = RUNNING
+        _state_from_job(view, job)
     elif previous and previous.get("state") == FAILED:
         view.state = FAILED  # the Job is gone (TTL); the failure stays until a retry is asked for
         view.last_error = previous.get("lastError")
     return view
 
 
-def _condition(kind: str, status: bool, reason: str, message: str, generation: int, previous: dict, now: str) -> dict:
-    value = "True" if status else "False"
-    old = previous.get(kind) or {}
-    changed = old.get("status") != value
-    return {
-        "type": kind,
-        "status": value,
-        "reason": reason,
-        "message": message,
+@dataclass
+class Observed:
+    """Everything the verdicts look at, for one reconcile of one KeyMigration."""
+
+    migration: KeyMigration
+    views: list[UnitView]
+    totals: dict
+    too_many: bool
+    counts: dict = field(default_factory=dict)
+
+    def count(self) -> None:
+        self.counts = {s: sum(1 for v in self.views if v.state == s) for s in STATES}
+
+    @property
+    def done(self) -> int:
+        return self.counts[COMPLETED] + self.counts[COMPLETED_WITH_FAILURES]
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.counts[FAILED] == len(self.views)
+
+    def summary(self) -> str:
+        return (
+            f"{self.done}/{len(self.views)} prefixes done, {self.counts[RUNNING]} running, {self.counts[PENDING]} queued; "
+            f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed"
+        )
+
+
+def _totals(views: list[UnitView]) -> dict:
+    totals = {k: sum(v.counters[k] for v in views) for k in COUNTER_NAMES}
+    # Objects the workers counted in their prefixes so far (each worker counts its own): with the
+    # rate, what an ETA needs.
+    totals["expected"] = sum(v.total or 0 for v in views)
+    return totals
+
+
+# -- scheduling -------------------------------------------------------------------------------
+
+
+@dataclass
+class Scene:
+    """One reconcile's inputs, indexed."""
+
+    km: dict
+    migration: KeyMigration
+    jobs: dict[str, dict]
+    progresses: dict[str, dict]
+    previous: dict
+    config: InstallConfig
+    stamp: str
+
+    @property
+    def previous_rows(self) -> dict[str, dict]:
+        return {p.get("prefix"): p for p in self.previous.get("prefixes") or ()}
+
+    @property
+    def retry(self) -> str | None:
+        return (self.km["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY)
+
+    @property
+    def retry_requested(self) -> bool:
+        return self.retry is not None and self.retry != self.previous.get("retryGeneration")
+
+
+def _observe_all(scene: Scene, plan: Plan) -> list[UnitView]:
+    rows = scene.previous_rows
+    retry_requested = scene.retry_requested
+    views = []
+    for prefix in scene.migration.prefixes:
+        name = child_name(scene.km["metadata"]["name"], prefix)
+        view = observe_prefix(prefix, name, scene.jobs.get(name), scene.progresses.get(name), rows.get(prefix))
+        if view.state == FAILED and retry_requested:
+            if name in scene.jobs:
+                plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
+            view.state, view.last_error = PENDING, None
+        views.append(view)
+    return views
+
+
+def _stop(views: list[UnitView], plan: Plan) -> None:
+    for view in views:
+        if view.state == RUNNING:
+            plan.suspend_jobs.append(view.name)
+            view.state = SUSPENDED
+
+
+def _resume_and_count(scene: Scene, views: list[UnitView], plan: Plan) -> int:
+    running = 0
+    for view in views:
+        if view.state == SUSPENDED:
+            plan.resume_jobs.append(view.name)
+            view.state = RUNNING
+        if view.state == RUNNING:
+            running += 1
+        elif view.name in scene.jobs and _job_active(scene.jobs[view.name]):
+            running += 1  # its worker reported done, but its pod is still finishing
+    return running
+
+
+def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
+    migration = observed.migration
+    running = _resume_and_count(scene, observed.views, plan)
+    failed = observed.totals["failed"]
+    remaining = None if migration.max_failed_objects is None else migration.max_failed_objects - failed + 1
+    for view in observed.views:
+        if running >= migration.max_jobs:
+            break
+        if view.state != PENDING or view.name in plan.delete_jobs:
+            continue
+        if view.name not in scene.progresses:
+            plan.create.append(progress_manifest(scene.km, migration, view.prefix))
+        plan.create.append(job_manifest(scene.km, migration, view.prefix, scene.config, max_failures=remaining))
+        view.state, view.start = RUNNING, view.start or scene.stamp
+        running += 1
+        plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for prefix {view.prefix!r}"))
+
+
+def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
+    """Suspend everything when stopping; otherwise resume suspended Jobs and start queued ones."""
+    if observed.migration.suspend or observed.too_many:
+        _stop(observed.views, plan)
+    else:
+        _start(scene, observed, plan)
+
+
+def _unit_events(views: list[UnitView], rows: dict[str, dict], stamp: str) -> list[Event]:
+    events = []
+    for view in views:
+        if view.state in FINISHED and not view.completion:
+            view.completion = stamp
+        old = rows.get(view.prefix, {}).get("state")
+        if old == view.state or view.state not in FINISHED:
+            continue
+        if view.state == COMPLETED:
+            events.append(Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped"))
+        elif view.state == COMPLETED_WITH_FAILURES:
+            events.append(Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)"))
+        else:
+            events.append(Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024]))
+    return events
+
+
+# -- verdicts: first match wins ---------------------------------------------------------------
+
+
+def too_many_failures(o: Observed) -> Verdict | None:
+    if not o.too_many:
+        return None
+    message = f"{o.totals['failed']} objects failed, more than maxFailedObjects={o.migration.max_failed_objects}; Jobs suspended"
+    suspended = Condition(True, "Suspended") if o.migration.suspend else NOT_SUSPENDED
+    return Verdict.stall("Stalled", "TooManyFailures", message, message, suspended)
+
+
+def suspended_by_spec(o: Observed) -> Verdict | None:
+    if not o.migration.suspend or o.finished:
+        return None
+    summary = o.summary()
+    return Verdict(
+        "Suspended",
+        ready=Condition(False, "Suspended", "suspended by spec.suspend; " + summary),
+        reconciling=Condition(False, "Suspended", summary),
+        stalled=Condition(False, "Suspended"),
+        suspended=Condition(True, "Suspended", "spec.suspend is true"),
+    )
+
+
+def prefixes_failed(o: Observed) -> Verdict | None:
+    if not (o.finished and o.counts[FAILED]):
+        return None
+    failed = [v.prefix for v in o.views if v.state == FAILED]
+    message = (
+        f"{o.counts[FAILED]} prefix Jobs failed ({', '.join(repr(p) for p in failed[:5])}); "
+        f"annotate {ANNOTATION_RETRY}=<new value> to retry"
+    )
+    return Verdict.stall("Failed", "PrefixFailed", message, o.summary())
+
+
+def objects_failed(o: Observed) -> Verdict | None:
+    if not (o.finished and o.totals["failed"]):
+        return None
+    message = f"{o.totals['failed']} objects failed; see the Jobs' reports (kubectl logs)"
+    return Verdict.stall("CompletedWithFailures", "ObjectsFailed", message, o.summary())
+
+
+def succeeded(o: Observed) -> Verdict | None:
+    if not o.finished:
+        return None
+    message = f"all {len(o.views)} prefixes migrated: {o.totals['migrated']} objects migrated, {o.totals['skipped']} skipped"
+    return Verdict(
+        "Succeeded",
+        ready=Condition(True, "Succeeded", message),
+        reconciling=Condition(False, "Succeeded", message),
+        stalled=Condition(False, "Succeeded"),
+    )
+
+
+def progressing(o: Observed) -> Verdict | None:
+    summary = o.summary()
+    return Verdict(
+        "Running" if o.counts[RUNNING] else "Pending",
+        ready=Condition(False, "Progressing", summary),
+        reconciling=Condition(True, "Progressing", summary),
+        stalled=Condition(False, "Progressing"),
+    )
+
+
+VERDICTS: tuple[Callable[[Observed], Verdict | None], ...] = (
+    too_many_failures,
+    suspended_by_spec,
+    prefixes_failed,
+    objects_failed,
+    succeeded,
+    progressing,
+)
+
+
+def decide(observed: Observed) -> Verdict:
+    for verdict_of in VERDICTS:
+        verdict = verdict_of(observed)
+        if verdict is not None:
+            return verdict
+    raise AssertionError("progressing always decides")  # pragma: no cover
+
+
+def _phase_events(old_phase: str | None, verdict: Verdict, observed: Observed) -> list[Event]:
+    migration = observed.migration
+    events = []
+    if old_phase in (None, "Invalid"):
+        events.append(Event("Normal", "Validated", f"spec accepted: {len(observed.views)} prefixes of s3://{migration.bucket} to {migration.target_key_id}"))
+    if old_phase == verdict.phase:
+        return events
+    if verdict.phase == "Suspended":
+        events.append(Event("Normal", "Suspended", "Jobs suspended"))
+    elif old_phase == "Suspended":
+        events.append(Event("Normal", "Resumed", "Jobs resumed"))
+    if verdict.phase == "Succeeded":
+        events.append(Event("Normal", "Succeeded", verdict.ready.message))
+    elif verdict.phase == "Stalled":
+        events.append(Event("Warning", "TooManyFailures", verdict.stalled.message))
+    return events
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def _row(view: UnitView) -> dict:
+    entry = {"prefix": view.prefix, "job": view.name, "state": view.state, "counters": view.counters}
+    for key, value in (("total", view.total), ("checkpoint", view.checkpoint), ("lastError", view.last_error),
+                       ("startTime", view.start), ("completionTime", view.completion)):
+        if value is not None:
+            entry[key] = value
+    return entry
+
+
+def status_of(scene: Scene, observed: Observed, verdict: Verdict) -> dict:
+    generation = scene.km["metadata"].get("generation", 1)
+    previous = scene.previous
+    order = {prefix: index for index, prefix in enumerate(observed.migration.prefixes)}
+    ordered = sorted(observed.views, key=lambda v: (v.state in FINISHED, order[v.prefix]))
+    counts = observed.counts
+    status = {
         "observedGeneration": generation,
-        "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
+        "phase": verdict.phase,
+        "conditions": verdict.conditions(generation, previous, scene.stamp),
+        "startTime": previous.get("startTime") or scene.stamp,
+        "prefixesDone": f"{observed.done}/{len(observed.views)}",
+        "prefixCounts": {
+            "total": len(observed.views),
+            "pending": counts[PENDING],
+            "running": counts[RUNNING],
+            "suspended": counts[SUSPENDED],
+            "completed": observed.done,
+            "failed": counts[FAILED],
+        },
+        "totals": observed.totals,
+        "prefixes": [_row(view) for view in ordered[:MAX_STATUS_PREFIXES]],
+        "prefixesTruncated": len(observed.views) > MAX_STATUS_PREFIXES,
     }
-
-
-def conditions(ready, reconciling, stalled, suspended, generation, previous_status, now) -> list[dict]:
-    previous = {c.get("type"): c for c in (previous_status or {}).get("conditions") or ()}
-    return [
-        _condition("Ready", *ready, generation, previous, now),
-        _condition("Reconciling", *reconciling, generation, previous, now),
-        _condition("Stalled", *stalled, generation, previous, now),
-        _condition("Suspended", *suspended, generation, previous, now),
-    ]
+    if observed.finished:
+        status["completionTime"] = previous.get("completionTime") or scene.stamp
+    if scene.retry is not None:
+        status["retryGeneration"] = scene.retry
+    return status
 
 
 def _invalid(km: dict, error: InvalidKeyMigration, now: str) -> Plan:
     generation = km["metadata"].get("generation", 1)
     previous = km.get("status") or {}
     message = "invalid spec: " + "; ".join(error.problems)
+    verdict = Verdict(
+        "Invalid",
+        ready=Condition(False, "InvalidSpec", message),
+        reconciling=Condition(False, "InvalidSpec", "nothing to do until the spec is fixed"),
+        stalled=Condition(True, "InvalidSpec", message),
+    )
     status = {
         **{k: v for k, v in previous.items() if k not in ("conditions", "observedGeneration", "phase")},
         "observedGeneration": generation,
-        "phase": "Invalid",
-        "conditions": conditions(
-            (False, "InvalidSpec", message),
-            (False, "InvalidSpec", "nothing to do until the spec is fixed"),
-            (True, "InvalidSpec", message),
-            (False, "NotSuspended", ""),
-            generation,
-            previous,
-            now,
-        ),
+        "phase": verdict.phase,
+        "conditions": verdict.conditions(generation, previous, now),
     }
     events = [] if previous.get("phase") == "Invalid" else [Event("Warning", "InvalidSpec", message[:1024])]
     return Plan(status=status, events=events)
@@ -168,156 +505,31 @@ def _invalid(km: dict, error: InvalidKeyMigration, now: str) -> Plan:
 
 def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: InstallConfig, now: datetime) -> Plan:
     """One step of the control loop. Never re-runs a finished prefix."""
-    stamp = _timestamp(now)
-    meta = km["metadata"]
-    generation = meta.get("generation", 1)
-    previous = km.get("status") or {}
+    stamp = utc_timestamp(now)
     try:
-        spec = KeyMigration.from_fields(km.get("spec"))
+        migration = KeyMigration.from_fields(km.get("spec"))
     except InvalidKeyMigration as error:
         return _invalid(km, error, stamp)
-
-    jobs_by_name = {j["metadata"]["name"]: j for j in jobs}
-    progress_by_name = {p["metadata"]["name"]: p for p in progresses}
-    previous_prefixes = {p.get("prefix"): p for p in previous.get("prefixes") or ()}
+    scene = Scene(
+        km=km,
+        migration=migration,
+        jobs={j["metadata"]["name"]: j for j in jobs},
+        progresses={p["metadata"]["name"]: p for p in progresses},
+        previous=km.get("status") or {},
+        config=config,
+        stamp=stamp,
+    )
     plan = Plan()
-
-    retry = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
-    retry_requested = retry is not None and retry != previous.get("retryGeneration")
-
-    views: list[PrefixView] = []
-    for prefix in spec.prefixes:
-        name = child_name(meta["name"], prefix)
-        view = observe_prefix(prefix, name, jobs_by_name.get(name), progress_by_name.get(name), previous_prefixes.get(prefix))
-        if view.state == FAILED and retry_requested:
-            if name in jobs_by_name:
-                plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
-            view.state, view.last_error = PENDING, None
-        views.append(view)
-
-    totals = {k: sum(v.counters[k] for v in views) for k in COUNTER_NAMES}
-    # Objects the workers counted in their prefixes so far (each worker counts its own): with the
-    # rate, what an ETA needs.
-    totals["expected"] = sum(v.total or 0 for v in views)
-    too_many = spec.max_failed_objects is not None and totals["failed"] > spec.max_failed_objects
-    stopping = spec.suspend or too_many
-
-    if stopping:
-        for view in views:
-            if view.state == RUNNING:
-                plan.suspend_jobs.append(view.name)
-                view.state = SUSPENDED
-    else:
-        running = 0
-        for view in views:
-            if view.state == SUSPENDED:
-                plan.resume_jobs.append(view.name)
-                view.state = RUNNING
-            if view.state == RUNNING:
-                running += 1
-            elif view.name in jobs_by_name and _job_active(jobs_by_name[view.name]):
-                running += 1  # its worker reported done, but its pod is still finishing
-        remaining = None if spec.max_failed_objects is None else spec.max_failed_objects - totals["failed"] + 1
-        for view in views:
-            if running >= spec.max_jobs:
-                break
-            if view.state != PENDING or view.name in plan.delete_jobs:
-                continue
-            if view.name not in progress_by_name:
-                plan.create.append(progress_manifest(km, spec, view.prefix))
-            plan.create.append(job_manifest(km, spec, view.prefix, config, max_failures=remaining))
-            view.state, view.start = RUNNING, view.start or stamp
-            running += 1
-            plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for prefix {view.prefix!r}"))
-
-    for view in views:
-        if view.state in FINISHED and not view.completion:
-            view.completion = stamp
-        old = previous_prefixes.get(view.prefix, {}).get("state")
-        if old != view.state and view.state in FINISHED:
-            if view.state == COMPLETED:
-                plan.events.append(Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped"))
-            elif view.state == COMPLETED_WITH_FAILURES:
-                plan.events.append(Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)"))
-            else:
-                plan.events.append(Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024]))
-
-    counts = {s: sum(1 for v in views if v.state == s) for s in (PENDING, RUNNING, SUSPENDED, COMPLETED, COMPLETED_WITH_FAILURES, FAILED)}
-    done = counts[COMPLETED] + counts[COMPLETED_WITH_FAILURES]
-    total = len(views)
-    finished = done + counts[FAILED] == total
-    summary = f"{done}/{total} prefixes done, {counts[RUNNING]} running, {counts[PENDING]} queued; {totals['migrated']} objects migrated, {totals['failed']} failed"
-
-    if too_many:
-        phase = "Stalled"
-        msg = f"{totals['failed']} objects failed, more than maxFailedObjects={spec.max_failed_objects}; Jobs suspended"
-        conds = ((False, "TooManyFailures", msg), (False, "TooManyFailures", msg), (True, "TooManyFailures", msg), (spec.suspend, "Suspended" if spec.suspend else "NotSuspended", ""))
-    elif spec.suspend and not finished:
-        phase = "Suspended"
-        conds = ((False, "Suspended", "suspended by spec.suspend; " + summary), (False, "Suspended", summary), (False, "Suspended", ""), (True, "Suspended", "spec.suspend is true"))
-    elif finished and counts[FAILED]:
-        phase = "Failed"
-        failed_prefixes = [v.prefix for v in views if v.state == FAILED]
-        msg = f"{counts[FAILED]} prefix Jobs failed ({', '.join(repr(p) for p in failed_prefixes[:5])}); annotate {ANNOTATION_RETRY}=<new value> to retry"
-        conds = ((False, "PrefixFailed", msg), (False, "PrefixFailed", summary), (True, "PrefixFailed", msg), (False, "NotSuspended", ""))
-    elif finished and totals["failed"]:
-        phase = "CompletedWithFailures"
-        msg = f"{totals['failed']} objects failed; see the Jobs' reports (kubectl logs)"
-        conds = ((False, "ObjectsFailed", msg), (False, "ObjectsFailed", summary), (True, "ObjectsFailed", msg), (False, "NotSuspended", ""))
-    elif finished:
-        phase = "Succeeded"
-        msg = f"all {total} prefixes migrated: {totals['migrated']} objects migrated, {totals['skipped']} skipped"
-        conds = ((True, "Succeeded", msg), (False, "Succeeded", msg), (False, "Succeeded", ""), (False, "NotSuspended", ""))
-    else:
-        phase = "Running" if counts[RUNNING] else "Pending"
-        conds = ((False, "Progressing", summary), (True, "Progressing", summary), (False, "Progressing", ""), (False, "NotSuspended", ""))
-
-    old_phase = previous.get("phase")
-    if old_phase in (None, "Invalid"):
-        plan.events.append(Event("Normal", "Validated", f"spec accepted: {total} prefixes of s3://{spec.bucket} to {spec.target_key_id}"))
-    if old_phase != phase:
-        if phase == "Suspended":
-            plan.events.append(Event("Normal", "Suspended", "Jobs suspended"))
-        elif old_phase == "Suspended":
-            plan.events.append(Event("Normal", "Resumed", "Jobs resumed"))
-        if phase == "Succeeded":
-            plan.events.append(Event("Normal", "Succeeded", conds[0][2]))
-        elif phase == "Stalled":
-            plan.events.append(Event("Warning", "TooManyFailures", conds[2][2]))
-
-    ordered = sorted(views, key=lambda v: (v.state in FINISHED, spec.prefixes.index(v.prefix)))
-    entries = []
-    for view in ordered[:MAX_STATUS_PREFIXES]:
-        entry = {"prefix": view.prefix, "job": view.name, "state": view.state, "counters": view.counters}
-        for key, value in (("total", view.total), ("checkpoint", view.checkpoint), ("lastError", view.last_error),
-                           ("startTime", view.start), ("completionTime", view.completion)):
-            if value is not None:
-                entry[key] = value
-        entries.append(entry)
-
-    status = {
-        "observedGeneration": generation,
-        "phase": phase,
-        "conditions": conditions(*conds, generation=generation, previous_status=previous, now=stamp),
-        "startTime": previous.get("startTime") or stamp,
-        "prefixesDone": f"{done}/{total}",
-        "prefixCounts": {
-            "total": total,
-            "pending": counts[PENDING],
-            "running": counts[RUNNING],
-            "suspended": counts[SUSPENDED],
-            "completed": done,
-            "failed": counts[FAILED],
-        },
-        "totals": totals,
-        "prefixes": entries,
-        "prefixesTruncated": len(views) > MAX_STATUS_PREFIXES,
-    }
-    if finished:
-        status["completionTime"] = previous.get("completionTime") or stamp
-    if retry is not None:
-        status["retryGeneration"] = retry
-    plan.status = status
+    views = _observe_all(scene, plan)
+    totals = _totals(views)
+    too_many = migration.max_failed_objects is not None and totals["failed"] > migration.max_failed_objects
+    observed = Observed(migration, views, totals, too_many)
+    schedule(scene, observed, plan)
+    plan.events += _unit_events(views, scene.previous_rows, stamp)
+    observed.count()
+    verdict = decide(observed)
+    plan.events += _phase_events(scene.previous.get("phase"), verdict, observed)
+    plan.status = status_of(scene, observed, verdict)
     return plan
 
 
