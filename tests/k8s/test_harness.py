@@ -1,4 +1,6 @@
-"""Tests of the fake-cluster harness itself: API semantics, watch, kopf, GC, JobRunner, kubectl."""
+"""Tests of the fake cluster itself (tests/support/README.md): API semantics, watch, GC, the Job
+controller (JobRunner), kubectl. Each proves a behaviour of a real API server or Job controller
+that the operator's tests rely on."""
 from __future__ import annotations
 
 import base64
@@ -8,23 +10,22 @@ import sys
 import threading
 import time
 
-import kopf
-import kopf.testing
 import kubernetes
 import pytest
 import yaml
 
-from tests.support.k8s.cluster import (
-    ApiException,
-    FakeCluster,
-    JobRunner,
-    condition,
-    kopf_test_settings,
-)
-from tests.support.k8s.crds_for_tests import API_VERSION, KEYMIGRATION_CRD, keymigration
+from tests.k8s.conftest import CRDS
+from tests.support.k8s.cluster import ApiException, FakeCluster, JobRunner, condition
 from tests.support.k8s.jobrunner import PodPending, build_pod_launch
 
-KM = ("keymigration.io/v1alpha1", "KeyMigration")
+API_VERSION = "keymigration.io/v1alpha1"
+KM = (API_VERSION, "KeyMigration")
+
+
+def keymigration(name: str, namespace: str = "default", **spec) -> dict:
+    return {"apiVersion": API_VERSION, "kind": "KeyMigration", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"bucket": "bucket-b", "prefixes": ["p/"], "sourceKmsKeyIds": ["alias/old"],
+                     "target": {"kmsKeyId": "alias/new"}, **spec}}
 
 
 def owner_ref(obj: dict) -> dict:
@@ -51,18 +52,18 @@ def test_crud_uid_resource_version_generation(fake_cluster: FakeCluster):
     meta = created["metadata"]
     assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
     assert meta["generation"] == 1
-    assert created["spec"]["maxParallel"] == 4  # defaulted from the CRD schema
+    assert created["spec"]["verify"] == "envelope"  # defaulted from the CRD schema
     rv1 = int(meta["resourceVersion"])
 
     got = fake_cluster.get(*KM, "default", "m1")
     assert got == created
 
-    patched = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "other"}})
+    patched = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-other"}})
     assert int(patched["metadata"]["resourceVersion"]) > rv1
     assert patched["metadata"]["generation"] == 2
 
     # A no-op patch changes nothing: same resourceVersion, no event.
-    again = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "other"}})
+    again = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-other"}})
     assert again["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
 
     # Metadata-only changes do not bump the generation.
@@ -95,19 +96,19 @@ def test_status_subresource_semantics(fake_cluster: FakeCluster):
     assert "status" not in raw
 
     # A main-resource write cannot change status; the spec part still applies.
-    after = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "x"}, "status": {"phase": "Nope"}})
+    after = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-x"}, "status": {"phase": "Nope"}})
     assert "status" not in after and after["metadata"]["generation"] == 2
 
     # A status write changes only status, never the generation, and ignores spec changes.
-    st = fake_cluster.patch_status(*KM, "default", "m1", {"spec": {"bucket": "y"},
+    st = fake_cluster.patch_status(*KM, "default", "m1", {"spec": {"bucket": "bucket-y"},
                                                             "status": {"phase": "Running", "observedGeneration": 2}})
     assert st["status"] == {"phase": "Running", "observedGeneration": 2}
-    assert st["spec"]["bucket"] == "x" and st["metadata"]["generation"] == 2
+    assert st["spec"]["bucket"] == "bucket-x" and st["metadata"]["generation"] == 2
     assert int(st["metadata"]["resourceVersion"]) > int(after["metadata"]["resourceVersion"])
 
     # Undeclared status fields are pruned silently, as by a real server with a structural schema.
-    pruned = fake_cluster.patch_status(*KM, "default", "m1", {"status": {"undeclared": 1, "counts": {"done": 3}}})
-    assert "undeclared" not in pruned["status"] and pruned["status"]["counts"] == {"done": 3}
+    pruned = fake_cluster.patch_status(*KM, "default", "m1", {"status": {"undeclared": 1, "prefixCounts": {"total": 3}}})
+    assert "undeclared" not in pruned["status"] and pruned["status"]["prefixCounts"] == {"total": 3}
 
     # Optimistic concurrency: a stale resourceVersion is a 409 Conflict.
     stale = dict(obj, metadata=dict(obj["metadata"]))
@@ -127,7 +128,7 @@ def test_status_subresource_semantics(fake_cluster: FakeCluster):
     assert e.value.status == 422
     # Strategic merge patch is refused for custom resources (415), like a real server.
     with pytest.raises(ApiException) as e:
-        fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "z"}}, patch_type="strategic")
+        fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-z"}}, patch_type="strategic")
     assert e.value.status == 415
 
     # History of versions, from kmock's object store.
@@ -291,8 +292,9 @@ def test_namespace_deletion_and_crd_lifecycle(fake_cluster: FakeCluster, tmp_pat
     fake_cluster.wait_deleted("v1", "Namespace", None, "doomed", timeout=5)
     assert fake_cluster.list(*KM, "doomed") == []
 
-    crd = dict(KEYMIGRATION_CRD, metadata={"name": "widgets.example.com"},
-               spec=dict(KEYMIGRATION_CRD["spec"], group="example.com",
+    real = yaml.safe_load(CRDS[0].read_text())
+    crd = dict(real, metadata={"name": "widgets.example.com"},
+               spec=dict(real["spec"], group="example.com",
                          names={"plural": "widgets", "singular": "widget", "kind": "Widget"}))
     crd_path = tmp_path / "widgets.yaml"
     crd_path.write_text(yaml.safe_dump(crd))
@@ -307,53 +309,6 @@ def test_namespace_deletion_and_crd_lifecycle(fake_cluster: FakeCluster, tmp_pat
     fake_cluster.wait_deleted("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "widgets.example.com",
                               timeout=5)
     assert "example.com" not in [g["name"] for g in fake_cluster.request("GET", "/apis")["groups"]]
-
-
-# ------------------------------------------------------------------------------------------------
-# kopf
-
-
-@pytest.mark.parametrize("consistency_timeout", [0, 5.0], ids=["consistency-0", "consistency-default"])
-def test_kopf_operator_patches_status(fake_cluster: FakeCluster, consistency_timeout: float):
-    registry = kopf.OperatorRegistry()
-    fake_cluster.kopf_login_handler(registry)
-    settings = kopf_test_settings("keymigration.io")
-    # 0 is what the project's conventions ask for; kopf's default (5 s) also works, and fast,
-    # because the fake bumps resourceVersion so kopf sees its own patches come back.
-    settings.persistence.consistency_timeout = consistency_timeout
-    seen = threading.Event()
-
-    @kopf.on.create("keymigration.io", "v1alpha1", "keymigrations", registry=registry)
-    def on_create(body, meta, patch, **_):
-        kopf.info(body, reason="Seen", message="on_create saw it")  # an explicit k8s Event
-        patch.status["phase"] = "Seen"
-        patch.status["observedGeneration"] = meta["generation"]
-        seen.set()
-
-    @kopf.on.field("keymigration.io", "v1alpha1", "keymigrations", field="spec.bucket", registry=registry)
-    def on_bucket(meta, new, patch, **_):
-        if meta["generation"] > 1:
-            patch.status["phase"] = f"Bucket {new}"
-
-    args = ["run", "--standalone", "--namespace", "default", "--verbose"]
-    with kopf.testing.KopfRunner(args, registry=registry, settings=settings, timeout=20) as runner:
-        fake_cluster.create(keymigration("k1"))
-        handled = "keymigration.io/last-handled-configuration"
-        obj = fake_cluster.wait_for(*KM, "default", "k1", lambda o: (o.get("status") or {}).get("phase") == "Seen"
-                                    and handled in (o["metadata"].get("annotations") or {}))
-        assert obj["status"]["observedGeneration"] == 1
-        annotations = obj["metadata"].get("annotations") or {}
-        assert all(k.startswith("keymigration.io/") for k in annotations)  # branded storage
-        assert not [k for k in annotations if "on_create" in k]  # progress annotations cleaned up
-        fake_cluster.patch(*KM, "default", "k1", {"spec": {"bucket": "b2"}})
-        fake_cluster.wait_for(*KM, "default", "k1", lambda o: o["status"].get("phase") == "Bucket b2")
-        # kopf posts k8s Events (core v1) through the fake; they are stored and listable.
-        deadline = time.monotonic() + 5
-        while not any("on_create" in e.get("message", "") for e in fake_cluster.events("default", involved_name="k1")):
-            assert time.monotonic() < deadline, fake_cluster.events("default")
-            time.sleep(0.05)
-    assert seen.is_set()
-    assert runner.exit_code == 0, runner.output
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,7 +394,7 @@ api.create_namespaced_custom_object("keymigration.io", "v1alpha1", ns, "keymigra
     "apiVersion": "keymigration.io/v1alpha1", "kind": "KeyMigrationProgress",
     "metadata": {"name": name}, "spec": {"migration": "m", "prefix": "p/"}})
 api.patch_namespaced_custom_object_status("keymigration.io", "v1alpha1", ns, "keymigrationprogresses", name,
-                                          {"status": {"checkpoint": "p/0042", "counts": {"done": 42}}})
+                                          {"status": {"checkpoint": "p/0042", "counters": {"migrated": 42}}})
 print("reported", os.environ["HOSTNAME"])
 """
 
@@ -454,7 +409,7 @@ def test_worker_process_reaches_the_fake_api(fake_cluster: FakeCluster, tmp_path
         fake_cluster.create(job)
         runner.wait_for_job("reporter", "Complete", timeout=20)
     progress = fake_cluster.get(API_VERSION, "KeyMigrationProgress", "default", "progress-1")
-    assert progress["status"] == {"checkpoint": "p/0042", "counts": {"done": 42}}
+    assert progress["status"] == {"checkpoint": "p/0042", "counters": {"migrated": 42}}
     assert "reported reporter-" in runner.output("reporter")
 
 
@@ -534,10 +489,10 @@ def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
     manifest.write_text(json.dumps(keymigration("kc")))
     assert "created" in kubectl("apply", "-f", str(manifest)).stdout
     assert "unchanged" in kubectl("apply", "-f", str(manifest)).stdout
-    manifest.write_text(json.dumps(keymigration("kc", bucket="changed")))
+    manifest.write_text(json.dumps(keymigration("kc", bucket="bucket-changed")))
     assert "configured" in kubectl("apply", "-f", str(manifest)).stdout
     obj = fake_cluster.get(*KM, "default", "kc")
-    assert obj["spec"]["bucket"] == "changed" and obj["metadata"]["generation"] == 2
+    assert obj["spec"]["bucket"] == "bucket-changed" and obj["metadata"]["generation"] == 2
     assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
     assert "serverside-applied" in kubectl("apply", "--server-side", "-f", str(manifest)).stdout
 
@@ -558,7 +513,8 @@ def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
     assert "condition met" in waited.stdout
 
     table = kubectl("get", "keymigrations").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "REASON", "AGE"] and table[1].split()[:3] == ["kc", "True", "Done"]
+    assert table[0].split() == ["NAME", "READY", "REASON", "PREFIXES", "MIGRATED", "FAILED", "AGE"]
+    assert table[1].split()[:3] == ["kc", "True", "Done"]
     assert "PHASE" in kubectl("get", "km", "-o", "wide").stdout
     assert json.loads(kubectl("get", "km", "kc", "-o", "json").stdout)["metadata"]["name"] == "kc"
     assert "deleted" in kubectl("delete", "-f", str(manifest)).stdout

@@ -22,6 +22,7 @@ from keymigration.demo.standins import MotoServer, free_port
 from keymigration.kube.jobs import child_name
 from keymigration.migrate.reader import read_object
 from tests.integration.corpus import KeySet, seed_mixed
+from tests.k8s.conftest import CRDS
 from tests.support.k8s.cluster import FakeCluster, JobRunner, condition
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,6 @@ KM = ("keymigration.io/v1alpha1", "KeyMigration")
 KMP = ("keymigration.io/v1alpha1", "KeyMigrationProgress")
 NS = EXAMPLE["metadata"]["namespace"]
 NAME = EXAMPLE["metadata"]["name"]
-CRDS = [ROOT / "crds" / "keymigrations.keymigration.io.yaml", ROOT / "crds" / "keymigrationprogresses.keymigration.io.yaml"]
 
 
 class Env:

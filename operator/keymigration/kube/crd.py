@@ -59,6 +59,7 @@ def keymigration_crd() -> dict:
         {"name": "Migrated", "type": "integer", "jsonPath": ".status.totals.migrated"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.totals.failed"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1, "description": "kubectl get -o wide"},
     ]
     return _crd(KIND, PLURAL, "keymigration", "km", columns, crd_schema())
 

@@ -34,7 +34,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -1289,12 +1289,3 @@ class FakeApiServer(kmock.KubernetesEmulator):
         raise api_error(404, "NotFound", "not served through the DSL")
 
     _serve_fetch = _serve_create = _serve_update = _serve_delete = _serve_list
-
-
-def iter_all_objects(server: FakeApiServer) -> Iterable[tuple[ResourceDef, JSON]]:
-    for skey, objs in server.store.items():
-        rdef = server._rdef_for_storage(skey)
-        if rdef is None:
-            continue
-        for obj in objs.values():
-            yield rdef, obj
