@@ -519,3 +519,14 @@ def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
     assert json.loads(kubectl("get", "km", "kc", "-o", "json").stdout)["metadata"]["name"] == "kc"
     assert "deleted" in kubectl("delete", "-f", str(manifest)).stdout
     assert fake_cluster.get_or_none(*KM, "default", "kc") is None
+
+
+def test_kubelet_expansion_of_command_and_args(tmp_path):
+    """$(NAME) of a declared variable expands, $$ is one $, anything else stays, as in the kubelet
+    (third_party/forked/golang/expansion); undeclared names (HOME: the image's) stay as written."""
+    job = job_manifest("exp", ["$(FOO)", "$$(FOO)", "$$$$", "a$b", "$(UNDECLARED)", "$(HOME)", "x$(", "$", "$(BAR)-$(FOO)"])
+    job["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "FOO", "value": "bar"}, {"name": "BAR", "value": "$(FOO)/$$x"}]
+    launch = build_pod_launch(job, "exp-abcde", tmp_path, lambda *_: None)
+    assert launch.argv[3:] == ["bar", "$(FOO)", "$$", "a$b", "$(UNDECLARED)", "$(HOME)", "x$(", "$", "bar/$x-bar"]
+    assert launch.env["BAR"] == "bar/$x"

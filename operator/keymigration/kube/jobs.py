@@ -54,6 +54,12 @@ def child_name(migration: str, prefix: str) -> str:
     return f"{migration[:41].rstrip('-.')}-{prefix_hash(prefix)}"
 
 
+def kubelet_literal(text: str) -> str:
+    """``text`` as a container argument the kubelet passes on unchanged: it expands ``$(VAR)``
+    and turns ``$$`` into ``$`` in command and args, so every ``$`` is doubled."""
+    return text.replace("$", "$$")
+
+
 def owner_reference(km: dict) -> dict:
     meta = km["metadata"]
     return {
@@ -114,7 +120,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
         "name": CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "args": migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures),
+        "args": [kubelet_literal(arg) for arg in migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures)],
         "env": env,
         **({"envFrom": env_from} if env_from else {}),
         "resources": worker.get("resources") or config.default_resources,

@@ -122,6 +122,74 @@ def _write_projection(dirpath: pathlib.Path, data: Mapping[str, bytes], items: l
         path.chmod(mode)
 
 
+def expand(text: str, lookup: Callable[[str], str | None]) -> str:
+    """The kubelet's expansion of command, args and env values (k8s.io/kubernetes
+    third_party/forked/golang/expansion): ``$(NAME)`` becomes the value of a declared variable
+    (left as is when undeclared), ``$$`` becomes ``$``, any other ``$`` stays."""
+    out: list[str] = []
+    cursor = 0
+    while cursor < len(text):
+        char = text[cursor]
+        if char != "$" or cursor + 1 == len(text):
+            out.append(char)
+            cursor += 1
+            continue
+        following = text[cursor + 1]
+        if following == "$":
+            out.append("$")
+            cursor += 2
+        elif following == "(" and ")" in text[cursor + 2:]:
+            end = text.index(")", cursor + 2)
+            name = text[cursor + 2:end]
+            value = lookup(name)
+            out.append(value if value is not None else f"$({name})")
+            cursor = end + 1
+        else:
+            out.append("$" + following)
+            cursor += 2
+    return "".join(out)
+
+
+class ContainerConfigError(PodPending):
+    """The kubelet cannot build the container's configuration (CreateContainerConfigError)."""
+
+
+def _env_from(container: Mapping[str, Any], namespace: str, read_object) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+            ref = source.get(key)
+            if ref is None:
+                continue
+            obj = read_object(kind, namespace, ref.get("name", ""))
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerConfigError(f'{kind.lower()} "{ref.get("name")}" not found')
+            if kind == "Secret":
+                data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (obj.get("data") or {}).items()}
+            else:
+                data = {k: str(v) for k, v in (obj.get("data") or {}).items()}
+            env.update({source.get("prefix", "") + k: v for k, v in data.items()})
+    return env
+
+
+def _declared_env(container: Mapping[str, Any], pod: Mapping[str, Any], namespace: str, read_object) -> dict[str, str]:
+    declared = _env_from(container, namespace, read_object)
+    for item in container.get("env") or []:
+        name = item.get("name")
+        if "value" in item:
+            declared[name] = expand(str(item["value"]), declared.get)
+        elif (item.get("valueFrom") or {}).get("fieldRef"):
+            value = _pod_field(item["valueFrom"]["fieldRef"].get("fieldPath", ""), pod)
+            if value is not None:
+                declared[name] = value
+        elif "valueFrom" not in item:
+            declared[name] = ""
+        # other valueFrom sources (secretKeyRef, resourceFieldRef, ...) are not emulated
+    return declared
+
+
 def build_pod_launch(
         job: Mapping[str, Any],
         pod_name: str,
@@ -195,16 +263,21 @@ def build_pod_launch(
         local = vdir / vm["subPath"] if vm.get("subPath") else vdir
         mounts[vm["mountPath"]] = str(local)
 
-    # Command line
-    command = list(container.get("command") or [])
-    args = [str(a) for a in container.get("args") or []]
+    # The container's declared environment (envFrom, then env, each value expanded with what is
+    # declared before it), as the kubelet builds it; only these names expand in command and args.
+    declared = _declared_env(container, pod, namespace, read_object)
+
+    # Command line: $(VAR) and $$ expanded with the declared environment, as the kubelet does
+    command = [expand(str(c), declared.get) for c in container.get("command") or []]
+    args = [expand(str(a), declared.get) for a in container.get("args") or []]
     entry = command[0] if command else default_entrypoint
     prefix = entrypoints.get(os.path.basename(entry))
     if prefix is None:
         raise ValueError(f"container command {entry!r} is not emulated (known: {sorted(entrypoints)})")
     argv = [*prefix, *[_rewrite(c, mounts) for c in command[1:]], *[_rewrite(a, mounts) for a in args]]
 
-    # Environment
+    # Environment of the process: a small pass-through of the host's, HOME and HOSTNAME (the
+    # image's and the runtime's), base_env (what the test gives every worker), then the declared.
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     env: dict[str, str] = dict(os.environ) if inherit_env else \
@@ -215,19 +288,7 @@ def build_pod_launch(
     if (job.get("spec") or {}).get("completionMode") == "Indexed":
         env["JOB_COMPLETION_INDEX"] = "0"
     env.update({k: str(v) for k, v in (base_env or {}).items()})
-    for item in container.get("env") or []:
-        name = item.get("name")
-        if "value" in item:
-            env[name] = _rewrite(str(item["value"]), mounts)
-        elif (item.get("valueFrom") or {}).get("fieldRef"):
-            value = _pod_field(item["valueFrom"]["fieldRef"].get("fieldPath", ""), pod)
-            if value is not None:
-                env[name] = value
-        elif "valueFrom" not in item:
-            env[name] = ""
-        # other valueFrom sources (secretKeyRef, resourceFieldRef, ...) are not emulated
-    # $(VAR) expansion in args, as the kubelet does
-    argv = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+    env.update({k: _rewrite(v, mounts) for k, v in declared.items()})
     return PodLaunch(argv=argv, env=env, cwd=str(workdir), mounts=mounts)
 
 
