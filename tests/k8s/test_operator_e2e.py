@@ -18,7 +18,7 @@ import yaml
 
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket
-from keymigration.demo.standins import MotoServer, free_port
+from keymigration.demo.standins import REGION, MotoServer, free_port
 from keymigration.kube.jobs import child_name
 from keymigration.migrate.reader import read_object
 from tests.integration.corpus import KeySet, seed_mixed
@@ -31,6 +31,7 @@ KM = ("keymigration.io/v1alpha1", "KeyMigration")
 KMP = ("keymigration.io/v1alpha1", "KeyMigrationProgress")
 NS = EXAMPLE["metadata"]["namespace"]
 NAME = EXAMPLE["metadata"]["name"]
+WORKER_ENV_SECRET = "aws-static-credentials"  # the kind quickstart's name
 
 
 class Env:
@@ -105,6 +106,11 @@ def env(moto, tmp_path, cluster):
     aws = Env(moto, tmp_path)
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "old-master-keys", "namespace": NS},
                     "type": "Opaque", "data": {"aes.key": base64.b64encode(base64.b64encode(aws.keys.aes.read_bytes())).decode()}})
+    # As the kind quickstart (docs/install.md) creates it: static credentials and AWS_REGION only
+    # (no AWS_DEFAULT_REGION), handed to every worker by the operator's --worker-env-secret.
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": REGION}
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": WORKER_ENV_SECRET, "namespace": NS},
+                    "type": "Opaque", "stringData": credentials})
     return aws
 
 
@@ -124,7 +130,8 @@ class Operator:
             [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "operator", "--namespace", NS,
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
              "--metrics-port", str(self.metrics_port), "--stall-seconds", "3",
-             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", "km-worker"],
+             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", "km-worker",
+             "--worker-env-secret", WORKER_ENV_SECRET],
             env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -168,7 +175,9 @@ def operator(cluster, tmp_path):
 
 @pytest.fixture
 def runner(cluster, moto, tmp_path):
-    base = {**cluster.env(), **moto.env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    # The node's view: the AWS endpoint, nothing else; credentials and region come from the Secret.
+    base = {**cluster.env(), "AWS_ENDPOINT_URL": moto.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
     with JobRunner(cluster, base_env=base, workdir=tmp_path / "jobs", poll_interval=0.1) as job_runner:
         yield job_runner
 
