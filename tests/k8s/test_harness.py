@@ -530,3 +530,28 @@ def test_kubelet_expansion_of_command_and_args(tmp_path):
     launch = build_pod_launch(job, "exp-abcde", tmp_path, lambda *_: None)
     assert launch.argv[3:] == ["bar", "$(FOO)", "$$", "a$b", "$(UNDECLARED)", "$(HOME)", "x$(", "$", "bar/$x-bar"]
     assert launch.env["BAR"] == "bar/$x"
+
+
+def test_names_and_labels_are_validated(fake_cluster: FakeCluster):
+    """422 Invalid, as ValidateObjectMeta answers: names are DNS subdomains (namespaces DNS labels),
+    label values at most 63 characters; a Job's name becomes its pod template's job-name label."""
+    def refused(obj: dict, needle: str) -> None:
+        with pytest.raises(ApiException) as e:
+            fake_cluster.create(obj)
+        assert e.value.status == 422 and json.loads(e.value.body)["reason"] == "Invalid", e.value.body
+        assert needle in json.loads(e.value.body)["message"]
+
+    fake_cluster.create(keymigration("m" * 253))  # the longest valid name
+    refused(keymigration("m" * 254), "must be no more than 253 characters")
+    refused(keymigration("Upper"), "RFC 1123 subdomain")
+    refused({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a.b"}}, "RFC 1123 label")
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default", "labels": {}}}
+    refused(dict(config_map, metadata=dict(config_map["metadata"], labels={"k": "v" * 64})), "no more than 63 characters")
+    refused(dict(config_map, metadata=dict(config_map["metadata"], labels={"k": "-v"})), "a valid label")
+    refused(dict(config_map, metadata=dict(config_map["metadata"], labels={"Bad_Prefix/k": "v"})), "prefix part")
+    fake_cluster.create(job_manifest("j" * 63, ["--version"]))
+    refused(job_manifest("j" * 64, ["--version"]), "spec.template.labels")
+    fake_cluster.create(dict(config_map, metadata=dict(config_map["metadata"], labels={"keymigration.io/x": "v" * 63})))
+    with pytest.raises(ApiException) as e:  # updates too
+        fake_cluster.patch("v1", "ConfigMap", "default", "c", {"metadata": {"labels": {"k": "v" * 64}}})
+    assert e.value.status == 422

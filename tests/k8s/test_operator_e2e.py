@@ -355,3 +355,26 @@ def test_operator_killed_mid_reconcile_restarts_and_finishes(cluster, env, opera
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(child_name(NAME, p) for p in EXAMPLE["spec"]["prefixes"])
     status = km(cluster)["status"]
     assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+
+
+def test_a_child_name_held_by_a_foreign_object_stalls_with_its_name(cluster, operator):
+    """409 AlreadyExists counts as success only for a child this KeyMigration owns: a Job of the
+    same name that belongs to something else is reported (Stalled, ChildConflict, naming it), the
+    other prefixes go on, and once it is gone the prefix gets its own Job."""
+    name = child_name(NAME, "2019/")
+    foreign = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
+               "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never",
+                                                                "containers": [{"name": "c", "image": "busybox"}]}}}}
+    cluster.create(foreign)
+    apply_example(cluster)
+    obj = wait_condition(cluster, "Stalled", "True", "ChildConflict", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert f"Job {NS}/{name} already exists and is not owned by this KeyMigration" in message
+    assert "ChildConflict" in {e["reason"] for e in cluster.events(NS, involved_name=NAME)}
+    other = cluster.get("batch/v1", "Job", NS, child_name(NAME, "2020/"))
+    assert other["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert "ownerReferences" not in cluster.get("batch/v1", "Job", NS, name)["metadata"]  # never adopted
+    cluster.delete("batch/v1", "Job", NS, name)
+    ours = cluster.wait_for("batch/v1", "Job", NS, name, lambda j: bool(j["metadata"].get("ownerReferences")), timeout=40)
+    assert ours["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    wait_condition(cluster, "Reconciling", "True", "Progressing", timeout=30)

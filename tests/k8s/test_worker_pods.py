@@ -42,3 +42,27 @@ def test_dollar_signs_reach_the_worker_byte_exact(tmp_path):
         path, _, description = options.source_key_files[0].partition(":")
         assert description == '{"cost":"$$5","team":"$(KEYMIGRATION_MIGRATION)"}'
         assert open(path, "rb").read() == b"k" * 32  # the mount path survived escaping too
+
+
+def test_children_of_any_valid_keymigration_name_are_valid_and_never_shared(fake_cluster):
+    """Names up to 253 characters; two long names with the same first 41+ characters get their own
+    Jobs and progress objects, and every label value is valid (the fake API server answers 422
+    otherwise, as a real one does)."""
+    from datetime import datetime, timezone
+
+    from keymigration.kube.reconcile import reconcile
+
+    common = "payments-archive-" + "x" * 60
+    names = [common + "-a" * 80, common + "-b" * 80, "m" * 253]
+    children: dict[str, set[str]] = {}
+    for name in names:
+        assert len(name) <= 253
+        obj = km(prefixes=["2019/", "2020/"])
+        obj["metadata"] = {"name": name, "namespace": "default"}
+        obj = fake_cluster.create(obj)
+        plan = reconcile(obj, [], [], InstallConfig(), datetime(2026, 1, 1, tzinfo=timezone.utc))
+        for child in plan.create:
+            fake_cluster.create(child)  # 422 for an invalid name or label, 409 for a shared name
+        children[name] = {child["metadata"]["name"] for child in plan.create}
+        assert all(len(child) <= 52 for child in children[name])  # room for the pods' suffix in a 63-char label
+    assert len(set().union(*children.values())) == 2 * len(names)

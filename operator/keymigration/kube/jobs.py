@@ -17,10 +17,13 @@ from keymigration.migrate.worker import (
     EXIT_TOO_MANY_FAILURES,
 )
 
-LABEL_MIGRATION = f"{GROUP}/migration"
+LABEL_MIGRATION = f"{GROUP}/migration"  # the KeyMigration's name, or a short form of a long one
+LABEL_MIGRATION_UID = f"{GROUP}/migration-uid"  # what the operator selects children by
 LABEL_PREFIX_HASH = f"{GROUP}/prefix-hash"
+ANNOTATION_MIGRATION = f"{GROUP}/migration"  # the KeyMigration's full name (on pods too)
 ANNOTATION_PREFIX = f"{GROUP}/prefix"
 ANNOTATION_RETRY = f"{GROUP}/retry"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "keymigration-operator")
 CONTAINER = "worker"
 RUN_AS = 65532  # the image's non-root user (Dockerfile)
 
@@ -44,14 +47,26 @@ class InstallConfig:
     worker_env_secret: str | None = None
 
 
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:10]
+
+
 def prefix_hash(prefix: str) -> str:
-    return hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:10]
+    return _hash(prefix)
 
 
 def child_name(migration: str, prefix: str) -> str:
-    """Deterministic Job (and progress object) name: <migration>-<hash of prefix>, <= 52 chars,
-    so the Job controller's pod name suffix still fits the 63-character label limit."""
-    return f"{migration[:41].rstrip('-.')}-{prefix_hash(prefix)}"
+    """The Job (and progress object) of one prefix: ``<start of the name>-<hash of name and
+    prefix>``, at most 52 characters (the Job's pods add 6 and their ``job-name`` label holds 63),
+    and unique per KeyMigration and prefix for any valid names: two names with the same first 41
+    characters still hash apart. Deterministic, so a re-run after a crash finds its children."""
+    return f"{migration[:41].rstrip('-.')}-{_hash(migration, prefix)}"
+
+
+def label_value(name: str) -> str:
+    """A KeyMigration name as a label value (at most 63 characters): itself when it fits, else
+    its start and a hash of the whole."""
+    return name if len(name) <= 63 else f"{name[:52].rstrip('-.')}-{_hash(name)}"
 
 
 def kubelet_literal(text: str) -> str:
@@ -76,10 +91,15 @@ def labels(km: dict, prefix: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "keymigration-worker",
         "app.kubernetes.io/part-of": "keymigration",
-        "app.kubernetes.io/managed-by": "keymigration-operator",
-        LABEL_MIGRATION: km["metadata"]["name"],
+        MANAGED_BY[0]: MANAGED_BY[1],
+        LABEL_MIGRATION: label_value(km["metadata"]["name"]),
+        LABEL_MIGRATION_UID: km["metadata"]["uid"],
         LABEL_PREFIX_HASH: prefix_hash(prefix),
     }
+
+
+def annotations(km: dict, prefix: str) -> dict[str, str]:
+    return {ANNOTATION_MIGRATION: km["metadata"]["name"], ANNOTATION_PREFIX: prefix}
 
 
 def progress_manifest(km: dict, migration: KeyMigration, prefix: str) -> dict:
@@ -91,7 +111,7 @@ def progress_manifest(km: dict, migration: KeyMigration, prefix: str) -> dict:
             "name": name,
             "namespace": km["metadata"]["namespace"],
             "labels": labels(km, prefix),
-            "annotations": {ANNOTATION_PREFIX: prefix},
+            "annotations": annotations(km, prefix),
             "ownerReferences": [owner_reference(km)],
         },
         "spec": {"migration": km["metadata"]["name"], "bucket": migration.bucket, "prefix": prefix, "job": name},
@@ -176,7 +196,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
             ]
         },
         "suspend": False,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations(km, prefix)}, "spec": pod_spec},
     }
     if config.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
@@ -189,7 +209,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
             "name": name,
             "namespace": namespace,
             "labels": pod_labels,
-            "annotations": {ANNOTATION_PREFIX: prefix},
+            "annotations": annotations(km, prefix),
             "ownerReferences": [owner_reference(km)],
         },
         "spec": job_spec,

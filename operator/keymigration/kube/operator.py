@@ -21,12 +21,14 @@ import kopf
 
 from keymigration.clock import utc_now, utc_timestamp
 from keymigration.kube.api_types import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
-from keymigration.kube.jobs import LABEL_MIGRATION, InstallConfig
+from keymigration.kube.jobs import ANNOTATION_MIGRATION, LABEL_MIGRATION_UID, InstallConfig
 from keymigration.kube.kubeconfig import load_client_config
 from keymigration.kube.metrics import OperatorMetrics
-from keymigration.kube.reconcile import Plan, reconcile, status_changed
+from keymigration.kube.reconcile import Plan, Surroundings, reconcile, status_changed
 
 log = logging.getLogger("keymigration.operator")
+
+CONFLICT_RECHECK_SECONDS = 15.0  # a conflicting object may be deleted by someone: look again
 
 
 @dataclass
@@ -60,26 +62,40 @@ class KubeApi:
                 return None
             raise
 
-    def children(self, namespace: str, name: str, uid: str) -> tuple[list[dict], list[dict]]:
-        selector = f"{LABEL_MIGRATION}={name}"
+    def children(self, namespace: str, uid: str) -> tuple[list[dict], list[dict]]:
+        selector = f"{LABEL_MIGRATION_UID}={uid}"
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
         job_items = _json(jobs).get("items", [])
         progress = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, label_selector=selector)
-        owned = lambda o: any(ref.get("uid") == uid for ref in o.get("metadata", {}).get("ownerReferences") or ())  # noqa: E731
         # Filter by owner too: a selector is a hint (and some API fakes ignore it).
-        return [j for j in job_items if owned(j)], [p for p in progress.get("items", []) if owned(p)]
+        return [j for j in job_items if _owned(j, uid)], [p for p in progress.get("items", []) if _owned(p, uid)]
 
     def create(self, obj: dict) -> None:
-        namespace = obj["metadata"]["namespace"]
+        """Create a child; a 409 AlreadyExists is success only when the existing object is owned by
+        the same KeyMigration (a re-run after a crash), else ``ChildConflict`` names it."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         try:
             if obj["kind"] == "Job":
                 self.batch.create_namespaced_job(namespace, obj)
             else:
-                group, version = obj["apiVersion"].split("/")
-                self.custom.create_namespaced_custom_object(group, version, namespace, PROGRESS_PLURAL, obj)
+                self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, obj)
         except self.ApiException as error:
-            if error.status != 409:  # AlreadyExists: a re-run after a crash; fine
+            if error.status != 409:
                 raise
+            existing = self._get_child(obj["kind"], namespace, name)
+            owner = obj["metadata"]["ownerReferences"][0]
+            if existing is not None and not _owned(existing, owner["uid"]):
+                raise ChildConflict(obj["kind"], namespace, name, existing) from None
+
+    def _get_child(self, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            if kind == "Job":
+                return _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, name)
+        except self.ApiException as error:
+            if error.status == 404:
+                return None  # gone meanwhile: the next reconcile creates it
+            raise
 
     def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
@@ -128,6 +144,23 @@ def _json(response) -> dict:
     return json.loads(response.data)
 
 
+def _owned(obj: dict, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
+
+
+class ChildConflict(Exception):
+    """A Job or progress object of the planned name exists and belongs to something else."""
+
+    def __init__(self, kind: str, namespace: str, name: str, existing: dict):
+        owners = [f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in existing["metadata"].get("ownerReferences") or ()]
+        self.name = name
+        self.message = (
+            f"{kind} {namespace}/{name} already exists and is not owned by this KeyMigration "
+            f"(owner: {', '.join(owners) or 'none'}); delete or rename it"
+        )
+        super().__init__(self.message)
+
+
 class Reconciler:
     """A per-KeyMigration work queue: debounced, one reconcile at a time per object."""
 
@@ -139,6 +172,7 @@ class Reconciler:
         self.dirty: set[tuple[str, str]] = set()
         self.last_status_write: dict[tuple[str, str], float] = {}
         self.known: set[tuple[str, str]] = set()
+        self.conflicts: dict[tuple[str, str], dict[str, str]] = {}
         self.reconciles = 0
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -152,6 +186,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self.known.discard((namespace, name))
         self.last_status_write.pop((namespace, name), None)
+        self.conflicts.pop((namespace, name), None)
         self.metrics.migrations.forget(namespace, name)
 
     async def _loop(self, key: tuple[str, str]) -> None:
@@ -185,8 +220,9 @@ class Reconciler:
         if km is None:
             self.forget(namespace, name)
             return None
-        jobs, progresses = await asyncio.to_thread(self.api.children, namespace, name, km["metadata"]["uid"])
-        plan = reconcile(km, jobs, progresses, self.settings.config, utc_now())
+        jobs, progresses = await asyncio.to_thread(self.api.children, namespace, km["metadata"]["uid"])
+        surroundings = Surroundings(conflicts=dict(self.conflicts.get((namespace, name), {})))
+        plan = reconcile(km, jobs, progresses, self.settings.config, utc_now(), surroundings)
         self.reconciles += 1
         self.metrics.migrations.record(namespace, name, plan.status, progresses)
         return await self.apply(km, plan)
@@ -194,25 +230,43 @@ class Reconciler:
     async def apply(self, km: dict, plan: Plan) -> float | None:
         """Carry out a plan: the actions first, then (rate-limited) the status and its events."""
         await self._act(km, plan)
+        recheck = CONFLICT_RECHECK_SECONDS if self.conflicts.get((km["metadata"]["namespace"], km["metadata"]["name"])) else None
         if not status_changed(km.get("status"), plan.status):
-            return None
+            return recheck
         wait = self._status_wait(km, plan)
         if wait > 0:
             return wait  # bounded write rate: look again (and write) when the interval has passed
         await self._write_status(km, plan)
-        return None
+        return recheck
 
     async def _act(self, km: dict, plan: Plan) -> None:
         namespace = km["metadata"]["namespace"]
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
-        for obj in plan.create:
-            await asyncio.to_thread(self.api.create, obj)
+        await self._create(km, plan.create)
         for names, suspend in ((plan.suspend_jobs, True), (plan.resume_jobs, False)):
             for job in names:
                 await asyncio.to_thread(self.api.set_job_suspended, namespace, job, suspend)
         # Tied to an action taken now, not to a status transition: posted at once.
         await self._post(km, [e for e in plan.events if e.reason == "JobCreated"])
+
+    async def _create(self, km: dict, objects: list[dict]) -> None:
+        """Create the planned children; a name taken by a foreign object is remembered (the next
+        reconcile reports it as Stalled, ChildConflict) and asked again at every reconcile."""
+        key = (km["metadata"]["namespace"], km["metadata"]["name"])
+        before = self.conflicts.pop(key, {})
+        conflicts: dict[str, str] = {}
+        for obj in objects:
+            if obj["kind"] == "Job" and obj["metadata"]["name"] in conflicts:
+                continue  # its progress object's name is taken: the Job would find no checkpoint store
+            try:
+                await asyncio.to_thread(self.api.create, obj)
+            except ChildConflict as conflict:
+                conflicts[conflict.name] = conflict.message
+        if conflicts:
+            self.conflicts[key] = conflicts
+        if conflicts != before:
+            self.dirty.add(key)  # reconcile again at once, to report (or clear) them
 
     def _status_wait(self, km: dict, plan: Plan) -> float:
         """Seconds to wait before this status may be written (0: now). The first status, and one
@@ -280,13 +334,21 @@ def _register_watches(registry: kopf.OperatorRegistry, reconciler) -> None:
             return
         reconciler().enqueue(namespace, name)
 
-    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MIGRATION: kopf.PRESENT}, registry=registry)
-    async def job_event(namespace, labels, **_):
-        reconciler().enqueue(namespace, labels[LABEL_MIGRATION])
+    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, registry=registry)
+    async def job_event(namespace, body, **_):
+        _enqueue_owner(reconciler(), namespace, body)
 
-    @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION: kopf.PRESENT}, registry=registry)
-    async def progress_event(namespace, labels, **_):
-        reconciler().enqueue(namespace, labels[LABEL_MIGRATION])
+    @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, registry=registry)
+    async def progress_event(namespace, body, **_):
+        _enqueue_owner(reconciler(), namespace, body)
+
+
+def _enqueue_owner(reconciler, namespace: str, body) -> None:
+    """A child's event wakes its KeyMigration, named in the child's annotation (a label value
+    cannot hold every valid name)."""
+    name = (body.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_MIGRATION)
+    if name:
+        reconciler.enqueue(namespace, name)
 
 
 def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf.OperatorRegistry, dict]:

@@ -76,6 +76,13 @@ class UnitView:
 
 
 
+@dataclass
+class Surroundings:
+    """What the operator saw around a KeyMigration besides its Jobs and progress objects."""
+
+    conflicts: dict[str, str] = field(default_factory=dict)  # child name -> who holds it
+
+
 # -- conditions -------------------------------------------------------------------------------
 
 
@@ -113,9 +120,11 @@ class Verdict:
     reconciling: Condition
     stalled: Condition
     suspended: Condition = NOT_SUSPENDED
+    event: Event | None = None  # posted when the migration enters this verdict (phase and reason)
 
     @classmethod
-    def stall(cls, phase: str, reason: str, message: str, progress: str, suspended: Condition = NOT_SUSPENDED) -> "Verdict":
+    def stall(cls, phase: str, reason: str, message: str, progress: str, suspended: Condition = NOT_SUSPENDED,
+              event: Event | None = None) -> "Verdict":
         """Stalled=True: work stopped for ``reason``; a person must act (message says how)."""
         return cls(
             phase,
@@ -123,6 +132,7 @@ class Verdict:
             reconciling=Condition(False, reason, progress),
             stalled=Condition(True, reason, message),
             suspended=suspended,
+            event=event,
         )
 
     def conditions(self, generation: int, previous_status: dict | None, now: str) -> list[dict]:
@@ -206,6 +216,7 @@ class Observed:
     views: list[UnitView]
     totals: dict
     too_many: bool
+    surroundings: Surroundings = field(default_factory=Surroundings)
     counts: dict = field(default_factory=dict)
 
     def count(self) -> None:
@@ -343,12 +354,20 @@ def _unit_events(views: list[UnitView], rows: dict[str, dict], stamp: str) -> li
 # -- verdicts: first match wins ---------------------------------------------------------------
 
 
+def child_conflict(o: Observed) -> Verdict | None:
+    conflicts = o.surroundings.conflicts
+    if not conflicts:
+        return None
+    message = "; ".join(sorted(conflicts.values())[:3]) + (f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else "")
+    return Verdict.stall("Stalled", "ChildConflict", message, o.summary(), event=Event("Warning", "ChildConflict", message[:1024]))
+
+
 def too_many_failures(o: Observed) -> Verdict | None:
     if not o.too_many:
         return None
     message = f"{o.totals['failed']} objects failed, more than maxFailedObjects={o.migration.max_failed_objects}; Jobs suspended"
     suspended = Condition(True, "Suspended") if o.migration.suspend else NOT_SUSPENDED
-    return Verdict.stall("Stalled", "TooManyFailures", message, message, suspended)
+    return Verdict.stall("Stalled", "TooManyFailures", message, message, suspended, event=Event("Warning", "TooManyFailures", message))
 
 
 def suspended_by_spec(o: Observed) -> Verdict | None:
@@ -405,6 +424,7 @@ def progressing(o: Observed) -> Verdict | None:
 
 
 VERDICTS: tuple[Callable[[Observed], Verdict | None], ...] = (
+    child_conflict,
     too_many_failures,
     suspended_by_spec,
     prefixes_failed,
@@ -422,11 +442,22 @@ def decide(observed: Observed) -> Verdict:
     raise AssertionError("progressing always decides")  # pragma: no cover
 
 
-def _phase_events(old_phase: str | None, verdict: Verdict, observed: Observed) -> list[Event]:
+def _stalled_reason(status: dict) -> str | None:
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Stalled" and condition.get("status") == "True":
+            return condition.get("reason")
+    return None
+
+
+def _phase_events(previous: dict, verdict: Verdict, observed: Observed) -> list[Event]:
     migration = observed.migration
+    old_phase = previous.get("phase")
     events = []
     if old_phase in (None, "Invalid"):
         events.append(Event("Normal", "Validated", f"spec accepted: {len(observed.views)} prefixes of s3://{migration.bucket} to {migration.target_key_id}"))
+    entered = old_phase != verdict.phase or _stalled_reason(previous) != (verdict.stalled.reason if verdict.stalled.status else None)
+    if verdict.event is not None and entered:
+        events.append(verdict.event)
     if old_phase == verdict.phase:
         return events
     if verdict.phase == "Suspended":
@@ -435,8 +466,6 @@ def _phase_events(old_phase: str | None, verdict: Verdict, observed: Observed) -
         events.append(Event("Normal", "Resumed", "Jobs resumed"))
     if verdict.phase == "Succeeded":
         events.append(Event("Normal", "Succeeded", verdict.ready.message))
-    elif verdict.phase == "Stalled":
-        events.append(Event("Warning", "TooManyFailures", verdict.stalled.message))
     return events
 
 
@@ -503,7 +532,8 @@ def _invalid(km: dict, error: InvalidKeyMigration, now: str) -> Plan:
     return Plan(status=status, events=events)
 
 
-def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: InstallConfig, now: datetime) -> Plan:
+def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: InstallConfig, now: datetime,
+              surroundings: Surroundings | None = None) -> Plan:
     """One step of the control loop. Never re-runs a finished prefix."""
     stamp = utc_timestamp(now)
     try:
@@ -523,12 +553,12 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
     views = _observe_all(scene, plan)
     totals = _totals(views)
     too_many = migration.max_failed_objects is not None and totals["failed"] > migration.max_failed_objects
-    observed = Observed(migration, views, totals, too_many)
+    observed = Observed(migration, views, totals, too_many, surroundings or Surroundings())
     schedule(scene, observed, plan)
     plan.events += _unit_events(views, scene.previous_rows, stamp)
     observed.count()
     verdict = decide(observed)
-    plan.events += _phase_events(scene.previous.get("phase"), verdict, observed)
+    plan.events += _phase_events(scene.previous, verdict, observed)
     plan.status = status_of(scene, observed, verdict)
     return plan
 

@@ -652,12 +652,29 @@ class FakeApiServer(kmock.KubernetesEmulator):
             obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
             obj["status"] = {"phase": "Active"}
         obj = self._normalize(rdef, obj)
+        self._validate_meta(rdef, obj)
         dry = params.get("dryRun") == "All"
         stored = self._commit(rdef, key, None, obj, "ADDED", dry_run=dry)
         if is_crd and not dry:
             for sub in new_defs:
                 self.register(sub)
         return 201, self._present(stored, rdef)
+
+    @staticmethod
+    def _validate_meta(rdef: ResourceDef, obj: JSON) -> None:
+        """ValidateObjectMeta's name and labels (422 Invalid), and a pod template's labels."""
+        meta = obj.get("metadata") or {}
+        name = meta.get("name") or ""
+        problems = [f'metadata.name: Invalid value: "{name}": {p}'
+                    for p in sem.name_problems(name, dns_label=rdef.group == "" and rdef.plural == "namespaces")]
+        problems += sem.label_problems(meta.get("labels"), "metadata.labels")
+        template = (obj.get("spec") or {}).get("template")
+        if isinstance(template, dict):
+            problems += sem.label_problems((template.get("metadata") or {}).get("labels"), "spec.template.labels")
+        if problems:
+            what = f"{rdef.kind}.{rdef.group}" if rdef.group else rdef.kind
+            raise api_error(422, "Invalid", f'{what} "{name}" is invalid: ' + ", ".join(problems), kind=rdef.kind,
+                            group=rdef.group, name=name)
 
     @staticmethod
     def _job_defaults(obj: JSON) -> None:
@@ -796,6 +813,8 @@ class FakeApiServer(kmock.KubernetesEmulator):
                                                     "metadata.finalizers: Forbidden: no new finalizers can be "
                                                     "added if the object is being deleted")
         new = self._normalize(rdef, new)
+        if subresource is None:
+            self._validate_meta(rdef, new)
         if rdef.group == "batch" and rdef.plural == "jobs" and subresource is None:
             self._job_update_checks(old, new)
         if rdef.generation and self._spec_view(rdef, new) != self._spec_view(rdef, old):
