@@ -23,7 +23,7 @@ from keymigration.kube.jobs import child_name
 from keymigration.migrate.reader import read_object
 from tests.integration.corpus import KeySet, seed_mixed
 from tests.k8s.conftest import CRDS
-from tests.support.k8s.cluster import FakeCluster, JobRunner, condition
+from tests.support.k8s.cluster import TEST_USER_AGENT, FakeCluster, JobRunner, condition
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "keymigration.yaml").read_text())
@@ -378,3 +378,26 @@ def test_a_child_name_held_by_a_foreign_object_stalls_with_its_name(cluster, ope
     ours = cluster.wait_for("batch/v1", "Job", NS, name, lambda j: bool(j["metadata"].get("ownerReferences")), timeout=40)
     assert ours["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     wait_condition(cluster, "Reconciling", "True", "Progressing", timeout=30)
+
+
+def test_progress_writes_cost_the_operator_no_list_requests(cluster, operator):
+    """The operator reads KeyMigrations, Jobs and progress objects from its watch streams (kopf
+    indices), not with a LIST per reconcile, and watches only its own children (a label selector
+    on the server)."""
+    apply_example(cluster, concurrency={"maxJobs": 2, "perJob": 1})
+    cluster.wait_for(*KM, NS, NAME, lambda o: (o.get("status") or {}).get("prefixCounts", {}).get("running") == 2, timeout=30)
+    progress = child_name(NAME, "2019/")
+    before = len(cluster.requests)
+    for scanned in range(1, 21):  # a worker's progress writes (every 5 s in a real Job)
+        cluster.patch_status(*KMP, NS, progress, {"status": {"counters": {"scanned": scanned, "migrated": scanned}}})
+        time.sleep(0.1)
+    cluster.wait_for(*KM, NS, NAME, lambda o: o["status"]["totals"]["scanned"] == 20, timeout=30)
+    served = [r for r in cluster.requests[before:] if r.headers.get("User-Agent") != TEST_USER_AGENT]  # the operator's
+    assert any(str(r.method.value) == "PATCH" for r in served)  # the operator did write the status
+    reads = [f"{r.method} {r.url.path}" for r in served
+             if str(r.method.value) == "GET" and r.params.get("watch") not in ("true", "1")
+             and r.resource is not None and r.resource.plural in ("jobs", "keymigrationprogresses", "keymigrations")]
+    assert reads == []
+    watches = {r.resource.plural: r.params.get("labelSelector") for r in cluster.requests
+               if r.params.get("watch") in ("true", "1") and r.resource is not None}
+    assert watches["jobs"] == watches["keymigrationprogresses"] == "app.kubernetes.io/managed-by=keymigration-operator"

@@ -1,11 +1,14 @@
 """The operator: kopf handlers that only translate cluster events into calls of the pure
 ``reconcile`` step and apply its plan.
 
-* Every event of a KeyMigration, of a labelled Job or of a KeyMigrationProgress enqueues the
+* Every event of a KeyMigration, of one of its Jobs or of a KeyMigrationProgress enqueues the
   owning KeyMigration; one task per KeyMigration debounces and reconciles it, retrying with
-  back-off on API errors. Only ``on.event`` handlers are used, so kopf puts no finalizer on a
-  KeyMigration: deleting one never hangs, even with the operator uninstalled; the garbage
-  collector removes its Jobs and progress objects through their owner references.
+  back-off on API errors. Only ``on.event`` and ``index`` handlers are used, so kopf puts no
+  finalizer on a KeyMigration: deleting one never hangs, even with the operator uninstalled; the
+  garbage collector removes its Jobs and progress objects through their owner references.
+* A reconcile reads nothing from the API server: kopf indices hold the latest KeyMigrations,
+  Jobs and progress objects from the watch streams (kube/cache.py), and the watches of Jobs and
+  progress objects select the operator's own children on the server (a label selector).
 * ``KeyMigration.status`` is written only by this process, only when it changed, and at most
   once per ``status_interval`` seconds per object (progress arrives within about 10 s).
 * kopf's own storage (should any be used) is branded with the project's API group.
@@ -19,16 +22,18 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from keymigration.clock import utc_now, utc_timestamp
-from keymigration.kube.api_types import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
-from keymigration.kube.jobs import ANNOTATION_MIGRATION, LABEL_MIGRATION_UID, InstallConfig
-from keymigration.kube.kubeconfig import load_client_config
+from keymigration.clock import utc_now
+from keymigration.kube.api_types import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
+from keymigration.kube.cache import Children, KopfView, Overlay, trimmed, trimmed_job
+from keymigration.kube.jobs import ANNOTATION_MIGRATION, LABEL_MIGRATION_UID, MANAGED_BY, InstallConfig
+from keymigration.kube.kubeapi import ChildConflict, KubeApi
 from keymigration.kube.metrics import OperatorMetrics
 from keymigration.kube.reconcile import Plan, Surroundings, reconcile, status_changed
 
 log = logging.getLogger("keymigration.operator")
 
 CONFLICT_RECHECK_SECONDS = 15.0  # a conflicting object may be deleted by someone: look again
+MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
 
 @dataclass
@@ -41,152 +46,49 @@ class OperatorOptions:
     stall_seconds: float = 900.0
 
 
-class KubeApi:
-    """The few API calls the operator makes, with the synchronous kubernetes client in threads."""
-
-    def __init__(self):
-        from kubernetes import client
-
-        load_client_config()
-        self.client = client
-        self.custom = client.CustomObjectsApi()
-        self.batch = client.BatchV1Api()
-        self.core = client.CoreV1Api()
-        self.ApiException = client.exceptions.ApiException
-
-    def get_migration(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except self.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def children(self, namespace: str, uid: str) -> tuple[list[dict], list[dict]]:
-        selector = f"{LABEL_MIGRATION_UID}={uid}"
-        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        job_items = _json(jobs).get("items", [])
-        progress = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, label_selector=selector)
-        # Filter by owner too: a selector is a hint (and some API fakes ignore it).
-        return [j for j in job_items if _owned(j, uid)], [p for p in progress.get("items", []) if _owned(p, uid)]
-
-    def create(self, obj: dict) -> None:
-        """Create a child; a 409 AlreadyExists is success only when the existing object is owned by
-        the same KeyMigration (a re-run after a crash), else ``ChildConflict`` names it."""
-        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        try:
-            if obj["kind"] == "Job":
-                self.batch.create_namespaced_job(namespace, obj)
-            else:
-                self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, obj)
-        except self.ApiException as error:
-            if error.status != 409:
-                raise
-            existing = self._get_child(obj["kind"], namespace, name)
-            owner = obj["metadata"]["ownerReferences"][0]
-            if existing is not None and not _owned(existing, owner["uid"]):
-                raise ChildConflict(obj["kind"], namespace, name, existing) from None
-
-    def _get_child(self, kind: str, namespace: str, name: str) -> dict | None:
-        try:
-            if kind == "Job":
-                return _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, name)
-        except self.ApiException as error:
-            if error.status == 404:
-                return None  # gone meanwhile: the next reconcile creates it
-            raise
-
-    def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
-
-    def delete_job(self, namespace: str, name: str) -> None:
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except self.ApiException as error:
-            if error.status != 404:
-                raise
-
-    def patch_status(self, namespace: str, name: str, status: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
-
-    def post_event(self, km: dict, type_: str, reason: str, message: str) -> None:
-        meta = km["metadata"]
-        now = utc_timestamp()
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "keymigration-operator"},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except self.ApiException as error:  # events are best effort
-            log.warning("could not post event %s: %s", reason, error.status)
-
-
-def _json(response) -> dict:
-    import json
-
-    return json.loads(response.data)
-
-
-def _owned(obj: dict, uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
-
-
-class ChildConflict(Exception):
-    """A Job or progress object of the planned name exists and belongs to something else."""
-
-    def __init__(self, kind: str, namespace: str, name: str, existing: dict):
-        owners = [f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in existing["metadata"].get("ownerReferences") or ()]
-        self.name = name
-        self.message = (
-            f"{kind} {namespace}/{name} already exists and is not owned by this KeyMigration "
-            f"(owner: {', '.join(owners) or 'none'}); delete or rename it"
-        )
-        super().__init__(self.message)
+def _rv(obj: dict | None) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 class Reconciler:
     """A per-KeyMigration work queue: debounced, one reconcile at a time per object."""
 
-    def __init__(self, api: KubeApi, settings: OperatorOptions, metrics: OperatorMetrics | None = None):
+    def __init__(self, api: KubeApi, settings: OperatorOptions, metrics: OperatorMetrics | None = None, view=None):
         self.api = api
         self.settings = settings
         self.metrics = metrics or OperatorMetrics(settings.stall_seconds)
+        self.view = view  # KopfView, bound at the first event
+        self.overlay = Overlay()
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self.dirty: set[tuple[str, str]] = set()
         self.last_status_write: dict[tuple[str, str], float] = {}
-        self.known: set[tuple[str, str]] = set()
+        self.written: dict[tuple[str, str], dict] = {}  # the KeyMigration as our last status write stored it
+        self.known: dict[tuple[str, str], str] = {}  # -> uid
         self.conflicts: dict[tuple[str, str], dict[str, str]] = {}
         self.reconciles = 0
 
+    def bind(self, view) -> None:
+        if self.view is None:
+            self.view = view
+
     def enqueue(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        self.known.add(key)
+        self.known.setdefault(key, "")
         self.dirty.add(key)
         task = self.tasks.get(key)
         if task is None or task.done():
             self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {namespace}/{name}")
 
     def forget(self, namespace: str, name: str) -> None:
-        self.known.discard((namespace, name))
-        self.last_status_write.pop((namespace, name), None)
-        self.conflicts.pop((namespace, name), None)
+        key = (namespace, name)
+        uid = self.known.pop(key, "")
+        if uid:
+            self.overlay.forget(uid)
+        for table in (self.last_status_write, self.written, self.conflicts):
+            table.pop(key, None)
         self.metrics.migrations.forget(namespace, name)
 
     async def _loop(self, key: tuple[str, str]) -> None:
@@ -214,23 +116,41 @@ class Reconciler:
                 await asyncio.sleep(delay)
                 self.dirty.add(key)
 
+    def _migration(self, namespace: str, name: str) -> dict | None:
+        """The KeyMigration as the watch has it, or as our own last status write stored it when
+        that is newer (the watch event of a write may come after the next reconcile)."""
+        km = self.view.migration(namespace, name) if self.view is not None else None
+        written = self.written.get((namespace, name))
+        if km is None or written is None:
+            return km
+        if written["metadata"].get("uid") == km["metadata"].get("uid") and _rv(written) > _rv(km):
+            return written
+        return km
+
+    def _children(self, uid: str) -> Children:
+        seen = self.view.children(uid)
+        return Children(self.overlay.apply(uid, "Job", seen.jobs), self.overlay.apply(uid, "KeyMigrationProgress", seen.progresses))
+
     async def reconcile_once(self, namespace: str, name: str) -> float | None:
         """One reconcile; returns a delay after which to look again (a deferred status write)."""
-        km = await asyncio.to_thread(self.api.get_migration, namespace, name)
+        km = self._migration(namespace, name)
         if km is None:
             self.forget(namespace, name)
             return None
-        jobs, progresses = await asyncio.to_thread(self.api.children, namespace, km["metadata"]["uid"])
+        uid = km["metadata"]["uid"]
+        self.known[(namespace, name)] = uid
+        children = self._children(uid)
         surroundings = Surroundings(conflicts=dict(self.conflicts.get((namespace, name), {})))
-        plan = reconcile(km, jobs, progresses, self.settings.config, utc_now(), surroundings)
+        plan = reconcile(km, children.jobs, children.progresses, self.settings.config, utc_now(), surroundings)
         self.reconciles += 1
-        self.metrics.migrations.record(namespace, name, plan.status, progresses)
-        return await self.apply(km, plan)
+        self.metrics.migrations.record(namespace, name, plan.status, children.progresses)
+        return await self.apply(km, plan, children)
 
-    async def apply(self, km: dict, plan: Plan) -> float | None:
+    async def apply(self, km: dict, plan: Plan, children: Children | None = None) -> float | None:
         """Carry out a plan: the actions first, then (rate-limited) the status and its events."""
-        await self._act(km, plan)
-        recheck = CONFLICT_RECHECK_SECONDS if self.conflicts.get((km["metadata"]["namespace"], km["metadata"]["name"])) else None
+        await self._act(km, plan, children or Children())
+        key = (km["metadata"]["namespace"], km["metadata"]["name"])
+        recheck = CONFLICT_RECHECK_SECONDS if self.conflicts.get(key) else None
         if not status_changed(km.get("status"), plan.status):
             return recheck
         wait = self._status_wait(km, plan)
@@ -239,30 +159,36 @@ class Reconciler:
         await self._write_status(km, plan)
         return recheck
 
-    async def _act(self, km: dict, plan: Plan) -> None:
-        namespace = km["metadata"]["namespace"]
+    async def _act(self, km: dict, plan: Plan, children: Children) -> None:
+        namespace, uid = km["metadata"]["namespace"], km["metadata"]["uid"]
+        jobs = {j["metadata"]["name"]: j for j in children.jobs}
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
+            self.overlay.deleted(uid, "Job", job, jobs.get(job))
         await self._create(km, plan.create)
         for names, suspend in ((plan.suspend_jobs, True), (plan.resume_jobs, False)):
             for job in names:
-                await asyncio.to_thread(self.api.set_job_suspended, namespace, job, suspend)
+                stored = await asyncio.to_thread(self.api.set_job_suspended, namespace, job, suspend)
+                self.overlay.wrote(uid, "Job", trimmed_job(stored))
         # Tied to an action taken now, not to a status transition: posted at once.
         await self._post(km, [e for e in plan.events if e.reason == "JobCreated"])
 
     async def _create(self, km: dict, objects: list[dict]) -> None:
         """Create the planned children; a name taken by a foreign object is remembered (the next
         reconcile reports it as Stalled, ChildConflict) and asked again at every reconcile."""
-        key = (km["metadata"]["namespace"], km["metadata"]["name"])
+        key, uid = (km["metadata"]["namespace"], km["metadata"]["name"]), km["metadata"]["uid"]
         before = self.conflicts.pop(key, {})
         conflicts: dict[str, str] = {}
         for obj in objects:
             if obj["kind"] == "Job" and obj["metadata"]["name"] in conflicts:
                 continue  # its progress object's name is taken: the Job would find no checkpoint store
             try:
-                await asyncio.to_thread(self.api.create, obj)
+                stored = await asyncio.to_thread(self.api.create, obj)
             except ChildConflict as conflict:
                 conflicts[conflict.name] = conflict.message
+                continue
+            if stored is not None:
+                self.overlay.wrote(uid, obj["kind"], trimmed_job(stored) if obj["kind"] == "Job" else trimmed(stored))
         if conflicts:
             self.conflicts[key] = conflicts
         if conflicts != before:
@@ -278,7 +204,9 @@ class Reconciler:
 
     async def _write_status(self, km: dict, plan: Plan) -> None:
         namespace, name = km["metadata"]["namespace"], km["metadata"]["name"]
-        await asyncio.to_thread(self.api.patch_status, namespace, name, plan.status)
+        stored = await asyncio.to_thread(self.api.patch_status, namespace, name, plan.status)
+        if isinstance(stored, dict) and stored.get("metadata"):
+            self.written[(namespace, name)] = stored
         self.metrics.status_writes.inc()
         self.last_status_write[(namespace, name)] = time.monotonic()
         # Transitions: posted once, with the status that records them.
@@ -304,6 +232,10 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False  # our own Events only; never kopf's handler logs as Events
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Only the operator's own children, selected on the server: a cluster-wide operator must not
+    # receive every Job of the cluster.
+    settings.watching.label_selectors["batch", "jobs"] = MANAGED_SELECTOR
+    settings.watching.label_selectors[GROUP, PROGRESS_PLURAL] = MANAGED_SELECTOR
 
 
 def _register_lifecycle(registry: kopf.OperatorRegistry, state: dict, reconciler) -> None:
@@ -326,24 +258,46 @@ def _register_lifecycle(registry: kopf.OperatorRegistry, state: dict, reconciler
                 task.cancel()
 
 
+def _register_indices(registry: kopf.OperatorRegistry) -> None:
+    # Explicit ids: an index reaches handlers as a keyword argument of its id.
+    @kopf.index(GROUP, VERSION, PLURAL, id="migrations", registry=registry)
+    def migrations(namespace, name, body, **_):
+        return {(namespace, name): trimmed(body, tuple(body.get("spec") or ()))}
+
+    @kopf.index("batch", "v1", "jobs", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_jobs", registry=registry)
+    def migration_jobs(labels, body, **_):
+        return {labels[LABEL_MIGRATION_UID]: trimmed_job(body)}
+
+    @kopf.index(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_progresses",
+                registry=registry)
+    def migration_progresses(labels, body, **_):
+        return {labels[LABEL_MIGRATION_UID]: trimmed(body, ("prefix",))}
+
+
 def _register_watches(registry: kopf.OperatorRegistry, reconciler) -> None:
+    def bound(migrations, migration_jobs, migration_progresses) -> Reconciler:
+        found = reconciler()
+        found.bind(KopfView(migrations, migration_jobs, migration_progresses))
+        return found
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def migration_event(event, namespace, name, **_):
+    async def migration_event(event, namespace, name, migrations, migration_jobs, migration_progresses, **_):
+        found = bound(migrations, migration_jobs, migration_progresses)
         if event.get("type") == "DELETED":
-            reconciler().forget(namespace, name)
+            found.forget(namespace, name)
             return
-        reconciler().enqueue(namespace, name)
+        found.enqueue(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, registry=registry)
-    async def job_event(namespace, body, **_):
-        _enqueue_owner(reconciler(), namespace, body)
+    async def job_event(namespace, body, migrations, migration_jobs, migration_progresses, **_):
+        _enqueue_owner(bound(migrations, migration_jobs, migration_progresses), namespace, body)
 
     @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, registry=registry)
-    async def progress_event(namespace, body, **_):
-        _enqueue_owner(reconciler(), namespace, body)
+    async def progress_event(namespace, body, migrations, migration_jobs, migration_progresses, **_):
+        _enqueue_owner(bound(migrations, migration_jobs, migration_progresses), namespace, body)
 
 
-def _enqueue_owner(reconciler, namespace: str, body) -> None:
+def _enqueue_owner(reconciler: Reconciler, namespace: str, body) -> None:
     """A child's event wakes its KeyMigration, named in the child's annotation (a label value
     cannot hold every valid name)."""
     name = (body.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_MIGRATION)
@@ -365,6 +319,7 @@ def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf
         return state["reconciler"]
 
     _register_lifecycle(registry, state, reconciler)
+    _register_indices(registry)
     _register_watches(registry, reconciler)
     return registry, state
 

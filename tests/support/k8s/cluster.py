@@ -40,6 +40,8 @@ JSON = dict[str, Any]
 
 __all__ = ["FakeCluster", "JobRunner", "ApiException", "condition", "load_manifests"]
 
+TEST_USER_AGENT = "fake-cluster-test-helpers"
+
 PATCH_TYPES = {
     "merge": "application/merge-patch+json",
     "json": "application/json-patch+json",
@@ -253,7 +255,9 @@ class FakeCluster:
         """A fresh ``kubernetes`` ApiClient loaded from this cluster's kubeconfig."""
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
-        return kubernetes.client.ApiClient(configuration)
+        client = kubernetes.client.ApiClient(configuration)
+        client.user_agent = TEST_USER_AGENT  # so a test can tell its own requests from the code's
+        return client
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
                 content_type: str | None = None, accept: str = "application/json", timeout: float = 30) -> Any:
