@@ -455,29 +455,137 @@ def test_volume_materialization_and_rewrite(tmp_path):
     assert launch.env["AWS_REGION"] == "eu-west-1"
 
 
-def test_job_waits_for_its_secret(fake_cluster: FakeCluster, tmp_path):
+def pods_of(cluster: FakeCluster, job: str) -> list[dict]:
+    return cluster.list("v1", "Pod", "default", label_selector=f"job-name={job}")
+
+
+def waiting(pod: dict) -> dict:
+    return ((pod.get("status") or {}).get("containerStatuses") or [{}])[0].get("state", {}).get("waiting") or {}
+
+
+def warnings_about(cluster: FakeCluster, name: str) -> dict[str, str]:
+    return {e["reason"]: e["message"] for e in cluster.events("default", involved_name=name) if e["type"] == "Warning"}
+
+
+def eventually(predicate, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def event_messages(cluster: FakeCluster, name: str) -> list[str]:
+    return [e["message"] for e in cluster.events("default", involved_name=name)]
+
+
+def test_pod_waits_for_its_secret_and_key_in_container_creating(fake_cluster: FakeCluster, tmp_path):
+    """A missing Secret (or Secret key) keeps the pod Pending in ContainerCreating with a FailedMount
+    Event naming it, as the kubelet does; the same pod starts once it exists."""
     catter = [sys.executable, "-c", "import sys; print(open(sys.argv[1]).read())"]
     runner = JobRunner(fake_cluster, entrypoints={"catter": catter}, workdir=tmp_path / "runner", poll_interval=0.05)
     job = job_manifest("reader", ["/var/run/keys/0/key"], command=["catter"])
     pod_spec = job["spec"]["template"]["spec"]
     pod_spec["containers"][0]["volumeMounts"] = [{"name": "k", "mountPath": "/var/run/keys/0"}]
-    pod_spec["volumes"] = [{"name": "k", "secret": {"secretName": "late"}}]
+    pod_spec["volumes"] = [{"name": "k", "secret": {"secretName": "late", "items": [{"key": "key", "path": "key"}]}}]
     with runner:
         fake_cluster.create(job)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                if runner.pending_reason("reader"):
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.05)
-        assert "not found" in runner.pending_reason("reader")
+        eventually(lambda: pods_of(fake_cluster, "reader") and runner_has_reason(runner, "reader"))
+        (pod,) = pods_of(fake_cluster, "reader")
+        name = pod["metadata"]["name"]
+        eventually(lambda: "FailedMount" in warnings_about(fake_cluster, name))
+        pod = fake_cluster.get("v1", "Pod", "default", name)
+        assert pod["status"]["phase"] == "Pending" and waiting(pod)["reason"] == "ContainerCreating"
+        assert warnings_about(fake_cluster, name)["FailedMount"] == 'MountVolume.SetUp failed for volume "k" : secret "late" not found'
+        assert pod["metadata"]["ownerReferences"][0]["name"] == "reader" and pod["spec"]["nodeName"] == "fake-node"
         assert runner.exit_codes("reader") == []
         fake_cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late", "namespace": "default"},
-                             "stringData": {"key": "s3cr3t"}})
+                             "stringData": {"other": "x"}})
+        missing_key = 'MountVolume.SetUp failed for volume "k" : references non-existent secret key: key'
+        eventually(lambda: missing_key in event_messages(fake_cluster, name))
+        fake_cluster.patch("v1", "Secret", "default", "late", {"stringData": {"key": "s3cr3t"}})
         runner.wait_for_job("reader", "Complete", timeout=10)
         assert "s3cr3t" in runner.output("reader")
+        (done,) = pods_of(fake_cluster, "reader")
+        assert done["metadata"]["name"] == name and done["status"]["phase"] == "Succeeded"
+
+
+def test_job_without_its_service_account_never_gets_a_pod(fake_cluster: FakeCluster, job_runner: JobRunner):
+    """The Job controller cannot create a pod whose ServiceAccount does not exist: no pod, a
+    FailedCreate Warning on the Job, retried until the ServiceAccount appears."""
+    job = job_manifest("no-account", ["--version"])
+    job["spec"]["template"]["spec"]["serviceAccountName"] = "worker"
+    fake_cluster.create(job)
+    eventually(lambda: "FailedCreate" in warnings_about(fake_cluster, "no-account"))
+    assert warnings_about(fake_cluster, "no-account")["FailedCreate"] == (
+        'Error creating: pods "no-account-" is forbidden: error looking up service account default/worker: '
+        'serviceaccount "worker" not found')
+    assert pods_of(fake_cluster, "no-account") == [] and "active" not in fake_cluster.get("batch/v1", "Job", "default", "no-account")["status"]
+    fake_cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "worker", "namespace": "default"}})
+    job_runner.wait_for_job("no-account", "Complete", timeout=20)
+    assert fake_cluster.get("v1", "ServiceAccount", "default", "default")  # every namespace has its default account
+
+
+def test_unschedulable_and_unpullable_pods_stay_pending_with_the_cause(fake_cluster: FakeCluster, tmp_path):
+    runner = JobRunner(fake_cluster, workdir=tmp_path / "runner", poll_interval=0.05,
+                       pullable=lambda image: image != "registry.example/missing:1")
+    unschedulable = job_manifest("picky", ["--version"])
+    unschedulable["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    unpullable = job_manifest("unpullable", ["--version"])
+    unpullable["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/missing:1"
+    with runner:
+        fake_cluster.create(unschedulable)
+        fake_cluster.create(unpullable)
+        eventually(lambda: runner_has_reason(runner, "picky") and runner_has_reason(runner, "unpullable"))
+        (picky,) = pods_of(fake_cluster, "picky")
+        scheduled = next(c for c in picky["status"]["conditions"] if c["type"] == "PodScheduled")
+        assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable") and "nodeName" not in picky["spec"]
+        assert "didn't match Pod's node affinity/selector" in warnings_about(fake_cluster, picky["metadata"]["name"])["FailedScheduling"]
+        (pod,) = pods_of(fake_cluster, "unpullable")
+        assert waiting(pod) == {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example/missing:1"'}
+        assert 'Failed to pull image "registry.example/missing:1"' in " ".join(event_messages(fake_cluster, pod["metadata"]["name"]))
+        assert runner.attempts("picky") == [] and runner.attempts("unpullable") == []
+
+
+def runner_has_reason(runner: JobRunner, job: str) -> bool:
+    try:
+        return bool(runner.pending_reason(job))
+    except KeyError:
+        return False
+
+
+def test_terminated_pods_show_exit_code_and_termination_message(fake_cluster: FakeCluster, tmp_path):
+    """terminationMessagePath (default /dev/termination-log) is a file the container can write;
+    with FallbackToLogsOnError an empty file on failure gives the log's tail, as the kubelet does."""
+    writer = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(sys.argv[2]); print('log line'); sys.exit(int(sys.argv[3]))"]
+    runner = JobRunner(fake_cluster, entrypoints={"writer": writer}, workdir=tmp_path / "runner", poll_interval=0.05)
+    file_job = job_manifest("file", ["/dev/termination-log", "why it stopped", "7"], command=["writer"])
+    fallback = job_manifest("fallback", ["/tmp/elsewhere", "", "3"], command=["writer"])
+    fallback["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    fallback["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [{"name": "t", "mountPath": "/tmp"}]
+    fallback["spec"]["template"]["spec"]["volumes"] = [{"name": "t", "emptyDir": {}}]
+    with runner:
+        fake_cluster.create(file_job)
+        fake_cluster.create(fallback)
+        runner.wait_for_job("file", "Failed", timeout=20)
+        runner.wait_for_job("fallback", "Failed", timeout=20)
+    (pod,) = pods_of(fake_cluster, "file")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (pod["status"]["phase"], terminated["exitCode"], terminated["reason"], terminated["message"]) == \
+        ("Failed", 7, "Error", "why it stopped")
+    (pod,) = pods_of(fake_cluster, "fallback")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "log line"
+
+
+def test_attempt_env_makes_a_first_start_fail(fake_cluster: FakeCluster, tmp_path):
+    """A worker whose credentials (or endpoint) are not there at its first start: the hook removes
+    or sets variables for chosen attempts only."""
+    checker = [sys.executable, "-c", "import os, sys; sys.exit(0 if os.environ.get('TOKEN') == 'ok' else 75)"]
+    runner = JobRunner(fake_cluster, entrypoints={"checker": checker}, workdir=tmp_path / "runner", poll_interval=0.05,
+                       base_env={"TOKEN": "ok"}, attempt_env=lambda ns, job, attempt: {"TOKEN": None} if attempt == 1 else {})
+    with runner:
+        fake_cluster.create(job_manifest("flaky", [], command=["checker"], backoffLimit=2))
+        runner.wait_for_job("flaky", "Complete", timeout=20)
+        assert runner.exit_codes("flaky") == [75, 0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -555,3 +663,27 @@ def test_names_and_labels_are_validated(fake_cluster: FakeCluster):
     with pytest.raises(ApiException) as e:  # updates too
         fake_cluster.patch("v1", "ConfigMap", "default", "c", {"metadata": {"labels": {"k": "v" * 64}}})
     assert e.value.status == 422
+
+
+def test_chaos_answers_random_429_and_5xx(fake_cluster: FakeCluster):
+    """An overloaded API server: a share of requests gets 429 (with retryAfterSeconds) or a 5xx."""
+    client = fake_cluster.new_api_client()
+    client.user_agent = "some-operator"  # the test helpers' own requests are spared by default
+    api = kubernetes.client.CoreV1Api(client)
+    fake_cluster.chaos(0.5, statuses=(429, 500, 503))
+    outcomes = []
+    for _ in range(200):
+        try:
+            api.list_namespaced_config_map("default")
+            outcomes.append(200)
+        except ApiException as error:
+            body = json.loads(error.body)
+            assert body["kind"] == "Status" and body["code"] == error.status
+            if error.status == 429:
+                assert body["reason"] == "TooManyRequests" and body["details"]["retryAfterSeconds"] == 1
+            outcomes.append(error.status)
+    assert set(outcomes) == {200, 429, 500, 503} and 60 < outcomes.count(200) < 140
+    assert sum(fake_cluster.chaos_answers().values()) == 200 - outcomes.count(200)
+    fake_cluster.list("v1", "ConfigMap", "default")  # spared
+    fake_cluster.calm()
+    api.list_namespaced_config_map("default")

@@ -21,6 +21,7 @@ import concurrent.futures
 import json
 import os
 import pathlib
+import random
 import shutil
 import tempfile
 import threading
@@ -224,6 +225,22 @@ class FakeCluster:
         if self._gc_task is not None:
             self._gc_task.cancel()
             self._gc_task = None
+
+    def chaos(self, rate: float, statuses: tuple[int, ...] = (429, 500, 503), *, applies: Callable[[Any], bool] | None = None,
+              seed: int = 7) -> None:
+        """Answer a share ``rate`` of requests (those ``applies(kmock_request)`` chooses; by default
+        every request but this helper's own) with a random 429 or 5xx, as an overloaded API server
+        does. ``calm()`` stops it; ``chaos_answers()`` counts what was injected."""
+        from .emulator import Chaos
+
+        chosen = applies or (lambda r: r.headers.get("User-Agent") != TEST_USER_AGENT)
+        self.call(lambda s: setattr(s, "chaos", Chaos(rate, statuses, chosen, random.Random(seed))))
+
+    def calm(self) -> None:
+        self.call(lambda s: setattr(s, "chaos", None))
+
+    def chaos_answers(self) -> dict[int, int]:
+        return self.call(lambda s: dict(s.chaos.answered) if s.chaos else {})
 
     @property
     def requests(self) -> list[Any]:
