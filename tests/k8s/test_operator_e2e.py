@@ -82,10 +82,15 @@ def moto():
         yield server
 
 
+WORKER_SERVICE_ACCOUNT = "km-worker"
+
+
 @pytest.fixture
 def cluster():
     with FakeCluster(crds=CRDS, namespaces=[NS]) as fake:
         fake.start_gc(0.5)
+        # What the chart creates in every worker namespace.
+        fake.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKER_SERVICE_ACCOUNT, "namespace": NS}})
         yield fake
 
 
@@ -130,7 +135,7 @@ class Operator:
             [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "operator", "--namespace", NS,
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
              "--metrics-port", str(self.metrics_port), "--stall-seconds", "3",
-             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", "km-worker",
+             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", WORKER_SERVICE_ACCOUNT,
              "--worker-env-secret", WORKER_ENV_SECRET],
             env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
