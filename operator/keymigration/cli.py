@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 
-from keymigration import Mode, SetupError, VerifyLevel, __version__
+from keymigration import Mode, SetupError, Unavailable, VerifyLevel, __version__
 from keymigration.aws import ClientOptions
 from keymigration.kube import InstallConfig
 from keymigration.logs import setup_logging
 from keymigration.migrate import (
     EXIT_CONFIG,
     EXIT_OK,
+    EXIT_RETRY,
     Migration,
     Prune,
     Rollback,
@@ -90,7 +91,8 @@ def _add_aws(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--region")
     aws.add_argument("--path-style", action="store_true", help="path-style S3 addressing (S3-compatible stores)")
     aws.add_argument("--retry-mode", choices=("standard", "adaptive"), default="standard")
-    aws.add_argument("--max-attempts", type=_positive_int, default=10, help="botocore attempts per request (default 10)")
+    aws.add_argument("--max-attempts", type=_positive_int, default=_positive_int(os.environ.get("AWS_MAX_ATTEMPTS") or "10"),
+                     help="botocore attempts per request (default: AWS_MAX_ATTEMPTS, else 10)")
 
 
 def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -> None:
@@ -275,8 +277,57 @@ def _progress_channel(settings: RunOptions) -> dict:
     return {"store": channel, "extra_progress": channel}
 
 
+def _finish_message(text: str) -> None:
+    """The pod's termination message (``KEYMIGRATION_TERMINATION_LOG``, set by the Job to its
+    terminationMessagePath): what the operator shows when the worker could not say it itself."""
+    path = os.environ.get("KEYMIGRATION_TERMINATION_LOG")
+    if not path or not text:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text[:4000])
+    except OSError:
+        log.debug("could not write the termination message", exc_info=True)
+
+
+def _run_migration(args: argparse.Namespace, settings: RunOptions, channel: dict) -> int:
+    migration = Migration(settings, **channel)
+    if args.command == "verify":
+        suffix = settings.suffix if args.lookup == "explicit" else None
+        summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
+    elif args.command == "rollback":
+        rollback = RollbackOptions(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
+        summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
+    elif args.command == "prune-backups":
+        summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
+    else:
+        summary = migration.run(description="planning" if args.command == "plan" else "migrating")
+    data = summary.as_dict()
+    if args.report != "-":
+        _print_summary(data)
+    if args.command == "plan":
+        sys.stdout.write(json.dumps({"plan": data}, ensure_ascii=False) + "\n")
+    if summary.exit_code != EXIT_OK:
+        _finish_message(data.get("stopped") or f"{data.get('failed', 0)} objects failed; see the report")
+    return summary.exit_code if summary.exit_code != EXIT_OK or args.command != "plan" else EXIT_OK
+
+
+def _failed_to_start(error: Exception, code: int, channel: dict) -> int:
+    """Nothing was done: say why in the log, the termination message and, when the API server
+    answers, the progress object, then exit with ``code``."""
+    message = str(error) if isinstance(error, (SetupError, Unavailable)) else f"unexpected {type(error).__name__}: {error}"
+    _finish_message(message)
+    sink = channel.get("extra_progress")
+    if sink is not None:
+        sink.failed(message, code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_CONFIG if exit_.code == 2 else int(exit_.code or 0)  # 2: a usage error (argparse)
     setup_logging(args.log_format, args.log_level)
     if args.command == "demo":
         from keymigration.demo import run_demo
@@ -284,28 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
     if args.command == "operator":
         return run_operator_command(args)
-    settings = settings_from_args(args)
+    channel: dict = {}
     try:
-        migration = Migration(settings, **_progress_channel(settings))
-        if args.command == "verify":
-            suffix = settings.suffix if args.lookup == "explicit" else None
-            summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
-        elif args.command == "rollback":
-            rollback = RollbackOptions(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
-            summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
-        elif args.command == "prune-backups":
-            summary = migration.run(lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm).process, description="pruning")
-        else:
-            summary = migration.run(description="planning" if args.command == "plan" else "migrating")
+        settings = settings_from_args(args)
+        channel = _progress_channel(settings)
+        return _run_migration(args, settings, channel)
     except SetupError as error:
         log.error("%s", error)
-        return EXIT_CONFIG
-    data = summary.as_dict()
-    if args.report != "-":
-        _print_summary(data)
-    if args.command == "plan":
-        sys.stdout.write(json.dumps({"plan": data}, ensure_ascii=False) + "\n")
-    return summary.exit_code if summary.exit_code != EXIT_OK or args.command != "plan" else EXIT_OK
+        return _failed_to_start(error, EXIT_CONFIG, channel)
+    except Unavailable as error:
+        log.error("cannot start yet: %s", error)
+        return _failed_to_start(error, EXIT_RETRY, channel)
+    except Exception as error:  # a bug or an unforeseen failure: never the exit code of a deliberate outcome
+        log.exception("unexpected error")
+        return _failed_to_start(error, EXIT_RETRY, channel)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,6 +76,7 @@ OPERATOR_NAMESPACED = (
     | expand("keymigration.io", ("keymigrations/status",), ("get", "patch"))
     | expand("keymigration.io", ("keymigrationprogresses",), ("create", "get", "list", "watch"))
     | expand("batch", ("jobs",), ("create", "get", "list", "watch", "patch", "delete"))
+    | expand("", ("pods",), ("get", "list", "watch"))
     | expand("", ("events",), ("create", "patch"))
 )
 OPERATOR_CRDS = expand("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"))

@@ -331,13 +331,13 @@ def test_job_runs_to_completion(fake_cluster: FakeCluster, job_runner: JobRunner
 
 
 def test_job_pod_failure_policy_fails_fast(fake_cluster: FakeCluster, job_runner: JobRunner):
-    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}},
+    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [12]}},
                         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
     fake_cluster.create(job_manifest("bad-args", ["run", "--no-such-flag"], backoffLimit=5, podFailurePolicy=policy))
     job = job_runner.wait_for_job("bad-args", "Failed", timeout=20)
     failed = condition(job, "Failed")
-    assert failed["reason"] == "PodFailurePolicy" and "exit code 2" in failed["message"]
-    assert job["status"]["failed"] == 1 and job_runner.exit_codes("bad-args") == [2]
+    assert failed["reason"] == "PodFailurePolicy" and "exit code 12" in failed["message"]  # the CLI's usage error
+    assert job["status"]["failed"] == 1 and job_runner.exit_codes("bad-args") == [12]
     assert "usage: keymigration" in job_runner.output("bad-args")
 
 

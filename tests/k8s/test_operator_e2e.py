@@ -179,12 +179,26 @@ def operator(cluster, tmp_path):
 
 
 @pytest.fixture
-def runner(cluster, moto, tmp_path):
-    # The node's view: the AWS endpoint, nothing else; credentials and region come from the Secret.
-    base = {**cluster.env(), "AWS_ENDPOINT_URL": moto.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    with JobRunner(cluster, base_env=base, workdir=tmp_path / "jobs", poll_interval=0.1) as job_runner:
-        yield job_runner
+def runner_factory(cluster, moto, tmp_path):
+    """JobRunners for this test's cluster; keyword arguments go to JobRunner."""
+    started = []
+
+    def make(**options) -> JobRunner:
+        # The node's view: the AWS endpoint, nothing else; credentials and region come from the Secret.
+        base = {**cluster.env(), "AWS_ENDPOINT_URL": moto.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+        job_runner = JobRunner(cluster, base_env=base, workdir=tmp_path / f"jobs{len(started)}", poll_interval=0.1, **options)
+        started.append(job_runner.start())
+        return job_runner
+
+    yield make
+    for job_runner in started:
+        job_runner.stop()
+
+
+@pytest.fixture
+def runner(runner_factory):
+    return runner_factory()
 
 
 def km(cluster):
@@ -406,3 +420,36 @@ def test_progress_writes_cost_the_operator_no_list_requests(cluster, operator):
     watches = {r.resource.plural: r.params.get("labelSelector") for r in cluster.requests
                if r.params.get("watch") in ("true", "1") and r.resource is not None}
     assert watches["jobs"] == watches["keymigrationprogresses"] == "app.kubernetes.io/managed-by=keymigration-operator"
+
+
+def test_start_up_failures_are_retried_and_shown(cluster, env, operator, runner_factory, tmp_path):
+    """A worker that cannot start (no credentials yet, the API server or the KMS endpoint
+    unreachable) exits with the retryable code: its Job runs it again instead of failing at once,
+    and meanwhile the prefix's row and the Reconciling message show the last start-up error, from
+    the progress object or, when the worker could not reach the API server, its termination
+    message."""
+    job = child_name(NAME, "2019/")
+    dead_api = tmp_path / "dead-kubeconfig"
+    dead_api.write_text(Path(cluster.kubeconfig).read_text().replace(cluster.url, f"http://127.0.0.1:{free_port()}"))
+    faults = {
+        1: {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},  # an IRSA token not there yet
+        2: {"KUBECONFIG": str(dead_api)},  # the API server unreachable while loading the checkpoint
+        3: {"AWS_ENDPOINT_URL_KMS": f"http://127.0.0.1:{free_port()}", "AWS_MAX_ATTEMPTS": "2"},  # KMS unreachable
+    }
+    runner_factory(attempt_env=lambda namespace, name, attempt: faults.get(attempt, {}) if name == job else {})
+    apply_example(cluster)
+    wait_condition(cluster, "Ready", "True", timeout=180)
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+    history = [v for v in cluster.history(*KM, NS, NAME) if v and v.get("status")]
+    rows = [r.get("lastError", "") for v in history for r in v["status"].get("prefixes", []) if r["prefix"] == "2019/"]
+    messages = [condition(v, "Reconciling")["message"] for v in history if condition(v, "Reconciling")]
+    assert any("Unable to locate credentials" in r for r in rows)
+    assert any("exit 75: cannot read the checkpoint in progress object" in r for r in rows)  # the pod's termination message
+    assert any("Could not connect to the endpoint URL" in r for r in rows)
+    assert any("retrying '2019/' after 1 failed attempt(s)" in m and "Unable to locate credentials" in m for m in messages)
+    final = next(r for r in status["prefixes"] if r["prefix"] == "2019/")
+    assert final["state"] == "Completed" and "lastError" not in final
+    pods = cluster.list("v1", "Pod", NS, label_selector=f"job-name={job}")
+    codes = sorted((p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods))
+    assert codes == [0, 75, 75, 75]

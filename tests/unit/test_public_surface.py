@@ -18,7 +18,7 @@ SURFACE = {
     "keymigration": [
         "CheckpointError", "ConfigurationError", "ContentError", "CutOverRefused", "EnvelopeError",
         "InvalidKeyMigration", "KeyFileError", "KeyMigrationError", "KmsError", "Mode", "NotReadable",
-        "ObjectError", "PreconditionFailed", "S3Error", "SetupError", "UnwrapError", "VerifyLevel",
+        "ObjectError", "PreconditionFailed", "S3Error", "SetupError", "Unavailable", "UnwrapError", "VerifyLevel",
         "WrapAlgorithm", "__version__",
     ],
     "keymigration.formats": [
@@ -33,7 +33,7 @@ SURFACE = {
         "Wrapped", "make_clients",
     ],
     "keymigration.migrate": [
-        "EXIT_CONFIG", "EXIT_FAILED_OBJECTS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TOO_MANY_FAILURES",
+        "EXIT_CONFIG", "EXIT_FAILED_OBJECTS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RETRY", "EXIT_TOO_MANY_FAILURES",
         "Checkpoint", "CheckpointStore", "Counters", "FileCheckpointStore", "ListingHint",
         "MemoryCheckpointStore", "Migration", "ObjectResult", "ObjectRewrapper", "Outcome", "PrefixWorker",
         "ProgressSink", "Prune", "ReportWriter", "RewrapOptions", "Rollback", "RollbackOptions", "RunOptions",
@@ -47,7 +47,7 @@ SURFACE = {
     "keymigration.errors": [
         "CheckpointError", "ConfigurationError", "ContentError", "CutOverRefused", "EnvelopeError",
         "InvalidKeyMigration", "KeyFileError", "KeyMigrationError", "KmsError", "NotReadable", "ObjectError",
-        "PreconditionFailed", "S3Error", "SetupError", "UnwrapError",
+        "PreconditionFailed", "S3Error", "SetupError", "Unavailable", "UnwrapError",
     ],
 }
 # Modules the CLI may import directly (both lazily: they pull in kopf, or are the CLI's own).

@@ -12,6 +12,7 @@ from keymigration.kube.jobs import (
     job_manifest,
 )
 from keymigration.kube.reconcile import reconcile
+from keymigration.migrate import EXIT_CONFIG, EXIT_FAILED_OBJECTS, EXIT_RETRY, EXIT_TOO_MANY_FAILURES
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 CONFIG = InstallConfig(worker_image="registry.example/keymigration:1.2.3", worker_service_account="km-worker")
@@ -194,7 +195,10 @@ def test_job_template_is_locked_down():
     assert manifest["spec"]["podReplacementPolicy"] == "Failed"
     assert manifest["spec"]["backoffLimit"] == CONFIG.backoff_limit and manifest["spec"]["ttlSecondsAfterFinished"] > 0
     rules = manifest["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {1, 2, 3}
+    # The deliberate outcomes fail the Job at once; a crash (1), argparse (2), a signal (128+N) and
+    # "try again" (75) are retried.
+    assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {10, 11, 12}
+    assert {EXIT_FAILED_OBJECTS, EXIT_TOO_MANY_FAILURES, EXIT_CONFIG} == {10, 11, 12} and EXIT_RETRY == 75
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True

@@ -88,6 +88,9 @@ class KmsKeys:
             meta = self._call("describe_key", KeyId=self.target_key_id)["KeyMetadata"]
         except ClientError as error:  # (a connection error is no configuration problem: it propagates)
             raise _error(error, "DescribeKey", self.target_key_id) from None
+        except BotoCoreError as error:  # no credentials yet, endpoint unreachable: after botocore's retries
+            raise KmsError(f"kms-{type(error).__name__}", f"KMS DescribeKey of {self.target_key_id} failed: {error}",
+                           retryable=True) from None
         if meta.get("KeyState", "Enabled") != "Enabled":
             raise KmsError("kms-key-not-enabled", f"target KMS key {self.target_key_id} is {meta.get('KeyState')}")
         if meta.get("KeySpec", meta.get("CustomerMasterKeySpec", "SYMMETRIC_DEFAULT")) != "SYMMETRIC_DEFAULT":

@@ -1,7 +1,7 @@
 """What the operator knows of the cluster, without asking: the watch streams' latest objects.
 
-kopf indices (``@kopf.index``) keep every KeyMigration, and the Jobs and progress objects of each
-(by the ``keymigration.io/migration-uid`` label), up to date from the watch events; kopf starts
+kopf indices (``@kopf.index``) keep every KeyMigration, and the Jobs, progress objects and pods of
+each (by the ``keymigration.io/migration-uid`` label), up to date from the watch events; kopf starts
 no other handler before they hold the initial listing. A reconcile reads them and makes no read
 request of its own: a progress write costs the operator one watch event, never a LIST.
 
@@ -48,13 +48,22 @@ def _rv(obj: Mapping[str, Any] | None) -> int:
 class Children:
     jobs: list[dict] = field(default_factory=list)
     progresses: list[dict] = field(default_factory=list)
+    pods: list[dict] = field(default_factory=list)
+
+    def pods_by_job(self) -> dict[str, list[dict]]:
+        by_job: dict[str, list[dict]] = {}
+        for pod in self.pods:
+            for ref in pod["metadata"].get("ownerReferences") or ():
+                if ref.get("kind") == "Job" and ref.get("controller"):
+                    by_job.setdefault(ref["name"], []).append(pod)
+        return by_job
 
 
 class KopfView:
     """The kopf indices, as the reconciler reads them."""
 
-    def __init__(self, migrations: Mapping, jobs: Mapping, progresses: Mapping):
-        self.migrations, self.jobs, self.progresses = migrations, jobs, progresses
+    def __init__(self, migrations: Mapping, jobs: Mapping, progresses: Mapping, pods: Mapping):
+        self.migrations, self.jobs, self.progresses, self.pods = migrations, jobs, progresses, pods
 
     @staticmethod
     def _one(index: Mapping, key) -> Any:
@@ -67,7 +76,7 @@ class KopfView:
         return copy.deepcopy(body) if body is not None else None
 
     def children(self, uid: str) -> Children:
-        return Children(list(self.jobs.get(uid, ())), list(self.progresses.get(uid, ())))
+        return Children(list(self.jobs.get(uid, ())), list(self.progresses.get(uid, ())), list(self.pods.get(uid, ())))
 
 
 @dataclass

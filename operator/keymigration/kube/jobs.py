@@ -25,6 +25,7 @@ ANNOTATION_PREFIX = f"{GROUP}/prefix"
 ANNOTATION_RETRY = f"{GROUP}/retry"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "keymigration-operator")
 CONTAINER = "worker"
+TERMINATION_LOG = "/dev/termination-log"
 RUN_AS = 65532  # the image's non-root user (Dockerfile)
 
 
@@ -132,7 +133,13 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
         volumes.append(
             {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}}
         )
-    env = [{"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]}, {"name": "KEYMIGRATION_NAMESPACE", "value": namespace}]
+    env = [
+        {"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]},
+        {"name": "KEYMIGRATION_NAMESPACE", "value": namespace},
+        # Where the worker writes why it stopped: the pod's termination message, which the
+        # operator shows when the worker could not reach the API server to say it.
+        {"name": "KEYMIGRATION_TERMINATION_LOG", "value": TERMINATION_LOG},
+    ]
     env += [{"name": k, "value": v} for k, v in sorted(migration.worker_env().items())]
     worker = migration.worker
     env_from = [{"secretRef": {"name": config.worker_env_secret}}] if config.worker_env_secret else []
@@ -154,6 +161,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict = {

@@ -34,6 +34,7 @@ log = logging.getLogger("keymigration.operator")
 
 CONFLICT_RECHECK_SECONDS = 15.0  # a conflicting object may be deleted by someone: look again
 MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+INDICES = ("migrations", "migration_jobs", "migration_progresses", "migration_pods")  # KopfView's order
 
 
 @dataclass
@@ -129,7 +130,8 @@ class Reconciler:
 
     def _children(self, uid: str) -> Children:
         seen = self.view.children(uid)
-        return Children(self.overlay.apply(uid, "Job", seen.jobs), self.overlay.apply(uid, "KeyMigrationProgress", seen.progresses))
+        return Children(self.overlay.apply(uid, "Job", seen.jobs), self.overlay.apply(uid, "KeyMigrationProgress", seen.progresses),
+                        seen.pods)
 
     async def reconcile_once(self, namespace: str, name: str) -> float | None:
         """One reconcile; returns a delay after which to look again (a deferred status write)."""
@@ -140,7 +142,7 @@ class Reconciler:
         uid = km["metadata"]["uid"]
         self.known[(namespace, name)] = uid
         children = self._children(uid)
-        surroundings = Surroundings(conflicts=dict(self.conflicts.get((namespace, name), {})))
+        surroundings = Surroundings(conflicts=dict(self.conflicts.get((namespace, name), {})), pods=children.pods_by_job())
         plan = reconcile(km, children.jobs, children.progresses, self.settings.config, utc_now(), surroundings)
         self.reconciles += 1
         self.metrics.migrations.record(namespace, name, plan.status, children.progresses)
@@ -236,6 +238,7 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     # receive every Job of the cluster.
     settings.watching.label_selectors["batch", "jobs"] = MANAGED_SELECTOR
     settings.watching.label_selectors[GROUP, PROGRESS_PLURAL] = MANAGED_SELECTOR
+    settings.watching.label_selectors["v1", "pods"] = MANAGED_SELECTOR
 
 
 def _register_lifecycle(registry: kopf.OperatorRegistry, state: dict, reconciler) -> None:
@@ -273,28 +276,31 @@ def _register_indices(registry: kopf.OperatorRegistry) -> None:
     def migration_progresses(labels, body, **_):
         return {labels[LABEL_MIGRATION_UID]: trimmed(body, ("prefix",))}
 
+    # The workers' pods: why a prefix cannot start (pending) or keeps failing at start-up (their
+    # termination messages), when the worker could not write it to its progress object.
+    @kopf.index("v1", "pods", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_pods", registry=registry)
+    def migration_pods(labels, body, **_):
+        return {labels[LABEL_MIGRATION_UID]: trimmed(body)}
+
 
 def _register_watches(registry: kopf.OperatorRegistry, reconciler) -> None:
-    def bound(migrations, migration_jobs, migration_progresses) -> Reconciler:
+    def bound(indices: dict) -> Reconciler:
         found = reconciler()
-        found.bind(KopfView(migrations, migration_jobs, migration_progresses))
+        found.bind(KopfView(*(indices[name] for name in INDICES)))
         return found
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def migration_event(event, namespace, name, migrations, migration_jobs, migration_progresses, **_):
-        found = bound(migrations, migration_jobs, migration_progresses)
+    async def migration_event(event, namespace, name, **kwargs):
+        found = bound(kwargs)
         if event.get("type") == "DELETED":
             found.forget(namespace, name)
             return
         found.enqueue(namespace, name)
 
-    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, registry=registry)
-    async def job_event(namespace, body, migrations, migration_jobs, migration_progresses, **_):
-        _enqueue_owner(bound(migrations, migration_jobs, migration_progresses), namespace, body)
-
-    @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, registry=registry)
-    async def progress_event(namespace, body, migrations, migration_jobs, migration_progresses, **_):
-        _enqueue_owner(bound(migrations, migration_jobs, migration_progresses), namespace, body)
+    for group_version, plural in (("batch/v1", "jobs"), (f"{GROUP}/{VERSION}", PROGRESS_PLURAL), ("v1", "pods")):
+        @kopf.on.event(group_version, plural, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id=f"{plural}_event", registry=registry)
+        async def child_event(namespace, body, **kwargs):
+            _enqueue_owner(bound(kwargs), namespace, body)
 
 
 def _enqueue_owner(reconciler: Reconciler, namespace: str, body) -> None:

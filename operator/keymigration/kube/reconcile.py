@@ -33,14 +33,22 @@ from keymigration.kube.jobs import (
     job_manifest,
     progress_manifest,
 )
+from keymigration.kube.units import (
+    COMPLETED,
+    COMPLETED_WITH_FAILURES,
+    COUNTER_NAMES,
+    FAILED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+    STATES,
+    SUSPENDED,
+    UnitView,
+    job_active,
+    observe_unit,
+)
 
 MAX_STATUS_PREFIXES = 200
-COUNTER_NAMES = ("scanned", "migrated", "skipped", "failed")
-
-PENDING, RUNNING, SUSPENDED = "Pending", "Running", "Suspended"
-COMPLETED, COMPLETED_WITH_FAILURES, FAILED = "Completed", "CompletedWithFailures", "Failed"
-FINISHED = (COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
-STATES = (PENDING, RUNNING, SUSPENDED, COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
 
 
 @dataclass
@@ -61,26 +69,11 @@ class Plan:
 
 
 @dataclass
-class UnitView:
-    """One work unit of a KeyMigration (a prefix) as observed, and then as planned."""
-
-    prefix: str
-    name: str
-    state: str
-    counters: dict
-    total: int | None = None
-    checkpoint: str | None = None
-    last_error: str | None = None
-    start: str | None = None
-    completion: str | None = None
-
-
-
-@dataclass
 class Surroundings:
     """What the operator saw around a KeyMigration besides its Jobs and progress objects."""
 
     conflicts: dict[str, str] = field(default_factory=dict)  # child name -> who holds it
+    pods: dict[str, list[dict]] = field(default_factory=dict)  # Job name -> its pods
 
 
 # -- conditions -------------------------------------------------------------------------------
@@ -144,70 +137,6 @@ class Verdict:
 # -- observing --------------------------------------------------------------------------------
 
 
-def _job_condition(job: dict, kind: str) -> dict | None:
-    for condition in (job.get("status") or {}).get("conditions") or ():
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
-    return None
-
-
-def _job_active(job: dict) -> bool:
-    """A Job that still has (or may still start) a pod: not finished and not suspended."""
-    if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
-        return False
-    return not (job.get("spec") or {}).get("suspend")
-
-
-def _checkpoint_after(checkpoint: str | None) -> str | None:
-    if not checkpoint:
-        return None
-    try:
-        return json.loads(checkpoint).get("after")
-    except (ValueError, AttributeError):
-        return None
-
-
-def _done_state(counters: dict) -> str:
-    return COMPLETED_WITH_FAILURES if counters["failed"] else COMPLETED
-
-
-def _state_from_job(view: UnitView, job: dict) -> None:
-    failed = _job_condition(job, "Failed")
-    if failed:
-        view.state = FAILED
-        view.last_error = view.last_error or f"Job failed: {failed.get('reason', '')} {failed.get('message', '')}".strip()
-    elif _job_condition(job, "Complete"):
-        view.state = _done_state(view.counters)
-    elif (job.get("spec") or {}).get("suspend"):
-        view.state = SUSPENDED
-    else:
-        view.state = RUNNING
-
-
-def observe_prefix(prefix: str, name: str, job: dict | None, progress: dict | None, previous: dict | None) -> UnitView:
-    status = (progress or {}).get("status") or {}
-    counters = {k: int((status.get("counters") or {}).get(k, 0)) for k in COUNTER_NAMES}
-    view = UnitView(
-        prefix=prefix,
-        name=name,
-        state=PENDING,
-        counters=counters,
-        total=status.get("total"),
-        checkpoint=_checkpoint_after(status.get("checkpoint")),
-        last_error=status.get("lastError"),
-        start=(previous or {}).get("startTime") or ((job or {}).get("status") or {}).get("startTime"),
-        completion=(previous or {}).get("completionTime"),
-    )
-    if status.get("done"):
-        view.state = _done_state(counters)
-    elif job is not None:
-        _state_from_job(view, job)
-    elif previous and previous.get("state") == FAILED:
-        view.state = FAILED  # the Job is gone (TTL); the failure stays until a retry is asked for
-        view.last_error = previous.get("lastError")
-    return view
-
-
 @dataclass
 class Observed:
     """Everything the verdicts look at, for one reconcile of one KeyMigration."""
@@ -233,8 +162,17 @@ class Observed:
     def summary(self) -> str:
         return (
             f"{self.done}/{len(self.views)} prefixes done, {self.counts[RUNNING]} running, {self.counts[PENDING]} queued; "
-            f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed"
+            f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed" + self.retrying()
         )
+
+    def retrying(self) -> str:
+        """Running prefixes whose Job is retrying a failed pod, with the last error of each."""
+        retried = [v for v in self.views if v.state == RUNNING and v.failed_attempts]
+        if not retried:
+            return ""
+        shown = "; ".join(f"{v.prefix!r} after {v.failed_attempts} failed attempt(s): {v.last_error}" for v in retried[:3])
+        more = f" (and {len(retried) - 3} more)" if len(retried) > 3 else ""
+        return f"; retrying {shown}{more}"
 
 
 def _totals(views: list[UnitView]) -> dict:
@@ -259,6 +197,7 @@ class Scene:
     previous: dict
     config: InstallConfig
     stamp: str
+    surroundings: Surroundings = field(default_factory=Surroundings)
 
     @property
     def previous_rows(self) -> dict[str, dict]:
@@ -279,7 +218,8 @@ def _observe_all(scene: Scene, plan: Plan) -> list[UnitView]:
     views = []
     for prefix in scene.migration.prefixes:
         name = child_name(scene.km["metadata"]["name"], prefix)
-        view = observe_prefix(prefix, name, scene.jobs.get(name), scene.progresses.get(name), rows.get(prefix))
+        view = observe_unit(prefix, name, scene.jobs.get(name), scene.progresses.get(name), rows.get(prefix),
+                            scene.surroundings.pods.get(name))
         if view.state == FAILED and retry_requested:
             if name in scene.jobs:
                 plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
@@ -303,7 +243,7 @@ def _resume_and_count(scene: Scene, views: list[UnitView], plan: Plan) -> int:
             view.state = RUNNING
         if view.state == RUNNING:
             running += 1
-        elif view.name in scene.jobs and _job_active(scene.jobs[view.name]):
+        elif view.name in scene.jobs and job_active(scene.jobs[view.name]):
             running += 1  # its worker reported done, but its pod is still finishing
     return running
 
@@ -548,12 +488,13 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
         previous=km.get("status") or {},
         config=config,
         stamp=stamp,
+        surroundings=surroundings or Surroundings(),
     )
     plan = Plan()
     views = _observe_all(scene, plan)
     totals = _totals(views)
     too_many = migration.max_failed_objects is not None and totals["failed"] > migration.max_failed_objects
-    observed = Observed(migration, views, totals, too_many, surroundings or Surroundings())
+    observed = Observed(migration, views, totals, too_many, scene.surroundings)
     schedule(scene, observed, plan)
     plan.events += _unit_events(views, scene.previous_rows, stamp)
     observed.count()
