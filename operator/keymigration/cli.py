@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Prometheus /metrics port, separate from the liveness endpoint (0: off)")
     op.add_argument("--stall-seconds", type=float, default=float(os.environ.get("KEYMIGRATION_STALL_SECONDS", 900)),
                     help="keymigration_stalled is 1 after this long without object progress while Reconciling")
+    op.add_argument("--stuck-seconds", type=float, default=float(os.environ.get("KEYMIGRATION_STUCK_SECONDS", 30)),
+                    help="a worker Job without a running pod this long makes the KeyMigration Stalled (WorkerStuck), "
+                    "naming the cause (FailedCreate, FailedMount, Unschedulable, ImagePullBackOff, ...)")
 
     demo = sub.add_parser("demo", help="the whole job on embedded S3 and KMS stand-ins (no cloud)")
     demo.add_argument("--objects", type=_positive_int, default=1500)
@@ -256,7 +259,7 @@ def run_operator_command(args: argparse.Namespace) -> int:
         log.error("give --namespace NS (repeatable) or --all-namespaces")
         return EXIT_CONFIG
     settings = OperatorOptions(config=config, status_interval=args.status_interval, metrics_port=args.metrics_port or None,
-                        stall_seconds=args.stall_seconds)
+                               stall_seconds=args.stall_seconds, stuck_seconds=args.stuck_seconds)
     run_operator(settings, args.namespace, args.all_namespaces, args.liveness or None)
     return EXIT_OK
 

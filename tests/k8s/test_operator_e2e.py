@@ -134,7 +134,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "operator", "--namespace", NS,
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
-             "--metrics-port", str(self.metrics_port), "--stall-seconds", "3",
+             "--metrics-port", str(self.metrics_port), "--stall-seconds", "3", "--stuck-seconds", "5",
              "--worker-image", "registry.example/keymigration:test", "--worker-service-account", WORKER_SERVICE_ACCOUNT,
              "--worker-env-secret", WORKER_ENV_SECRET],
             env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
@@ -212,6 +212,17 @@ def wait_condition(cluster, type_, status, reason=None, timeout=120):
                 and obj["status"].get("observedGeneration") == obj["metadata"]["generation"])
 
     return cluster.wait_for(*KM, NS, NAME, met, timeout=timeout)
+
+
+def warning_events(cluster, reason, timeout=10) -> list[str]:
+    """Messages of the KeyMigration's Warning Events of ``reason`` (posted right after the status
+    write that records the transition: waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e["message"] for e in cluster.events(NS, involved_name=NAME) if e["type"] == "Warning" and e["reason"] == reason]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def apply_example(cluster, **spec_changes):
@@ -376,7 +387,7 @@ def test_operator_killed_mid_reconcile_restarts_and_finishes(cluster, env, opera
     assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
 
 
-def test_a_child_name_held_by_a_foreign_object_stalls_with_its_name(cluster, operator):
+def test_a_child_name_held_by_a_foreign_object_stalls_with_its_name(cluster, env, operator, runner):
     """409 AlreadyExists counts as success only for a child this KeyMigration owns: a Job of the
     same name that belongs to something else is reported (Stalled, ChildConflict, naming it), the
     other prefixes go on, and once it is gone the prefix gets its own Job."""
@@ -389,14 +400,14 @@ def test_a_child_name_held_by_a_foreign_object_stalls_with_its_name(cluster, ope
     obj = wait_condition(cluster, "Stalled", "True", "ChildConflict", timeout=30)
     message = condition(obj, "Stalled")["message"]
     assert f"Job {NS}/{name} already exists and is not owned by this KeyMigration" in message
-    assert "ChildConflict" in {e["reason"] for e in cluster.events(NS, involved_name=NAME)}
+    assert warning_events(cluster, "ChildConflict")
     other = cluster.get("batch/v1", "Job", NS, child_name(NAME, "2020/"))
     assert other["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     assert "ownerReferences" not in cluster.get("batch/v1", "Job", NS, name)["metadata"]  # never adopted
     cluster.delete("batch/v1", "Job", NS, name)
     ours = cluster.wait_for("batch/v1", "Job", NS, name, lambda j: bool(j["metadata"].get("ownerReferences")), timeout=40)
     assert ours["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
-    wait_condition(cluster, "Reconciling", "True", "Progressing", timeout=30)
+    wait_condition(cluster, "Ready", "True", timeout=180)
 
 
 def test_progress_writes_cost_the_operator_no_list_requests(cluster, operator):
@@ -447,9 +458,59 @@ def test_start_up_failures_are_retried_and_shown(cluster, env, operator, runner_
     assert any("Unable to locate credentials" in r for r in rows)
     assert any("exit 75: cannot read the checkpoint in progress object" in r for r in rows)  # the pod's termination message
     assert any("Could not connect to the endpoint URL" in r for r in rows)
-    assert any("retrying '2019/' after 1 failed attempt(s)" in m and "Unable to locate credentials" in m for m in messages)
+    assert any("retrying '2019/' after 1 failed attempt(s)" in m and "Unable to locate credentials" in m for m in messages), messages
     final = next(r for r in status["prefixes"] if r["prefix"] == "2019/")
     assert final["state"] == "Completed" and "lastError" not in final
+    cluster.wait_for("batch/v1", "Job", NS, job, lambda j: condition(j, "Complete") is not None, timeout=30)
     pods = cluster.list("v1", "Pod", NS, label_selector=f"job-name={job}")
     codes = sorted((p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods))
     assert codes == [0, 75, 75, 75]
+
+
+def test_a_namespace_without_the_worker_service_account_is_stalled(cluster, env, operator, runner):
+    """A cluster-wide install accepts KeyMigrations from any namespace, but a worker pod needs the
+    worker ServiceAccount there: without it the migration is Stalled with a clear reason and no Job
+    (which would only collect FailedCreate Events), and goes on once it exists."""
+    cluster.delete("v1", "ServiceAccount", NS, WORKER_SERVICE_ACCOUNT)
+    apply_example(cluster)
+    obj = wait_condition(cluster, "Stalled", "True", "WorkerServiceAccountMissing", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert f"the worker ServiceAccount {WORKER_SERVICE_ACCOUNT} does not exist in namespace {NS}" in message
+    assert "worker.namespaces" in message and cluster.list("batch/v1", "Job", NS) == []
+    assert warning_events(cluster, "WorkerServiceAccountMissing")
+    cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKER_SERVICE_ACCOUNT, "namespace": NS}})
+    wait_condition(cluster, "Ready", "True", timeout=180)
+
+
+def test_a_missing_secret_is_named_within_a_minute(cluster, env, operator, runner):
+    """The source key's Secret missing: the pods stay ContainerCreating (FailedMount); within a
+    minute the KeyMigration is Stalled (WorkerStuck) naming the Secret, with a Warning Event; once
+    the Secret exists the workers start and finish."""
+    secret = cluster.get("v1", "Secret", NS, "old-master-keys")
+    cluster.delete("v1", "Secret", NS, "old-master-keys")
+    apply_example(cluster)
+    started = time.monotonic()
+    obj = wait_condition(cluster, "Stalled", "True", "WorkerStuck", timeout=60)
+    assert time.monotonic() - started < 60
+    message = condition(obj, "Stalled")["message"]
+    assert "is ContainerCreating" in message and 'secret "old-master-keys" not found' in message, message
+    assert any('secret "old-master-keys" not found' in m for m in warning_events(cluster, "WorkerStuck"))
+    row = next(r for r in obj["status"]["prefixes"] if r["prefix"] == "2019/")
+    assert 'secret "old-master-keys" not found' in row["lastError"]
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "old-master-keys", "namespace": NS},
+                    "type": "Opaque", "data": secret["data"]})
+    wait_condition(cluster, "Ready", "True", timeout=180)
+
+
+def test_unpullable_images_and_unschedulable_pods_are_named(cluster, env, operator, runner_factory):
+    runner_factory(pullable=lambda image: image != "registry.example/keymigration:test")
+    apply_example(cluster, prefixes=["2019/"])
+    obj = wait_condition(cluster, "Stalled", "True", "WorkerStuck", timeout=60)
+    assert 'is ImagePullBackOff: Back-off pulling image "registry.example/keymigration:test"' in condition(obj, "Stalled")["message"]
+    picky = json.loads(json.dumps(EXAMPLE))
+    picky["metadata"]["name"] = "picky"
+    picky["spec"].update(prefixes=["2020/"], worker={"nodeSelector": {"pool": "nowhere"}})
+    cluster.create(picky)
+    obj = cluster.wait_for(*KM, NS, "picky", lambda o: (condition(o, "Stalled") or {}).get("reason") == "WorkerStuck", timeout=60)
+    assert "cannot be scheduled: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector" in \
+        condition(obj, "Stalled")["message"]

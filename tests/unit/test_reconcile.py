@@ -1,6 +1,6 @@
 """The pure reconcile step: every state transition, the Job template, the cap, suspend, failures."""
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -11,7 +11,7 @@ from keymigration.kube.jobs import (
     child_name,
     job_manifest,
 )
-from keymigration.kube.reconcile import reconcile
+from keymigration.kube.reconcile import Surroundings, reconcile
 from keymigration.migrate import EXIT_CONFIG, EXIT_FAILED_OBJECTS, EXIT_RETRY, EXIT_TOO_MANY_FAILURES
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -254,3 +254,83 @@ def test_worker_env_secret_comes_only_from_the_operator_config():
     config = InstallConfig(worker_env_secret="aws-static-credentials")
     container = job_manifest(km(), migration, "a/", config)["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "aws-static-credentials"}}]
+
+
+def pod(job_prefix, name, *, phase="Pending", age=120, waiting=None, unschedulable=None, terminated=None):
+    created = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = {"phase": phase}
+    if waiting:
+        status["containerStatuses"] = [{"state": {"waiting": dict(zip(("reason", "message"), waiting))}}]
+    if terminated:
+        status["containerStatuses"] = [{"state": {"terminated": terminated}}]
+    if unschedulable:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}]
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def aged_job(prefix, age):
+    obj = job(prefix)
+    obj["metadata"]["creationTimestamp"] = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return obj
+
+
+def test_a_missing_worker_service_account_stalls_before_any_job():
+    message = "the worker ServiceAccount km-worker does not exist in namespace ns, so no worker pod can start: ..."
+    plan = reconcile(km(), [], [], CONFIG, NOW, Surroundings(worker_account=message))
+    assert not plan.create and conditions(plan)["Stalled"] == ("True", "WorkerServiceAccountMissing")
+    assert next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled") == message
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["WorkerServiceAccountMissing"]
+    assert plan.recheck  # nothing else would wake the operator when the account appears
+
+
+def test_work_that_cannot_start_is_stalled_naming_the_cause():
+    jobs = [aged_job("a/", 120), aged_job("b/", 120)]
+    mount = 'MountVolume.SetUp failed for volume "source-key-0" : secret "old-keys" not found'
+    pods = {child_name("mig", "b/"): [pod("b/", "b-pod", waiting=("ContainerCreating", ""))]}
+    failed_create = 'Error creating: pods "x-" is forbidden: error looking up service account ns/km-worker: serviceaccount "km-worker" not found'
+    surroundings = Surroundings(pods=pods, warnings={child_name("mig", "a/"): failed_create, "b-pod": mount})
+    plan = reconcile(km(), jobs, [], CONFIG, NOW, surroundings)
+    assert conditions(plan)["Stalled"] == ("True", "WorkerStuck")
+    message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert f"prefix 'a/': no pod created in 120 s: {failed_create}" in message
+    assert f"prefix 'b/': pod b-pod is ContainerCreating: {mount}" in message
+    rows = {r["prefix"]: r for r in plan.status["prefixes"]}
+    assert mount in rows["b/"]["lastError"] and failed_create in rows["a/"]["lastError"]
+    assert ("Warning", "WorkerStuck") in [(e.type, e.reason) for e in plan.events]
+    # The scheduler's and the kubelet's own words, without Events to add.
+    cases = [
+        (pod("a/", "p", unschedulable="0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."),
+         "pod p cannot be scheduled: 0/3 nodes are available"),
+        (pod("a/", "p", waiting=("ImagePullBackOff", 'Back-off pulling image "registry.example/km:9"')),
+         'pod p is ImagePullBackOff: Back-off pulling image "registry.example/km:9"'),
+        (pod("a/", "p", waiting=("CreateContainerConfigError", 'secret "aws" not found')),
+         'pod p is CreateContainerConfigError: secret "aws" not found'),
+    ]
+    for stuck, expected in cases:
+        plan = reconcile(km(), [aged_job("a/", 120)], [], CONFIG, NOW, Surroundings(pods={child_name("mig", "a/"): [stuck]}))
+        assert expected in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+
+
+def test_a_young_pending_pod_is_not_stuck_yet_but_looked_at_again():
+    pending = {child_name("mig", "a/"): [pod("a/", "p", age=5, waiting=("ContainerCreating", ""))]}
+    plan = reconcile(km(), [aged_job("a/", 5)], [], CONFIG, NOW, Surroundings(pods=pending, stuck_after=30))
+    assert conditions(plan)["Reconciling"] == ("True", "Progressing") and plan.recheck and plan.recheck <= 10
+    running = {child_name("mig", "a/"): [pod("a/", "p", phase="Running")]}
+    plan = reconcile(km(), [aged_job("a/", 500)], [], CONFIG, NOW, Surroundings(pods=running))
+    assert conditions(plan)["Reconciling"] == ("True", "Progressing") and plan.recheck is None
+
+
+def test_a_prefix_retrying_after_failed_pods_shows_its_last_start_up_error():
+    failed = [pod("a/", "p1", phase="Failed", terminated={"exitCode": 75, "finishedAt": "2026-11-27T11:58:00Z",
+                                                          "message": "target KMS key: KMS DescribeKey failed: Unable to locate credentials"}),
+              pod("a/", "p2", phase="Failed", terminated={"exitCode": 75, "finishedAt": "2026-11-27T11:59:00Z",
+                                                          "message": "cannot read the checkpoint: HTTP 503"})]
+    progress_a = progress("a/")
+    progress_a["status"].update(lastError="target KMS key: KMS DescribeKey failed: Unable to locate credentials",
+                                updatedAt="2026-11-27T11:57:59Z")
+    plan = reconcile(km(), [aged_job("a/", 200)], [progress_a], CONFIG, NOW, Surroundings(pods={child_name("mig", "a/"): failed}))
+    row = next(r for r in plan.status["prefixes"] if r["prefix"] == "a/")
+    assert row["lastError"] == "exit 75: cannot read the checkpoint: HTTP 503"  # the newest: the worker could not write it
+    reconciling = next(c for c in plan.status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True"
+    assert "retrying 'a/' after 2 failed attempt(s): exit 75: cannot read the checkpoint: HTTP 503" in reconciling["message"]

@@ -94,6 +94,25 @@ class KubeApi:
         """Merge-patch a KeyMigration's status; returns the object as stored."""
         return self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
 
+    def service_account_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_service_account(name, namespace, _preload_content=False)
+            return True
+        except self.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def newest_warning(self, namespace: str, kind: str, name: str) -> str | None:
+        """The message of the newest Warning Event about one object (FailedCreate on a Job,
+        FailedMount, FailedScheduling or a failed image pull on a pod)."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},type=Warning"
+        events = _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)).get("items", [])
+        if not events:
+            return None
+        newest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or e["metadata"].get("creationTimestamp") or "")
+        return newest.get("message")
+
     def post_event(self, km: dict, type_: str, reason: str, message: str) -> None:
         meta = km["metadata"]
         now = utc_timestamp()

@@ -29,10 +29,13 @@ from keymigration.kube.jobs import ANNOTATION_MIGRATION, LABEL_MIGRATION_UID, MA
 from keymigration.kube.kubeapi import ChildConflict, KubeApi
 from keymigration.kube.metrics import OperatorMetrics
 from keymigration.kube.reconcile import Plan, Surroundings, reconcile, status_changed
+from keymigration.kube.units import age_seconds, job_active
 
 log = logging.getLogger("keymigration.operator")
 
-CONFLICT_RECHECK_SECONDS = 15.0  # a conflicting object may be deleted by someone: look again
+ACCOUNT_CHECK_SECONDS = 10.0  # how long a worker ServiceAccount lookup is trusted
+WARNING_CHECK_SECONDS = 15.0  # how often the Events of one waiting Job or pod are read
+SUSPECT_AFTER_SECONDS = 5.0  # a Job or pod without a running pod this long has its Events read
 MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 INDICES = ("migrations", "migration_jobs", "migration_progresses", "migration_pods")  # KopfView's order
 
@@ -45,6 +48,7 @@ class OperatorOptions:
     resync_interval: float = 300.0
     metrics_port: int | None = 9090
     stall_seconds: float = 900.0
+    stuck_seconds: float = 30.0  # a Job without a running pod this long is reported (WorkerStuck)
 
 
 def _rv(obj: dict | None) -> int:
@@ -69,6 +73,8 @@ class Reconciler:
         self.written: dict[tuple[str, str], dict] = {}  # the KeyMigration as our last status write stored it
         self.known: dict[tuple[str, str], str] = {}  # -> uid
         self.conflicts: dict[tuple[str, str], dict[str, str]] = {}
+        self.accounts: dict[str, tuple[float, bool]] = {}  # namespace -> (when, the worker ServiceAccount exists)
+        self.warnings: dict[tuple[str, str, str], tuple[float, str | None]] = {}  # (ns, kind, name) -> (when, message)
         self.reconciles = 0
 
     def bind(self, view) -> None:
@@ -142,17 +148,54 @@ class Reconciler:
         uid = km["metadata"]["uid"]
         self.known[(namespace, name)] = uid
         children = self._children(uid)
-        surroundings = Surroundings(conflicts=dict(self.conflicts.get((namespace, name), {})), pods=children.pods_by_job())
+        surroundings = await self._surroundings(km, children)
         plan = reconcile(km, children.jobs, children.progresses, self.settings.config, utc_now(), surroundings)
         self.reconciles += 1
         self.metrics.migrations.record(namespace, name, plan.status, children.progresses)
         return await self.apply(km, plan, children)
 
+    async def _surroundings(self, km: dict, children: Children) -> Surroundings:
+        namespace = km["metadata"]["namespace"]
+        return Surroundings(
+            conflicts=dict(self.conflicts.get((namespace, km["metadata"]["name"]), {})),
+            pods=children.pods_by_job(),
+            warnings=await self._warnings(namespace, children),
+            worker_account=await self._worker_account(namespace),
+            stuck_after=self.settings.stuck_seconds,
+        )
+
+    async def _worker_account(self, namespace: str) -> str | None:
+        """Why no worker pod can run in ``namespace`` (its ServiceAccount is missing), if so:
+        in a cluster-wide install a KeyMigration may come from a namespace the chart did not
+        prepare, and its Jobs would only collect FailedCreate Events."""
+        account = self.settings.config.worker_service_account
+        when, exists = self.accounts.get(namespace, (0.0, True))
+        if time.monotonic() - when > ACCOUNT_CHECK_SECONDS:
+            exists = await asyncio.to_thread(self.api.service_account_exists, namespace, account)
+            self.accounts[namespace] = (time.monotonic(), exists)
+        if exists:
+            return None
+        return (f"the worker ServiceAccount {account} does not exist in namespace {namespace}, so no worker pod can "
+                f"start: add {namespace} to the chart's worker.namespaces (or watchNamespaces), or create it")
+
+    async def _warnings(self, namespace: str, children: Children) -> dict[str, str]:
+        """The newest Warning Event of each Job without a pod and each pod that has not started,
+        once they have waited a few seconds (read again at most every WARNING_CHECK_SECONDS)."""
+        found: dict[str, str] = {}
+        for kind, name in _suspects(children, SUSPECT_AFTER_SECONDS)[:20]:
+            key = (namespace, kind, name)
+            when, message = self.warnings.get(key, (0.0, None))
+            if time.monotonic() - when > WARNING_CHECK_SECONDS:
+                message = await asyncio.to_thread(self.api.newest_warning, namespace, kind, name)
+                self.warnings[key] = (time.monotonic(), message)
+            if message:
+                found[name] = message
+        return found
+
     async def apply(self, km: dict, plan: Plan, children: Children | None = None) -> float | None:
         """Carry out a plan: the actions first, then (rate-limited) the status and its events."""
         await self._act(km, plan, children or Children())
-        key = (km["metadata"]["namespace"], km["metadata"]["name"])
-        recheck = CONFLICT_RECHECK_SECONDS if self.conflicts.get(key) else None
+        recheck = plan.recheck
         if not status_changed(km.get("status"), plan.status):
             return recheck
         wait = self._status_wait(km, plan)
@@ -223,6 +266,17 @@ class Reconciler:
             await asyncio.sleep(self.settings.resync_interval)
             for namespace, name in list(self.known):
                 self.enqueue(namespace, name)
+
+
+def _suspects(children: Children, after: float) -> list[tuple[str, str]]:
+    """Jobs with no pod, and pods not running, for ``after`` seconds or more: their Events say why."""
+    now = utc_now()
+    pods = children.pods_by_job()
+    suspects = [("Job", j["metadata"]["name"]) for j in children.jobs
+                if job_active(j) and not pods.get(j["metadata"]["name"]) and age_seconds(j["metadata"], now) >= after]
+    suspects += [("Pod", p["metadata"]["name"]) for p in children.pods
+                 if (p.get("status") or {}).get("phase", "Pending") == "Pending" and age_seconds(p["metadata"], now) >= after]
+    return suspects
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:

@@ -44,6 +44,7 @@ from keymigration.kube.units import (
     STATES,
     SUSPENDED,
     UnitView,
+    Watch,
     job_active,
     observe_unit,
 )
@@ -66,6 +67,7 @@ class Plan:
     delete_jobs: list[str] = field(default_factory=list)
     status: dict = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    recheck: float | None = None  # look again after this many seconds even if nothing changes
 
 
 @dataclass
@@ -74,6 +76,9 @@ class Surroundings:
 
     conflicts: dict[str, str] = field(default_factory=dict)  # child name -> who holds it
     pods: dict[str, list[dict]] = field(default_factory=dict)  # Job name -> its pods
+    warnings: dict[str, str] = field(default_factory=dict)  # Job or pod name -> its newest Warning Event
+    worker_account: str | None = None  # why no worker pod can run in the namespace, if none can
+    stuck_after: float = 30.0  # seconds a Job may go without a running pod before it counts as stuck
 
 
 # -- conditions -------------------------------------------------------------------------------
@@ -212,14 +217,15 @@ class Scene:
         return self.retry is not None and self.retry != self.previous.get("retryGeneration")
 
 
-def _observe_all(scene: Scene, plan: Plan) -> list[UnitView]:
+def _observe_all(scene: Scene, plan: Plan, now: datetime) -> list[UnitView]:
     rows = scene.previous_rows
     retry_requested = scene.retry_requested
+    watch = Watch(scene.surroundings.warnings, now, scene.surroundings.stuck_after)
     views = []
     for prefix in scene.migration.prefixes:
         name = child_name(scene.km["metadata"]["name"], prefix)
         view = observe_unit(prefix, name, scene.jobs.get(name), scene.progresses.get(name), rows.get(prefix),
-                            scene.surroundings.pods.get(name))
+                            scene.surroundings.pods.get(name), watch)
         if view.state == FAILED and retry_requested:
             if name in scene.jobs:
                 plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
@@ -270,8 +276,9 @@ def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
     """Suspend everything when stopping; otherwise resume suspended Jobs and start queued ones."""
     if observed.migration.suspend or observed.too_many:
         _stop(observed.views, plan)
-    else:
+    elif observed.surroundings.worker_account is None:
         _start(scene, observed, plan)
+    # else: no pod could run; Jobs created now would only pile up FailedCreate Events
 
 
 def _unit_events(views: list[UnitView], rows: dict[str, dict], stamp: str) -> list[Event]:
@@ -300,6 +307,22 @@ def child_conflict(o: Observed) -> Verdict | None:
         return None
     message = "; ".join(sorted(conflicts.values())[:3]) + (f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else "")
     return Verdict.stall("Stalled", "ChildConflict", message, o.summary(), event=Event("Warning", "ChildConflict", message[:1024]))
+
+
+def worker_account_missing(o: Observed) -> Verdict | None:
+    message = o.surroundings.worker_account
+    if message is None:
+        return None
+    return Verdict.stall("Stalled", "WorkerServiceAccountMissing", message, o.summary(),
+                         event=Event("Warning", "WorkerServiceAccountMissing", message[:1024]))
+
+
+def workers_stuck(o: Observed) -> Verdict | None:
+    stuck = [v for v in o.views if v.state == RUNNING and v.stuck]
+    if not stuck:
+        return None
+    message = "; ".join(f"prefix {v.prefix!r}: {v.stuck}" for v in stuck[:3]) + (f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else "")
+    return Verdict.stall("Stalled", "WorkerStuck", message, o.summary(), event=Event("Warning", "WorkerStuck", message[:1024]))
 
 
 def too_many_failures(o: Observed) -> Verdict | None:
@@ -365,8 +388,10 @@ def progressing(o: Observed) -> Verdict | None:
 
 VERDICTS: tuple[Callable[[Observed], Verdict | None], ...] = (
     child_conflict,
+    worker_account_missing,
     too_many_failures,
     suspended_by_spec,
+    workers_stuck,
     prefixes_failed,
     objects_failed,
     succeeded,
@@ -491,7 +516,7 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
         surroundings=surroundings or Surroundings(),
     )
     plan = Plan()
-    views = _observe_all(scene, plan)
+    views = _observe_all(scene, plan, now)
     totals = _totals(views)
     too_many = migration.max_failed_objects is not None and totals["failed"] > migration.max_failed_objects
     observed = Observed(migration, views, totals, too_many, scene.surroundings)
@@ -501,7 +526,18 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
     verdict = decide(observed)
     plan.events += _phase_events(scene.previous, verdict, observed)
     plan.status = status_of(scene, observed, verdict)
+    plan.recheck = _recheck(scene, observed)
     return plan
+
+
+def _recheck(scene: Scene, observed: Observed) -> float | None:
+    """Nothing wakes the operator while a Job waits for a pod that cannot start, or while the
+    worker ServiceAccount is missing: look again, so either surfaces (and clears) in time."""
+    if scene.surroundings.worker_account or scene.surroundings.conflicts:
+        return 15.0
+    if any(v.waiting for v in observed.views):
+        return max(2.0, min(10.0, scene.surroundings.stuck_after / 3))
+    return None
 
 
 def status_changed(old: dict | None, new: dict) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 PENDING, RUNNING, SUSPENDED = "Pending", "Running", "Suspended"
 COMPLETED, COMPLETED_WITH_FAILURES, FAILED = "Completed", "CompletedWithFailures", "Failed"
@@ -30,6 +31,8 @@ class UnitView:
     start: str | None = None
     completion: str | None = None
     failed_attempts: int = 0  # pods of the (still active) Job that failed: it is being retried
+    stuck: str | None = None  # why its Job has had no running pod for a while, if it has not
+    waiting: bool = False  # its Job has no running pod yet: look again before it counts as stuck
 
 
 def job_condition(job: dict, kind: str) -> dict | None:
@@ -97,6 +100,70 @@ def latest_error(progress_status: dict, pods: list[dict]) -> str | None:
     return max(candidates)[1] if candidates else None
 
 
+# -- work that cannot start -------------------------------------------------------------------
+
+
+def age_seconds(meta: dict, now: datetime) -> float:
+    """Seconds since an object's creationTimestamp (0 without one)."""
+    created = meta.get("creationTimestamp")
+    if not created:
+        return 0.0
+    return (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+
+
+def _phase(pod: dict) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def _unschedulable(pod: dict) -> str | None:
+    for condition in (pod.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return condition.get("message") or condition.get("reason") or "unschedulable"
+    return None
+
+
+def _waiting(pod: dict) -> tuple[str, str] | None:
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting:
+            return waiting.get("reason") or "Waiting", waiting.get("message") or ""
+    return None
+
+
+def _pod_cause(pod: dict, warnings: dict[str, str]) -> str:
+    name = pod["metadata"]["name"]
+    unschedulable = _unschedulable(pod)
+    if unschedulable:
+        return f"pod {name} cannot be scheduled: {unschedulable}"
+    reason, message = _waiting(pod) or ("Pending", "")
+    detail = message or warnings.get(name)  # ContainerCreating has no message: the kubelet's Event says why
+    return f"pod {name} is {reason}" + (f": {detail}" if detail else "")
+
+
+def stuck_cause(job: dict | None, pods: list[dict], warnings: dict[str, str], now: datetime, stuck_after: float) -> tuple[bool, str | None]:
+    """(waiting, cause): whether the active Job has no running pod yet, and why, once that has
+    lasted ``stuck_after`` seconds: no pod at all (the Job controller's FailedCreate: no
+    ServiceAccount, a quota), or a pod that cannot be scheduled, pull its image, mount its Secret
+    or build its configuration."""
+    if job is None or not job_active(job):
+        return False, None
+    live = [p for p in pods if _phase(p) not in ("Succeeded", "Failed")]
+    if not live:
+        if pods:
+            return False, None  # between attempts: the Job controller's back-off, shown as retrying
+        age = age_seconds(job["metadata"], now)
+        if age < stuck_after:
+            return True, None
+        cause = warnings.get(job["metadata"]["name"]) or "see the Job's Events"
+        return True, f"no pod created in {int(age)} s: {cause}"
+    pod = max(live, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    if _phase(pod) == "Running":
+        return False, None
+    if age_seconds(pod["metadata"], now) < stuck_after:
+        return True, None
+    return True, _pod_cause(pod, warnings)
+
+
 # -- the unit ---------------------------------------------------------------------------------
 
 
@@ -114,8 +181,18 @@ def _state_from_job(view: UnitView, job: dict, pods: list[dict]) -> None:
         view.failed_attempts = len(failed_pods(pods))
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What a unit's observation needs besides its own objects: the newest Warning Event of each
+    of its Jobs and pods (by name), the time, and how long a Job may go without a running pod."""
+
+    warnings: dict
+    now: datetime | None = None
+    stuck_after: float = 30.0
+
+
 def observe_unit(prefix: str, name: str, job: dict | None, progress: dict | None, previous: dict | None,
-                 pods: list[dict] | None = None) -> UnitView:
+                 pods: list[dict] | None = None, watch: Watch | None = None) -> UnitView:
     status = (progress or {}).get("status") or {}
     pods = pods or []
     counters = {k: int((status.get("counters") or {}).get(k, 0)) for k in COUNTER_NAMES}
@@ -139,7 +216,10 @@ def observe_unit(prefix: str, name: str, job: dict | None, progress: dict | None
         view.last_error = previous.get("lastError")
     if view.state == COMPLETED:
         view.last_error = None  # errors of earlier attempts are history once the prefix is done
+    if view.state == RUNNING and watch is not None and watch.now is not None:
+        view.waiting, view.stuck = stuck_cause(job, pods, watch.warnings, watch.now, watch.stuck_after)
+        view.last_error = view.stuck or view.last_error
     return view
 
 
-__all__ = ["UnitView", "job_active", "job_condition", "observe_unit"]
+__all__ = ["UnitView", "Watch", "age_seconds", "job_active", "job_condition", "observe_unit", "stuck_cause"]
