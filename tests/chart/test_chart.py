@@ -75,6 +75,7 @@ OPERATOR_NAMESPACED = (
     expand("keymigration.io", ("keymigrations",), ("get", "list", "watch", "patch"))
     | expand("keymigration.io", ("keymigrations/status",), ("get", "patch"))
     | expand("keymigration.io", ("keymigrationprogresses",), ("create", "get", "list", "watch"))
+    | expand("keymigration.io", ("keymigrationprogresses/status",), ("patch",))
     | expand("batch", ("jobs",), ("create", "get", "list", "watch", "patch", "delete"))
     | expand("", ("pods",), ("get", "list", "watch"))
     | expand("", ("serviceaccounts",), ("get",))

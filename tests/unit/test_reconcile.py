@@ -334,3 +334,21 @@ def test_a_prefix_retrying_after_failed_pods_shows_its_last_start_up_error():
     reconciling = next(c for c in plan.status["conditions"] if c["type"] == "Reconciling")
     assert reconciling["status"] == "True"
     assert "retrying 'a/' after 2 failed attempt(s): exit 75: cannot read the checkpoint: HTTP 503" in reconciling["message"]
+
+
+def test_outcomes_are_recorded_once_in_the_progress_object_and_cleared_for_a_retry():
+    progs = [progress("a/", scanned=2, migrated=2), progress("b/", done=True, scanned=1, migrated=1), progress("c/", scanned=1)]
+    plan = step(km(), [job("a/", failed="BackoffLimitExceeded"), job("c/", complete=True)], progs)
+    assert plan.progress_status == {
+        child_name("mig", "a/"): {"state": "Failed", "completionTime": "2026-11-27T12:00:00Z", "lastError": "Job failed: BackoffLimitExceeded pod failed"},
+        child_name("mig", "b/"): {"state": "Completed", "completionTime": "2026-11-27T12:00:00Z"},
+        child_name("mig", "c/"): {"state": "Completed", "completionTime": "2026-11-27T12:00:00Z"},  # its Job completed
+    }
+    recorded = [dict(p, status={**p["status"], **plan.progress_status[p["metadata"]["name"]]}) for p in progs]
+    # Recorded: no Job, no status rows, no new Job, no second Event.
+    again = step(km(), [], recorded)
+    assert not again.create and not again.progress_status and not [e for e in again.events if e.reason.startswith("Prefix")]
+    assert conditions(again)["Stalled"] == ("True", "PrefixFailed") and again.status["prefixesDone"] == "2/3"
+    retry = step(km(status=again.status, annotations={ANNOTATION_RETRY: "7"}), [], recorded)
+    assert retry.progress_status == {child_name("mig", "a/"): {"state": None, "completionTime": None, "lastError": None}}
+    assert [o["kind"] for o in retry.create] == ["Job"]

@@ -270,6 +270,12 @@ PROGRESS_SCHEMA: dict[str, Any] = {
                 "done": {"type": "boolean"},
                 "exitCode": {"type": "integer"},
                 "lastError": {"type": "string"},
+                "state": {
+                    "type": "string",
+                    "enum": ["Completed", "CompletedWithFailures", "Failed"],
+                    "description": "the prefix's outcome, recorded by the operator when it finished (it outlives the Job)",
+                },
+                "completionTime": {"type": "string", "format": "date-time"},
                 "rate": {"type": "number"},
                 "faults": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 "updatedAt": {"type": "string", "format": "date-time"},

@@ -67,6 +67,7 @@ def keymigration_crd() -> dict:
 def progress_crd() -> dict:
     columns = [
         {"name": "Prefix", "type": "string", "jsonPath": ".spec.prefix"},
+        {"name": "State", "type": "string", "jsonPath": ".status.state"},
         {"name": "Done", "type": "boolean", "jsonPath": ".status.done"},
         {"name": "Migrated", "type": "integer", "jsonPath": ".status.counters.migrated"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.counters.failed"},

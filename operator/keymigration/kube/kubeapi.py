@@ -90,6 +90,16 @@ class KubeApi:
             if error.status != 404:
                 raise
 
+    def patch_progress_status(self, namespace: str, name: str, patch: dict) -> dict | None:
+        """Merge-patch a progress object's status (a prefix's recorded outcome); None if it is gone."""
+        try:
+            return self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PROGRESS_PLURAL, name,
+                                                                     {"status": patch})
+        except self.ApiException as error:
+            if error.status != 404:
+                raise
+            return None
+
     def patch_status(self, namespace: str, name: str, patch: dict) -> dict:
         """Merge-patch a KeyMigration's status; returns the object as stored."""
         return self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": patch})

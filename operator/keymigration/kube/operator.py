@@ -207,6 +207,12 @@ class Reconciler:
     async def _act(self, km: dict, plan: Plan, children: Children) -> None:
         namespace, uid = km["metadata"]["namespace"], km["metadata"]["uid"]
         jobs = {j["metadata"]["name"]: j for j in children.jobs}
+        # Outcomes first: a prefix's recorded outcome must be cleared before its Job is deleted
+        # for a retry, and recorded before a status that counts it is written.
+        for name, patch in plan.progress_status.items():
+            stored = await asyncio.to_thread(self.api.patch_progress_status, namespace, name, patch)
+            if stored is not None:
+                self.overlay.wrote(uid, "KeyMigrationProgress", trimmed(stored, ("prefix",)))
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
             self.overlay.deleted(uid, "Job", job, jobs.get(job))

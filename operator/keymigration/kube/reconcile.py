@@ -68,6 +68,7 @@ class Plan:
     status: dict = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     recheck: float | None = None  # look again after this many seconds even if nothing changes
+    progress_status: dict[str, dict] = field(default_factory=dict)  # progress object -> merge patch of its status
 
 
 @dataclass
@@ -229,7 +230,9 @@ def _observe_all(scene: Scene, plan: Plan, now: datetime) -> list[UnitView]:
         if view.state == FAILED and retry_requested:
             if name in scene.jobs:
                 plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
-            view.state, view.last_error = PENDING, None
+            if view.recorded:
+                plan.progress_status[name] = {"state": None, "completionTime": None, "lastError": None}
+            view.state, view.last_error, view.recorded = PENDING, None, None
         views.append(view)
     return views
 
@@ -281,21 +284,32 @@ def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
     # else: no pod could run; Jobs created now would only pile up FailedCreate Events
 
 
-def _unit_events(views: list[UnitView], rows: dict[str, dict], stamp: str) -> list[Event]:
-    events = []
+def _record_outcomes(views: list[UnitView], scene: Scene, plan: Plan) -> None:
+    """A unit that just finished (its worker said done, or its Job completed or failed) gets its
+    outcome written into its progress object, where it outlives the Job's TTL and the 200 status
+    rows; its Event is posted once, then."""
+    rows = scene.previous_rows
     for view in views:
-        if view.state in FINISHED and not view.completion:
-            view.completion = stamp
-        old = rows.get(view.prefix, {}).get("state")
-        if old == view.state or view.state not in FINISHED:
+        if view.state not in FINISHED or view.recorded == view.state:
             continue
-        if view.state == COMPLETED:
-            events.append(Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped"))
-        elif view.state == COMPLETED_WITH_FAILURES:
-            events.append(Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)"))
-        else:
-            events.append(Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024]))
-    return events
+        view.completion = view.completion or scene.stamp
+        if view.name not in scene.progresses:  # nowhere to record it: the status row remembers
+            if rows.get(view.prefix, {}).get("state") != view.state:
+                plan.events.append(_outcome_event(view))
+            continue
+        record = {"state": view.state, "completionTime": view.completion}
+        if view.state == FAILED:
+            record["lastError"] = view.last_error or "Job failed"
+        plan.progress_status[view.name] = record
+        plan.events.append(_outcome_event(view))
+
+
+def _outcome_event(view: UnitView) -> Event:
+    if view.state == COMPLETED:
+        return Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped")
+    if view.state == COMPLETED_WITH_FAILURES:
+        return Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)")
+    return Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024])
 
 
 # -- verdicts: first match wins ---------------------------------------------------------------
@@ -521,7 +535,7 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
     too_many = migration.max_failed_objects is not None and totals["failed"] > migration.max_failed_objects
     observed = Observed(migration, views, totals, too_many, scene.surroundings)
     schedule(scene, observed, plan)
-    plan.events += _unit_events(views, scene.previous_rows, stamp)
+    _record_outcomes(views, scene, plan)
     observed.count()
     verdict = decide(observed)
     plan.events += _phase_events(scene.previous, verdict, observed)

@@ -33,6 +33,7 @@ class UnitView:
     failed_attempts: int = 0  # pods of the (still active) Job that failed: it is being retried
     stuck: str | None = None  # why its Job has had no running pod for a while, if it has not
     waiting: bool = False  # its Job has no running pod yet: look again before it counts as stuck
+    recorded: str | None = None  # the terminal state the operator recorded in its progress object
 
 
 def job_condition(job: dict, kind: str) -> dict | None:
@@ -207,7 +208,13 @@ def observe_unit(prefix: str, name: str, job: dict | None, progress: dict | None
         start=(previous or {}).get("startTime") or ((job or {}).get("status") or {}).get("startTime"),
         completion=(previous or {}).get("completionTime"),
     )
-    if status.get("done"):
+    if status.get("state") in FINISHED:
+        # Recorded by the operator when the unit finished: it outlives the Job (TTL) and does not
+        # depend on the KeyMigration's status rows (at most 200).
+        view.state = view.recorded = status["state"]
+        view.completion = status.get("completionTime") or view.completion
+        view.last_error = status.get("lastError") if view.state == FAILED else view.last_error
+    elif status.get("done"):
         view.state = _done_state(counters)
     elif job is not None:
         _state_from_job(view, job, pods)
