@@ -352,3 +352,26 @@ def test_outcomes_are_recorded_once_in_the_progress_object_and_cleared_for_a_ret
     retry = step(km(status=again.status, annotations={ANNOTATION_RETRY: "7"}), [], recorded)
     assert retry.progress_status == {child_name("mig", "a/"): {"state": None, "completionTime": None, "lastError": None}}
     assert [o["kind"] for o in retry.create] == ["Job"]
+
+
+def test_spec_plus_the_largest_status_stay_well_under_etcds_limit():
+    """The largest KeyMigration the schema accepts (prefixes: 256 KiB in all) with the largest
+    status the operator writes (200 rows, each with its longest checkpoint key and last error, and
+    long condition messages) is well under the 1.5 MiB an object may hold."""
+    prefixes = [f"{i:03d}/" + "x" * 1020 for i in range(256)]
+    obj = km({"prefixes": prefixes, "concurrency": {"maxJobs": 100, "perJob": 8}})
+    long_key = "k" * 1024
+    progs = []
+    for prefix in prefixes:
+        item = progress(prefix, scanned=10**9, migrated=10**9, skipped=10**9, failed=10**9)
+        item["status"].update(checkpoint=json.dumps({"after": prefix + long_key}), lastError="e" * 100_000, total=10**9)
+        progs.append(item)
+    jobs = [job(p) for p in prefixes[:100]] + [job(p, failed="BackoffLimitExceeded") for p in prefixes[100:]]
+    plan = step(obj, jobs, progs)
+    rows = plan.status["prefixes"]
+    assert len(rows) == 200 and all(len(r["checkpoint"]) <= 128 and len(r["lastError"]) <= 256 for r in rows)
+    assert all(len(c["message"]) <= 4096 for c in plan.status["conditions"])
+    # kubectl apply (client-side) keeps a second copy of the spec in an annotation.
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json.dumps(obj)
+    size = len(json.dumps({**obj, "status": plan.status}).encode())
+    assert size < 1024 * 1024, size  # etcd's limit is 1.5 MiB

@@ -41,6 +41,10 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 URL_PATTERN = r"^https?://[^\s]+$"
 
+# Spec plus status must stay well under etcd's 1.5 MiB per object: the prefixes' total (they are
+# repeated in up to 200 status rows) is bounded, as are the rows' other strings (kube/reconcile.py).
+MAX_PREFIX_BYTES = 256 * 1024
+
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}, "maxProperties": 32}
 
 
@@ -181,6 +185,10 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
     "x-kubernetes-validations": [
         {"rule": "self.bucket == oldSelf.bucket", "message": "bucket is immutable"},
         {"rule": "self.prefixes == oldSelf.prefixes", "message": "prefixes are immutable"},
+        {
+            "rule": f"self.prefixes.map(p, size(bytes(p))).sum() <= {MAX_PREFIX_BYTES}",
+            "message": f"prefixes may hold at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all",
+        },
         _immutable("sourceKeys", "sourceKeys are immutable"),
         _immutable("sourceKmsKeyIds", "sourceKmsKeyIds are immutable"),
         {"rule": "self.target == oldSelf.target", "message": "target is immutable"},
@@ -326,6 +334,8 @@ class KeyMigration:
         if problems:
             raise InvalidKeyMigration(problems)
         prefixes = tuple(fields["prefixes"])
+        if sum(len(p.encode("utf-8")) for p in prefixes) > MAX_PREFIX_BYTES:
+            problems.append(f"spec.prefixes: at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all")
         if len(set(prefixes)) != len(prefixes):
             problems.append("spec.prefixes: duplicate prefixes")
         for a in prefixes:

@@ -50,6 +50,16 @@ from keymigration.kube.units import (
 )
 
 MAX_STATUS_PREFIXES = 200
+MAX_ROW_CHECKPOINT = 128  # characters of a row's checkpoint key (a key may have 1024 bytes)
+MAX_ROW_ERROR = 256  # characters of a row's last error
+MAX_MESSAGE = 4096  # characters of a condition message
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """At most ``limit`` characters, an ellipsis marking a cut: spec plus status stay bounded."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "\u2026"
 
 
 @dataclass
@@ -101,7 +111,7 @@ class Condition:
             "type": kind,
             "status": value,
             "reason": self.reason,
-            "message": self.message,
+            "message": clip(self.message, MAX_MESSAGE),
             "observedGeneration": generation,
             "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
         }
@@ -176,7 +186,8 @@ class Observed:
         retried = [v for v in self.views if v.state == RUNNING and v.failed_attempts]
         if not retried:
             return ""
-        shown = "; ".join(f"{v.prefix!r} after {v.failed_attempts} failed attempt(s): {v.last_error}" for v in retried[:3])
+        shown = "; ".join(f"{v.prefix!r} after {v.failed_attempts} failed attempt(s): {clip(v.last_error, MAX_ROW_ERROR)}"
+                          for v in retried[:3])
         more = f" (and {len(retried) - 3} more)" if len(retried) > 3 else ""
         return f"; retrying {shown}{more}"
 
@@ -335,7 +346,7 @@ def workers_stuck(o: Observed) -> Verdict | None:
     stuck = [v for v in o.views if v.state == RUNNING and v.stuck]
     if not stuck:
         return None
-    message = "; ".join(f"prefix {v.prefix!r}: {v.stuck}" for v in stuck[:3]) + (f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else "")
+    message = "; ".join(f"prefix {v.prefix!r}: {clip(v.stuck, MAX_ROW_ERROR)}" for v in stuck[:3]) + (f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else "")
     return Verdict.stall("Stalled", "WorkerStuck", message, o.summary(), event=Event("Warning", "WorkerStuck", message[:1024]))
 
 
@@ -453,7 +464,8 @@ def _phase_events(previous: dict, verdict: Verdict, observed: Observed) -> list[
 
 def _row(view: UnitView) -> dict:
     entry = {"prefix": view.prefix, "job": view.name, "state": view.state, "counters": view.counters}
-    for key, value in (("total", view.total), ("checkpoint", view.checkpoint), ("lastError", view.last_error),
+    for key, value in (("total", view.total), ("checkpoint", clip(view.checkpoint, MAX_ROW_CHECKPOINT)),
+                       ("lastError", clip(view.last_error, MAX_ROW_ERROR)),
                        ("startTime", view.start), ("completionTime", view.completion)):
         if value is not None:
             entry[key] = value
