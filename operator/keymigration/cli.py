@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--worker-env-secret", default=os.environ.get("KEYMIGRATION_WORKER_ENV_SECRET") or None,
                     help="Secret (in each KeyMigration's namespace) whose keys become worker environment variables, "
                     "e.g. static AWS credentials where IRSA/Pod Identity are not available")
+    op.add_argument("--allowed-priority-classes", default=os.environ.get("KEYMIGRATION_ALLOWED_PRIORITY_CLASSES"),
+                    help="JSON list of the priorityClassNames a KeyMigration's spec.worker may name (default: none)")
+    op.add_argument("--allowed-tolerations", default=os.environ.get("KEYMIGRATION_ALLOWED_TOLERATIONS"),
+                    help="JSON list of the tolerations a KeyMigration's spec.worker may use, each equal to one of "
+                    "these (default: none)")
     op.add_argument("--status-interval", type=float, default=3.0, help="minimum seconds between status writes per KeyMigration")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("KEYMIGRATION_METRICS_PORT", 9090)),
                     help="Prometheus /metrics port, separate from the liveness endpoint (0: off)")
@@ -236,25 +241,43 @@ def _print_summary(summary: dict, stream=sys.stdout) -> None:
         stream.write(f"  stopped: {summary['stopped']}\n")
 
 
-def run_operator_command(args: argparse.Namespace) -> int:
-    from keymigration.kube.operator import OperatorOptions, run_operator
+def _json_option(args: argparse.Namespace, name: str, kind: type, default):
+    """A JSON-valued operator option (Helm values reach the operator as JSON in its environment)."""
+    text = getattr(args, name.replace("-", "_"))
+    if not text:
+        return default
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise SetupError(f"--{name} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise SetupError(f"--{name} must be a JSON {kind.__name__}")
+    return value
 
-    resources = InstallConfig().default_resources
-    if args.worker_resources:
-        try:
-            resources = json.loads(args.worker_resources)
-        except ValueError:
-            log.error("--worker-resources is not valid JSON")
-            return EXIT_CONFIG
-    config = InstallConfig(
+
+def install_config(args: argparse.Namespace) -> InstallConfig:
+    """What the installer decided (Helm values, as flags or environment variables)."""
+    return InstallConfig(
         worker_image=args.worker_image,
         worker_service_account=args.worker_service_account,
         image_pull_policy=args.image_pull_policy,
         backoff_limit=args.backoff_limit,
         ttl_seconds_after_finished=None if args.job_ttl_seconds < 0 else args.job_ttl_seconds,
-        default_resources=resources,
+        default_resources=_json_option(args, "worker-resources", dict, InstallConfig().default_resources),
         worker_env_secret=args.worker_env_secret,
+        allowed_priority_classes=tuple(_json_option(args, "allowed-priority-classes", list, [])),
+        allowed_tolerations=tuple(_json_option(args, "allowed-tolerations", list, [])),
     )
+
+
+def run_operator_command(args: argparse.Namespace) -> int:
+    from keymigration.kube.operator import OperatorOptions, run_operator
+
+    try:
+        config = install_config(args)
+    except SetupError as error:
+        log.error("%s", error)
+        return EXIT_CONFIG
     if not args.namespace and not args.all_namespaces:
         log.error("give --namespace NS (repeatable) or --all-namespaces")
         return EXIT_CONFIG

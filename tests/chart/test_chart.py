@@ -14,6 +14,7 @@ import yaml
 from keymigration import cli
 from keymigration.kube.api_types import KeyMigration
 from keymigration.kube.jobs import RUN_AS, InstallConfig, job_manifest
+from keymigration.kube.kubeapi import OPERATOR_CLUSTER_RBAC, OPERATOR_RBAC
 
 from .conftest import CHART, NAMESPACE, ROOT, find, one
 from .psa import pod_spec_of, restricted_violations
@@ -67,23 +68,12 @@ def rules_set(role: dict) -> set[tuple[str, str, str]]:
     }
 
 
-def expand(group: str, resources: tuple[str, ...], verbs: tuple[str, ...]) -> set[tuple[str, str, str]]:
-    return {(group, r, v) for r in resources for v in verbs}
-
-
-OPERATOR_NAMESPACED = (
-    expand("keymigration.io", ("keymigrations",), ("get", "list", "watch", "patch"))
-    | expand("keymigration.io", ("keymigrations/status",), ("get", "patch"))
-    | expand("keymigration.io", ("keymigrationprogresses",), ("create", "get", "list", "watch"))
-    | expand("keymigration.io", ("keymigrationprogresses/status",), ("patch",))
-    | expand("batch", ("jobs",), ("create", "get", "list", "watch", "patch", "delete"))
-    | expand("", ("pods",), ("get", "list", "watch"))
-    | expand("", ("serviceaccounts",), ("get",))
-    | expand("", ("events",), ("create", "patch", "list"))
-)
-OPERATOR_CRDS = expand("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"))
-OPERATOR_CLUSTER = OPERATOR_NAMESPACED | OPERATOR_CRDS | expand("", ("namespaces",), ("list", "watch"))
-WORKER_RULES = expand("keymigration.io", ("keymigrationprogresses", "keymigrationprogresses/status"), ("get", "patch"))
+# The chart grants exactly what the operator declares it uses (and the e2e tests check every
+# request it makes against the same declaration).
+OPERATOR_NAMESPACED = set(OPERATOR_RBAC)
+OPERATOR_CRDS = set(OPERATOR_CLUSTER_RBAC)
+OPERATOR_CLUSTER = OPERATOR_NAMESPACED | OPERATOR_CRDS
+WORKER_RULES = {("keymigration.io", "keymigrationprogresses", "get"), ("keymigration.io", "keymigrationprogresses/status", "patch")}
 
 
 def is_worker(obj: dict) -> bool:
@@ -514,3 +504,21 @@ def test_worker_env_secret_reaches_the_operator(helm):
     docs = helm.template({"worker": {"namespaces": ["payments"], "envFromSecret": "aws-static-credentials"}})
     assert env_of(operator_container(docs))["KEYMIGRATION_WORKER_ENV_SECRET"] == "aws-static-credentials"
     assert "KEYMIGRATION_WORKER_ENV_SECRET" not in env_of(operator_container(helm.template()))
+
+
+def test_worker_allowlists_reach_the_operator(helm, monkeypatch):
+    """worker.allowedPriorityClassNames and worker.allowedTolerations become the operator's
+    InstallConfig, through the environment the chart gives it and the CLI's own parser."""
+    from keymigration.cli import build_parser, install_config
+
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "migrations", "effect": "NoSchedule"}
+    docs = helm.template({"worker": {"namespaces": ["payments"], "allowedPriorityClassNames": ["batch-low"],
+                                     "allowedTolerations": [toleration]}})
+    for name, value in env_of(operator_container(docs)).items():
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.allowed_priority_classes == ("batch-low",) and config.allowed_tolerations == (toleration,)
+    for name, value in env_of(operator_container(helm.template())).items():  # the defaults: nothing allowed
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.allowed_priority_classes == () and config.allowed_tolerations == ()

@@ -20,6 +20,7 @@ from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket
 from keymigration.demo.standins import REGION, MotoServer, free_port
 from keymigration.kube.jobs import child_name
+from keymigration.kube.kubeapi import OPERATOR_CLUSTER_RBAC, OPERATOR_RBAC
 from keymigration.migrate.reader import read_object
 from tests.integration.corpus import KeySet, seed_mixed
 from tests.k8s.conftest import CRDS
@@ -85,6 +86,25 @@ def moto():
 WORKER_SERVICE_ACCOUNT = "km-worker"
 
 
+OPERATOR_AGENTS = ("keymigration-operator/", "kopf/")
+# kopf lists and watches namespaces when given --namespace; the chart does not allow it there, and
+# kopf then uses the namespaces it was given (a logged warning, docs/install.md).
+TOLERATED_FORBIDDEN = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+
+def rbac_of(request) -> tuple[str, str, str] | None:
+    """(API group, resource[/subresource], verb) of a served request, as RBAC would check it."""
+    if request.resource is None or not request.resource.plural:
+        return None  # discovery: allowed to every authenticated user
+    method, named = str(request.method.value), request.name is not None
+    if method == "GET":
+        verb = "watch" if request.params.get("watch") in ("true", "1") else "get" if named else "list"
+    else:
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete" if named else "deletecollection"}[method]
+    resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+    return request.resource.group or "", resource, verb
+
+
 @pytest.fixture
 def cluster():
     with FakeCluster(crds=CRDS, namespaces=[NS]) as fake:
@@ -92,6 +112,10 @@ def cluster():
         # What the chart creates in every worker namespace.
         fake.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKER_SERVICE_ACCOUNT, "namespace": NS}})
         yield fake
+        # Whatever the test did, the operator asked only for what its RBAC grants (the chart grants
+        # exactly OPERATOR_RBAC: tests/chart), so a real cluster would have answered it too.
+        asked = {rbac_of(r) for r in fake.requests if r.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)} - {None}
+        assert asked - OPERATOR_RBAC - OPERATOR_CLUSTER_RBAC - TOLERATED_FORBIDDEN == set()
 
 
 @pytest.fixture

@@ -375,3 +375,50 @@ def test_spec_plus_the_largest_status_stay_well_under_etcds_limit():
     obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json.dumps(obj)
     size = len(json.dumps({**obj, "status": plan.status}).encode())
     assert size < 1024 * 1024, size  # etcd's limit is 1.5 MiB
+
+
+def test_status_writes_remove_what_the_new_status_no_longer_has():
+    """A merge patch keeps every key it does not mention: writing the new status as is would leave
+    a finished migration's completionTime (and phase-specific keys) after a retry. The operator
+    sends the patch that turns the stored status into the new one."""
+    import asyncio
+
+    from keymigration.kube.operator import OperatorOptions, Reconciler
+    from tests.support.k8s.semantics import merge_patch as apply_merge_patch
+
+    progs = [progress("a/", scanned=2, migrated=2)] + [progress(p, done=True) for p in ("b/", "c/")]
+    failed = step(km(), [job("a/", failed="BackoffLimitExceeded")], progs)
+    assert "completionTime" in failed.status
+    stored = km(status=failed.status, annotations={ANNOTATION_RETRY: "1"})
+
+    class Api:
+        def patch_status(self, namespace, name, patch):
+            stored["status"] = apply_merge_patch(stored["status"], patch)  # what the API server does
+            return stored
+
+        def __getattr__(self, _):
+            return lambda *args, **kwargs: None
+
+    retry = step(stored, [job("a/", failed="BackoffLimitExceeded")], progs)
+    assert "completionTime" not in retry.status
+    asyncio.run(Reconciler(Api(), OperatorOptions(metrics_port=None)).apply(stored, retry))
+    assert stored["status"] == retry.status
+
+
+def test_priority_classes_and_tolerations_only_from_the_installers_allowlists():
+    """A KeyMigration author must not preempt other workloads or reach dedicated nodes: a
+    priorityClassName or toleration is honoured only when the Helm values allow it."""
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "migration", "effect": "NoSchedule"}
+    asking = km({"worker": {"priorityClassName": "system-cluster-critical", "tolerations": [toleration]}})
+    plan = step(asking)
+    assert not plan.create and conditions(plan)["Stalled"] == ("True", "NotAllowed")
+    message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert "spec.worker.priorityClassName 'system-cluster-critical' (allowed: none" in message
+    assert "spec.worker.tolerations[0]" in message and [e.reason for e in plan.events] == ["NotAllowed"]
+    allowing = InstallConfig(allowed_priority_classes=("batch-low", "system-cluster-critical"),
+                             allowed_tolerations=({"key": "dedicated", "value": "migration", "effect": "NoSchedule"},))
+    plan = reconcile(asking, [], [], allowing, NOW)
+    pod = next(o for o in plan.create if o["kind"] == "Job")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical" and pod["tolerations"] == [toleration]
+    other = km({"worker": {"tolerations": [dict(toleration, value="elsewhere")]}})
+    assert conditions(reconcile(other, [], [], allowing, NOW))["Stalled"] == ("True", "NotAllowed")

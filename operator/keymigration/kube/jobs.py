@@ -46,6 +46,10 @@ class InstallConfig:
     # e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY where IRSA/Pod Identity do not exist (kind,
     # MinIO). The installer's choice; a KeyMigration cannot name it.
     worker_env_secret: str | None = None
+    # What a KeyMigration's spec.worker may ask for (kube/policy.py): priority classes by name,
+    # tolerations that must equal one of these. Empty: none.
+    allowed_priority_classes: tuple[str, ...] = ()
+    allowed_tolerations: tuple[dict, ...] = ()
 
 
 def _hash(*parts: str) -> str:

@@ -17,6 +17,30 @@ log = logging.getLogger("keymigration.operator")
 USER_AGENT = f"keymigration-operator/{__version__}"
 
 
+# Every (API group, resource, verb) the operator needs, and nothing more: the chart's RBAC is
+# exactly this (tests/chart), and every request the operator makes in the end-to-end tests is in
+# it (tests/k8s). kopf lists and watches what it indexes or watches, and the CRDs it discovers.
+OPERATOR_RBAC = frozenset({
+    ("keymigration.io", "keymigrations", "list"), ("keymigration.io", "keymigrations", "watch"),
+    ("keymigration.io", "keymigrations/status", "patch"),
+    # Not a request: OwnerReferencesPermissionEnforcement lets a child name its owner with
+    # blockOwnerDeletion only if the creator may update the owner's finalizers.
+    ("keymigration.io", "keymigrations/finalizers", "update"),
+    ("keymigration.io", "keymigrationprogresses", "create"), ("keymigration.io", "keymigrationprogresses", "get"),
+    ("keymigration.io", "keymigrationprogresses", "list"), ("keymigration.io", "keymigrationprogresses", "watch"),
+    ("keymigration.io", "keymigrationprogresses/status", "patch"),
+    ("batch", "jobs", "create"), ("batch", "jobs", "get"), ("batch", "jobs", "list"), ("batch", "jobs", "watch"),
+    ("batch", "jobs", "patch"), ("batch", "jobs", "delete"),
+    ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "serviceaccounts", "get"),
+    ("", "events", "create"), ("", "events", "list"),
+})
+OPERATOR_CLUSTER_RBAC = frozenset({
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+})
+
+
 def owned(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
 
@@ -151,4 +175,4 @@ class KubeApi:
             log.warning("could not post event %s: %s", reason, error.status)
 
 
-__all__ = ["ChildConflict", "KubeApi", "owned"]
+__all__ = ["OPERATOR_CLUSTER_RBAC", "OPERATOR_RBAC", "ChildConflict", "KubeApi", "owned"]

@@ -28,7 +28,7 @@ from keymigration.kube.cache import Children, KopfView, Overlay, trimmed, trimme
 from keymigration.kube.jobs import ANNOTATION_MIGRATION, LABEL_MIGRATION_UID, MANAGED_BY, InstallConfig
 from keymigration.kube.kubeapi import ChildConflict, KubeApi
 from keymigration.kube.metrics import OperatorMetrics
-from keymigration.kube.reconcile import Plan, Surroundings, reconcile, status_changed
+from keymigration.kube.reconcile import Plan, Surroundings, merge_patch, reconcile, status_changed
 from keymigration.kube.units import age_seconds, job_active
 
 log = logging.getLogger("keymigration.operator")
@@ -255,7 +255,8 @@ class Reconciler:
 
     async def _write_status(self, km: dict, plan: Plan) -> None:
         namespace, name = km["metadata"]["namespace"], km["metadata"]["name"]
-        stored = await asyncio.to_thread(self.api.patch_status, namespace, name, plan.status)
+        patch = merge_patch(km.get("status") or {}, plan.status)
+        stored = await asyncio.to_thread(self.api.patch_status, namespace, name, patch)
         if isinstance(stored, dict) and stored.get("metadata"):
             self.written[(namespace, name)] = stored
         self.metrics.status_writes.inc()

@@ -33,6 +33,7 @@ from keymigration.kube.jobs import (
     job_manifest,
     progress_manifest,
 )
+from keymigration.kube.policy import not_allowed
 from keymigration.kube.units import (
     COMPLETED,
     COMPLETED_WITH_FAILURES,
@@ -59,7 +60,7 @@ def clip(text: str | None, limit: int) -> str | None:
     """At most ``limit`` characters, an ellipsis marking a cut: spec plus status stay bounded."""
     if text is None or len(text) <= limit:
         return text
-    return text[: limit - 1] + "\u2026"
+    return text[: limit - 1] + "…"
 
 
 @dataclass
@@ -503,15 +504,16 @@ def status_of(scene: Scene, observed: Observed, verdict: Verdict) -> dict:
     return status
 
 
-def _invalid(km: dict, error: InvalidKeyMigration, now: str) -> Plan:
+def _refused(km: dict, event: Event, now: str) -> Plan:
+    """Nothing is done for a KeyMigration whose spec is invalid (InvalidSpec) or asks for what the
+    installation does not allow (NotAllowed): Stalled, the event's message saying why."""
     generation = km["metadata"].get("generation", 1)
     previous = km.get("status") or {}
-    message = "invalid spec: " + "; ".join(error.problems)
     verdict = Verdict(
         "Invalid",
-        ready=Condition(False, "InvalidSpec", message),
-        reconciling=Condition(False, "InvalidSpec", "nothing to do until the spec is fixed"),
-        stalled=Condition(True, "InvalidSpec", message),
+        ready=Condition(False, event.reason, event.message),
+        reconciling=Condition(False, event.reason, "nothing to do until the spec is fixed"),
+        stalled=Condition(True, event.reason, event.message),
     )
     status = {
         **{k: v for k, v in previous.items() if k not in ("conditions", "observedGeneration", "phase")},
@@ -519,8 +521,8 @@ def _invalid(km: dict, error: InvalidKeyMigration, now: str) -> Plan:
         "phase": verdict.phase,
         "conditions": verdict.conditions(generation, previous, now),
     }
-    events = [] if previous.get("phase") == "Invalid" else [Event("Warning", "InvalidSpec", message[:1024])]
-    return Plan(status=status, events=events)
+    repeated = previous.get("phase") == "Invalid" and _stalled_reason(previous) == event.reason
+    return Plan(status=status, events=[] if repeated else [Event(event.type, event.reason, event.message[:1024])])
 
 
 def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: InstallConfig, now: datetime,
@@ -530,7 +532,10 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
     try:
         migration = KeyMigration.from_fields(km.get("spec"))
     except InvalidKeyMigration as error:
-        return _invalid(km, error, stamp)
+        return _refused(km, Event("Warning", "InvalidSpec", "invalid spec: " + "; ".join(error.problems)), stamp)
+    refusals = not_allowed(migration, km["metadata"].get("namespace", ""), config)
+    if refusals:
+        return _refused(km, Event("Warning", "NotAllowed", "not allowed by the operator's installation: " + "; ".join(refusals)), stamp)
     scene = Scene(
         km=km,
         migration=migration,
@@ -564,6 +569,25 @@ def _recheck(scene: Scene, observed: Observed) -> float | None:
     if any(v.waiting for v in observed.views):
         return max(2.0, min(10.0, scene.surroundings.stuck_after / 3))
     return None
+
+
+_MISSING = object()
+
+
+def merge_patch(old: dict, new: dict) -> dict:
+    """The RFC 7386 merge patch that turns ``old`` into ``new``: what changed, and ``None`` for
+    every key ``new`` no longer has (a ``completionTime`` after a retry), nested objects patched
+    key by key, lists and values replaced whole. Sending ``new`` itself would leave stale keys."""
+    patch: dict = {key: None for key in old.keys() - new.keys()}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
+    return patch
 
 
 def status_changed(old: dict | None, new: dict) -> bool:
