@@ -595,3 +595,16 @@ def test_outcomes_outlive_jobs_and_the_status_row_cap(cluster, operator):
     assert recorded[failed]["state"] == "Failed" and "AccessDenied" in recorded[failed]["lastError"]
     assert recorded[complete_only]["state"] == "Completed" and not recorded[complete_only].get("done")
     assert {s["state"] for p, s in recorded.items() if p != failed} == {"Completed"}
+
+
+def test_an_overloaded_api_server_changes_nothing_but_the_pace(cluster, env, operator, runner):
+    """One request in four from the operator and the workers answered 429 or 5xx, as an API server
+    under API Priority and Fairness or restarting does: retries (kopf's, the reconcile loop's back-
+    off, the workers' progress writes and checkpoint loads) ride it out; the result is exact."""
+    cluster.chaos(0.25, statuses=(429, 500, 503))
+    apply_example(cluster)
+    wait_condition(cluster, "Ready", "True", timeout=240)
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+    env.assert_readable()
+    assert sum(cluster.chaos_answers().values()) >= 10
