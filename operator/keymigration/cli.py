@@ -9,7 +9,7 @@ import sys
 
 from keymigration import Mode, SetupError, Unavailable, VerifyLevel, __version__
 from keymigration.aws import ClientOptions
-from keymigration.kube import InstallConfig
+from keymigration.kube import InstallConfig, WorkerAws
 from keymigration.logs import setup_logging
 from keymigration.migrate import (
     EXIT_CONFIG,
@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--allowed-tolerations", default=os.environ.get("KEYMIGRATION_ALLOWED_TOLERATIONS"),
                     help="JSON list of the tolerations a KeyMigration's spec.worker may use, each equal to one of "
                     "these (default: none)")
+    op.add_argument("--worker-aws", default=os.environ.get("KEYMIGRATION_WORKER_AWS"),
+                    help="JSON object: the workers' AWS region, s3EndpointUrl, kmsEndpointUrl, pathStyle, and per-namespace "
+                    "overrides under \"namespaces\" (default: the workers' environment); never a KeyMigration's")
+    op.add_argument("--allowed-kms-keys", default=os.environ.get("KEYMIGRATION_ALLOWED_KMS_KEYS"),
+                    help="JSON list of KMS key or alias ARNs (shell patterns) a KeyMigration may name (default: any)")
+    op.add_argument("--allowed-kms-accounts", default=os.environ.get("KEYMIGRATION_ALLOWED_KMS_ACCOUNTS"),
+                    help="JSON list of AWS account ids whose KMS keys a KeyMigration may name, by ARN (default: any)")
     op.add_argument("--status-interval", type=float, default=3.0, help="minimum seconds between status writes per KeyMigration")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("KEYMIGRATION_METRICS_PORT", 9090)),
                     help="Prometheus /metrics port, separate from the liveness endpoint (0: off)")
@@ -257,6 +264,7 @@ def _json_option(args: argparse.Namespace, name: str, kind: type, default):
 
 def install_config(args: argparse.Namespace) -> InstallConfig:
     """What the installer decided (Helm values, as flags or environment variables)."""
+    aws = _json_option(args, "worker-aws", dict, {})
     return InstallConfig(
         worker_image=args.worker_image,
         worker_service_account=args.worker_service_account,
@@ -267,6 +275,10 @@ def install_config(args: argparse.Namespace) -> InstallConfig:
         worker_env_secret=args.worker_env_secret,
         allowed_priority_classes=tuple(_json_option(args, "allowed-priority-classes", list, [])),
         allowed_tolerations=tuple(_json_option(args, "allowed-tolerations", list, [])),
+        aws=WorkerAws.from_fields(aws),
+        namespace_aws={namespace: WorkerAws.from_fields(fields) for namespace, fields in (aws.get("namespaces") or {}).items()},
+        allowed_kms_keys=tuple(_json_option(args, "allowed-kms-keys", list, [])),
+        allowed_kms_accounts=tuple(str(a) for a in _json_option(args, "allowed-kms-accounts", list, [])),
     )
 
 

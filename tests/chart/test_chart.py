@@ -205,6 +205,8 @@ def test_every_object_level_of_the_values_schema_is_closed():
     open_maps = {
         "global", "annotations", "podAnnotations", "podLabels", "nodeSelector", "labels", "namespaceAnnotations",
         "nodeAffinity", "podAffinity", "podAntiAffinity", "requests", "limits", "alertLabels",
+        "namespaceAws",  # keyed by namespace; each value is closed (checked below)
+        "namespaceAnnotations[value]",  # annotations, per namespace
     }
 
     def walk(node: dict, path: str) -> None:
@@ -214,6 +216,8 @@ def test_every_object_level_of_the_values_schema_is_closed():
             walk(child, f"{path}.{name}")
         if isinstance(node.get("items"), dict):
             walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}[value]")
 
     walk(schema, "")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -522,3 +526,24 @@ def test_worker_allowlists_reach_the_operator(helm, monkeypatch):
         monkeypatch.setenv(name, value)
     config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
     assert config.allowed_priority_classes == () and config.allowed_tolerations == ()
+
+
+def test_worker_aws_settings_and_kms_allowlists_reach_the_operator(helm, monkeypatch):
+    """worker.aws, worker.namespaceAws, worker.allowedKmsKeys and worker.allowedKmsAccounts become
+    the operator's InstallConfig: where workers send their requests is the installer's only."""
+    from keymigration.cli import build_parser, install_config
+    from keymigration.kube.jobs import WorkerAws
+
+    values = {"worker": {"namespaces": ["payments"], "aws": {"region": "eu-west-1", "kmsEndpointUrl": "https://kms.vpce.example"},
+                         "namespaceAws": {"payments": {"s3EndpointUrl": "https://minio.storage.svc:9000", "pathStyle": True}},
+                         "allowedKmsKeys": ["arn:aws:kms:eu-west-1:111122223333:key/*"], "allowedKmsAccounts": ["111122223333"]}}
+    for name, value in env_of(operator_container(helm.template(values))).items():
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.aws_for("payments") == WorkerAws("eu-west-1", "https://minio.storage.svc:9000", "https://kms.vpce.example", True)
+    assert config.aws_for("other") == WorkerAws("eu-west-1", None, "https://kms.vpce.example", False)
+    assert config.allowed_kms_keys == ("arn:aws:kms:eu-west-1:111122223333:key/*",) and config.allowed_kms_accounts == ("111122223333",)
+    for name, value in env_of(operator_container(helm.template())).items():
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.aws_for("payments") == WorkerAws() and config.allowed_kms_keys == () == config.allowed_kms_accounts

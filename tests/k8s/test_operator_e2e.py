@@ -146,8 +146,9 @@ def env(moto, tmp_path, cluster):
 class Operator:
     """`keymigration operator -n payments` as a child process, logging JSON to a file."""
 
-    def __init__(self, cluster: FakeCluster, tmp: Path):
+    def __init__(self, cluster: FakeCluster, tmp: Path, aws_endpoint: str):
         self.cluster = cluster
+        self.aws_endpoint = aws_endpoint
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = tmp / "operator.log"
@@ -160,7 +161,9 @@ class Operator:
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
              "--metrics-port", str(self.metrics_port), "--stall-seconds", "3", "--stuck-seconds", "5",
              "--worker-image", "registry.example/keymigration:test", "--worker-service-account", WORKER_SERVICE_ACCOUNT,
-             "--worker-env-secret", WORKER_ENV_SECRET],
+             "--worker-env-secret", WORKER_ENV_SECRET,
+             # The installer's endpoints (Helm value worker.aws) reach the workers through their Jobs.
+             "--worker-aws", json.dumps({"s3EndpointUrl": self.aws_endpoint, "kmsEndpointUrl": self.aws_endpoint})],
             env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -196,8 +199,8 @@ class Operator:
 
 
 @pytest.fixture
-def operator(cluster, tmp_path):
-    op = Operator(cluster, tmp_path).start()
+def operator(cluster, moto, tmp_path):
+    op = Operator(cluster, tmp_path, moto.endpoint).start()
     yield op
     op.stop()
 
@@ -208,8 +211,9 @@ def runner_factory(cluster, moto, tmp_path):
     started = []
 
     def make(**options) -> JobRunner:
-        # The node's view: the AWS endpoint, nothing else; credentials and region come from the Secret.
-        base = {**cluster.env(), "AWS_ENDPOINT_URL": moto.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+        # The node's view: nothing of AWS; credentials and region come from the Secret, the endpoints
+        # from the installer's settings in the Job (no instance metadata here).
+        base = {**cluster.env(), "AWS_EC2_METADATA_DISABLED": "true",
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
         job_runner = JobRunner(cluster, base_env=base, workdir=tmp_path / f"jobs{len(started)}", poll_interval=0.1, **options)
         started.append(job_runner.start())
@@ -608,3 +612,13 @@ def test_an_overloaded_api_server_changes_nothing_but_the_pace(cluster, env, ope
     assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
     env.assert_readable()
     assert sum(cluster.chaos_answers().values()) >= 10
+
+
+def test_a_keymigration_naming_an_endpoint_is_refused(cluster, operator):
+    """Written before endpoints became the installer's (or past an API server without the CRD's CEL
+    rules): the fields are kept, and the operator refuses to run it anywhere."""
+    apply_example(cluster, aws={"kmsEndpointUrl": "https://kms.attacker.example"})
+    obj = wait_condition(cluster, "Stalled", "True", "InvalidSpec", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert "spec.aws.kmsEndpointUrl: spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation" in message
+    assert cluster.list("batch/v1", "Job", NS) == []

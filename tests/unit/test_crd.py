@@ -98,3 +98,17 @@ def test_cel_bounds_the_prefixes_total_bytes():
     assert violations({**BASE, "prefixes": too_long}, {**BASE, "prefixes": too_long}) == [limit]
     with pytest.raises(InvalidKeyMigration, match="at most 262144 bytes"):
         KeyMigration.from_fields({**BASE, "prefixes": too_long})
+
+
+@pytest.mark.parametrize("aws", [{"s3EndpointUrl": "https://s3.attacker.example"}, {"kmsEndpointUrl": "https://kms.attacker.example"},
+                                 {"region": "eu-west-1"}, {"pathStyle": False}])
+def test_the_api_server_refuses_a_keymigration_naming_an_endpoint(aws):
+    """Endpoints and region are the installer's: the API server refuses a KeyMigration naming one
+    (a CEL rule on spec.aws; its fields stay declared so an older object keeps them and the
+    operator reports it Stalled instead of running it elsewhere)."""
+    (rule,) = schema()["properties"]["spec"]["properties"]["aws"]["x-kubernetes-validations"]
+    env = celpy.Environment()
+    program = env.program(env.compile(rule["rule"]), functions=K8S_CEL_FUNCTIONS)
+    assert not bool(program.evaluate({"self": celpy.json_to_cel(aws)}))
+    assert "come from the operator's installation" in rule["message"]
+    assert bool(program.evaluate({"self": celpy.json_to_cel({})}))

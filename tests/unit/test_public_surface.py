@@ -40,7 +40,7 @@ SURFACE = {
         "Summary", "WorkerOptions", "verify_process",
     ],
     "keymigration.kube": [
-        "InstallConfig", "KeyMigration", "KubernetesProgress", "Plan", "SourceKeyRef", "child_name",
+        "InstallConfig", "KeyMigration", "KubernetesProgress", "Plan", "SourceKeyRef", "WorkerAws", "child_name",
         "job_manifest", "progress_manifest", "reconcile",
     ],
     "keymigration.demo": ["MotoServer", "encrypt_object", "put_encrypted", "run_demo"],

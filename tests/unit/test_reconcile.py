@@ -227,7 +227,7 @@ def test_worker_args_parse_back_into_the_same_settings():
     """One model: the Job's arguments are exactly what the CLI accepts, meaning the same thing."""
     from keymigration.cli import build_parser, settings_from_args
 
-    raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"], "aws": {"region": "eu-west-1", "pathStyle": True}})
+    raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"]})
     migration = KeyMigration.from_fields(raw["spec"])
     args = migration.worker_args("a/", progress_resource="ns/x", max_failures=5)
     settings = settings_from_args(build_parser().parse_args(args))
@@ -235,7 +235,32 @@ def test_worker_args_parse_back_into_the_same_settings():
     assert settings.source_key_files == ['/var/run/keymigration/keys/0/old-keys/aes.key:{"team":"x"}']
     assert settings.source_kms_key_ids == ["alias/old"]
     assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
-    assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
+    assert settings.progress_resource == "ns/x" and settings.clients.region is None and not settings.clients.path_style
+
+
+def test_endpoints_and_region_come_only_from_the_installation():
+    """A KeyMigration cannot say where its worker sends data keys: the installer's worker.aws (and
+    per namespace worker.namespaceAws) becomes the Job's environment and --path-style; one that
+    still names an endpoint, region or addressing (written before) is refused, Stalled."""
+    from keymigration.kube.jobs import WorkerAws
+
+    config = InstallConfig(aws=WorkerAws(region="eu-west-1", kms_endpoint_url="https://kms.eu-west-1.amazonaws.com"),
+                           namespace_aws={"ns": WorkerAws(s3_endpoint_url="https://minio.storage.svc:9000", path_style=True)})
+    container = job_manifest(km(), KeyMigration.from_fields(km()["spec"]), "a/", config)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["AWS_REGION"], env["AWS_ENDPOINT_URL_KMS"], env["AWS_ENDPOINT_URL_S3"]) == (
+        "eu-west-1", "https://kms.eu-west-1.amazonaws.com", "https://minio.storage.svc:9000")
+    assert container["args"][-1] == "--path-style"
+    other = dict(km(), metadata=dict(km()["metadata"], namespace="elsewhere"))
+    env = {e["name"]: e["value"] for e in job_manifest(other, KeyMigration.from_fields(km()["spec"]), "a/", config)
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "AWS_ENDPOINT_URL_S3" not in env and env["AWS_ENDPOINT_URL_KMS"] == "https://kms.eu-west-1.amazonaws.com"
+    for aws in ({"kmsEndpointUrl": "https://kms.attacker.example"}, {"s3EndpointUrl": "https://s3.attacker.example"},
+                {"region": "eu-west-1"}, {"pathStyle": True}):
+        plan = step(km({"aws": aws}))
+        assert not plan.create and conditions(plan)["Stalled"] == ("True", "InvalidSpec")
+        message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+        assert f"spec.aws.{next(iter(aws))}: spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation" in message
 
 
 def test_a_job_still_finishing_counts_against_the_cap():
@@ -422,3 +447,20 @@ def test_priority_classes_and_tolerations_only_from_the_installers_allowlists():
     assert pod["priorityClassName"] == "system-cluster-critical" and pod["tolerations"] == [toleration]
     other = km({"worker": {"tolerations": [dict(toleration, value="elsewhere")]}})
     assert conditions(reconcile(other, [], [], allowing, NOW))["Stalled"] == ("True", "NotAllowed")
+
+
+def test_kms_keys_only_from_the_installers_allowlists():
+    """The worker sends every unwrapped data key to KMS Encrypt under the target key: when the
+    installer pins accounts or key ARNs, a KeyMigration naming another key is refused."""
+    ours = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    theirs = "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    accounts = InstallConfig(allowed_kms_accounts=("111122223333",))
+    assert [o["kind"] for o in reconcile(km({"target": {"kmsKeyId": ours}}), [], [], accounts, NOW).create][:2] == ["KeyMigrationProgress", "Job"]
+    for target, needle in ((theirs, "account 444455556666 (allowed: 111122223333"), ("alias/new", "give the key's or alias's full ARN")):
+        plan = reconcile(km({"target": {"kmsKeyId": target}}), [], [], accounts, NOW)
+        assert not plan.create and conditions(plan)["Stalled"] == ("True", "NotAllowed")
+        assert needle in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    keys = InstallConfig(allowed_kms_keys=("arn:aws:kms:eu-west-1:111122223333:key/*",))
+    plan = reconcile(km({"target": {"kmsKeyId": ours}, "sourceKmsKeyIds": [theirs]}), [], [], keys, NOW)
+    assert conditions(plan)["Stalled"] == ("True", "NotAllowed")
+    assert "spec.sourceKmsKeyIds[0]" in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")

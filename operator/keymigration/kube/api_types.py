@@ -41,6 +41,12 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 URL_PATTERN = r"^https?://[^\s]+$"
 
+AWS_FIELDS = ("region", "s3EndpointUrl", "kmsEndpointUrl", "pathStyle")
+AWS_FIELDS_REFUSED = (
+    "spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation "
+    "(Helm values worker.aws, worker.namespaceAws), never from a KeyMigration; remove it"
+)
+
 # Spec plus status must stay well under etcd's 1.5 MiB per object: the prefixes' total (they are
 # repeated in up to 200 status rows) is bounded, as are the rows' other strings (kube/reconcile.py).
 MAX_PREFIX_BYTES = 256 * 1024
@@ -140,13 +146,22 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
         "aws": {
             "type": "object",
             "additionalProperties": False,
-            "description": "For S3-compatible stores or a non-default region; otherwise the worker's environment decides.",
+            "description": "Removed: no longer honoured, and refused. Endpoints, region and addressing come from the "
+            "operator's installation (Helm values worker.aws, worker.namespaceAws) only: a KeyMigration naming an "
+            "endpoint could have its worker send every unwrapped data key there. Still declared so that a KeyMigration "
+            "written before keeps these fields (they are not pruned) and is reported (Stalled, InvalidSpec).",
             "properties": {
                 "region": {"type": "string", "pattern": r"^[a-z0-9-]{2,32}$"},
                 "s3EndpointUrl": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048},
                 "kmsEndpointUrl": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048},
                 "pathStyle": {"type": "boolean"},
             },
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.region) && !has(self.s3EndpointUrl) && !has(self.kmsEndpointUrl) && !has(self.pathStyle)",
+                    "message": AWS_FIELDS_REFUSED,
+                },
+            ],
         },
         "worker": {
             "type": "object",
@@ -294,6 +309,26 @@ PROGRESS_SCHEMA: dict[str, Any] = {
 
 
 
+def _prefix_problems(prefixes: tuple[str, ...]) -> list[str]:
+    problems = []
+    if sum(len(p.encode("utf-8")) for p in prefixes) > MAX_PREFIX_BYTES:
+        problems.append(f"spec.prefixes: at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all")
+    if len(set(prefixes)) != len(prefixes):
+        problems.append("spec.prefixes: duplicate prefixes")
+    for a in prefixes:
+        for b in prefixes:
+            if a != b and b.startswith(a):
+                problems.append(f"spec.prefixes: {a!r} contains {b!r}; prefixes must not overlap")
+    return problems
+
+
+def _aws_problems(fields: dict) -> list[str]:
+    """A KeyMigration written before endpoints became the installer's keeps its aws fields (they
+    are declared, so not pruned): it is refused, never run against an endpoint it names."""
+    aws = fields.get("aws") or {}
+    return [f"spec.aws.{name}: {AWS_FIELDS_REFUSED}" for name in AWS_FIELDS if name in aws]
+
+
 @dataclass(frozen=True)
 class SourceKeyRef:
     secret_name: str
@@ -317,10 +352,6 @@ class KeyMigration:
     verify: str = "envelope"
     suspend: bool = False
     max_failed_objects: int | None = None
-    region: str | None = None
-    s3_endpoint_url: str | None = None
-    kms_endpoint_url: str | None = None
-    path_style: bool = False
     worker: dict = field(default_factory=dict)
 
     @classmethod
@@ -334,14 +365,7 @@ class KeyMigration:
         if problems:
             raise InvalidKeyMigration(problems)
         prefixes = tuple(fields["prefixes"])
-        if sum(len(p.encode("utf-8")) for p in prefixes) > MAX_PREFIX_BYTES:
-            problems.append(f"spec.prefixes: at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all")
-        if len(set(prefixes)) != len(prefixes):
-            problems.append("spec.prefixes: duplicate prefixes")
-        for a in prefixes:
-            for b in prefixes:
-                if a != b and b.startswith(a):
-                    problems.append(f"spec.prefixes: {a!r} contains {b!r}; prefixes must not overlap")
+        problems = _prefix_problems(prefixes) + _aws_problems(fields)
         if not fields.get("sourceKeys") and not fields.get("sourceKmsKeyIds"):
             problems.append("spec: give sourceKeys (AES/RSA Secrets) and/or sourceKmsKeyIds")
         suffix = fields.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
@@ -352,7 +376,6 @@ class KeyMigration:
         if problems:
             raise InvalidKeyMigration(problems)
         concurrency = fields.get("concurrency") or {}
-        aws = fields.get("aws") or {}
         return cls(
             bucket=fields["bucket"],
             prefixes=prefixes,
@@ -370,10 +393,6 @@ class KeyMigration:
             verify=fields.get("verify", "envelope"),
             suspend=bool(fields.get("suspend", False)),
             max_failed_objects=fields.get("maxFailedObjects"),
-            region=aws.get("region"),
-            s3_endpoint_url=aws.get("s3EndpointUrl"),
-            kms_endpoint_url=aws.get("kmsEndpointUrl"),
-            path_style=bool(aws.get("pathStyle", False)),
             worker=dict(fields.get("worker") or {}),
         )
 
@@ -409,22 +428,10 @@ class KeyMigration:
             args += ["--kms-rate", str(rate)]
         if max_failures is not None:
             args += ["--max-failures", str(max_failures)]
-        if self.region:
-            args += ["--region", self.region]
-        if self.path_style:
-            args += ["--path-style"]
         if progress_resource:
             args += ["--progress-resource", progress_resource]
         args += ["--report", "-", "--progress", "json"]
         return args
-
-    def worker_env(self) -> dict[str, str]:
-        env = {}
-        if self.s3_endpoint_url:
-            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
-        if self.kms_endpoint_url:
-            env["AWS_ENDPOINT_URL_KMS"] = self.kms_endpoint_url
-        return env
 
 
 def crd_schema() -> dict:

@@ -30,6 +30,34 @@ RUN_AS = 65532  # the image's non-root user (Dockerfile)
 
 
 @dataclass(frozen=True)
+class WorkerAws:
+    """Where the workers' AWS requests go: the installer's choice (Helm values worker.aws and
+    worker.namespaceAws), never a KeyMigration's: an endpoint is where a worker sends every data
+    key it unwraps (the body of KMS Encrypt) and its signed requests. Unset: the standard AWS
+    chain of the worker's environment (IRSA and Pod Identity set AWS_REGION)."""
+
+    region: str | None = None
+    s3_endpoint_url: str | None = None
+    kms_endpoint_url: str | None = None
+    path_style: bool = False
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "WorkerAws":
+        return cls(fields.get("region") or None, fields.get("s3EndpointUrl") or None, fields.get("kmsEndpointUrl") or None,
+                   bool(fields.get("pathStyle", False)))
+
+    def over(self, base: "WorkerAws") -> "WorkerAws":
+        """These settings where set, ``base``'s elsewhere (a namespace's over the defaults)."""
+        return WorkerAws(self.region or base.region, self.s3_endpoint_url or base.s3_endpoint_url,
+                         self.kms_endpoint_url or base.kms_endpoint_url, self.path_style or base.path_style)
+
+    def env(self) -> list[dict]:
+        pairs = (("AWS_REGION", self.region), ("AWS_ENDPOINT_URL_S3", self.s3_endpoint_url),
+                 ("AWS_ENDPOINT_URL_KMS", self.kms_endpoint_url))
+        return [{"name": name, "value": value} for name, value in pairs if value]
+
+
+@dataclass(frozen=True)
 class InstallConfig:
     """What the operator's installer decides (Helm values), never the KeyMigration author."""
 
@@ -50,6 +78,16 @@ class InstallConfig:
     # tolerations that must equal one of these. Empty: none.
     allowed_priority_classes: tuple[str, ...] = ()
     allowed_tolerations: tuple[dict, ...] = ()
+    # Where workers send their AWS requests, by default and per namespace (WorkerAws).
+    aws: WorkerAws = field(default_factory=WorkerAws)
+    namespace_aws: dict = field(default_factory=dict)  # namespace -> WorkerAws
+    # KMS keys a KeyMigration may name as target or source (kube/policy.py): key or alias ARNs,
+    # shell-style patterns ("arn:aws:kms:eu-west-1:111122223333:key/*"), and account ids. Empty: any.
+    allowed_kms_keys: tuple[str, ...] = ()
+    allowed_kms_accounts: tuple[str, ...] = ()
+
+    def aws_for(self, namespace: str) -> WorkerAws:
+        return self.namespace_aws.get(namespace, WorkerAws()).over(self.aws)
 
 
 def _hash(*parts: str) -> str:
@@ -144,14 +182,16 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
         # operator shows when the worker could not reach the API server to say it.
         {"name": "KEYMIGRATION_TERMINATION_LOG", "value": TERMINATION_LOG},
     ]
-    env += [{"name": k, "value": v} for k, v in sorted(migration.worker_env().items())]
+    aws = config.aws_for(namespace)
+    env += aws.env()  # declared env wins over envFrom: the installer's endpoints, whatever a Secret says
     worker = migration.worker
     env_from = [{"secretRef": {"name": config.worker_env_secret}}] if config.worker_env_secret else []
     container = {
         "name": CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "args": [kubelet_literal(arg) for arg in migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures)],
+        "args": [kubelet_literal(arg) for arg in migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures)]
+        + (["--path-style"] if aws.path_style else []),
         "env": env,
         **({"envFrom": env_from} if env_from else {}),
         "resources": worker.get("resources") or config.default_resources,
