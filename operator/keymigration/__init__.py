@@ -30,6 +30,7 @@ from keymigration.errors import (
     PreconditionFailed,
     S3Error,
     SetupError,
+    Unavailable,
     UnwrapError,
 )
 from keymigration.formats.vocabulary import Mode, VerifyLevel, WrapAlgorithm
@@ -52,6 +53,7 @@ __all__ = [
     "PreconditionFailed",
     "S3Error",
     "SetupError",
+    "Unavailable",
     "UnwrapError",
     "VerifyLevel",
     "WrapAlgorithm",

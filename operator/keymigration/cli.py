@@ -7,14 +7,15 @@ import logging
 import os
 import sys
 
-from keymigration import Mode, SetupError, VerifyLevel, __version__
+from keymigration import Mode, SetupError, Unavailable, VerifyLevel, __version__
 from keymigration.aws import ClientOptions
 from keymigration.formats import reader_warnings
-from keymigration.kube import InstallConfig
+from keymigration.kube import InstallConfig, WorkerAws
 from keymigration.logs import setup_logging
 from keymigration.migrate import (
     EXIT_CONFIG,
     EXIT_OK,
+    EXIT_RETRY,
     DurationEstimate,
     Migration,
     Prune,
@@ -149,7 +150,8 @@ def _add_aws(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--region")
     aws.add_argument("--path-style", action="store_true", help="path-style S3 addressing (S3-compatible stores)")
     aws.add_argument("--retry-mode", choices=("standard", "adaptive"), default="standard")
-    aws.add_argument("--max-attempts", type=_positive_int, default=10, help="botocore attempts per request (default 10)")
+    aws.add_argument("--max-attempts", type=_positive_int, default=_positive_int(os.environ.get("AWS_MAX_ATTEMPTS") or "10"),
+                     help="botocore attempts per request (default: AWS_MAX_ATTEMPTS, else 10)")
 
 
 def _add_common(parser: argparse.ArgumentParser, target_required: bool = True) -> None:
@@ -232,11 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--worker-env-secret", default=os.environ.get("KEYMIGRATION_WORKER_ENV_SECRET") or None,
                     help="Secret (in each KeyMigration's namespace) whose keys become worker environment variables, "
                     "e.g. static AWS credentials where IRSA/Pod Identity are not available")
+    op.add_argument("--allowed-priority-classes", default=os.environ.get("KEYMIGRATION_ALLOWED_PRIORITY_CLASSES"),
+                    help="JSON list of the priorityClassNames a KeyMigration's spec.worker may name (default: none)")
+    op.add_argument("--allowed-tolerations", default=os.environ.get("KEYMIGRATION_ALLOWED_TOLERATIONS"),
+                    help="JSON list of the tolerations a KeyMigration's spec.worker may use, each equal to one of "
+                    "these (default: none)")
+    op.add_argument("--worker-aws", default=os.environ.get("KEYMIGRATION_WORKER_AWS"),
+                    help="JSON object: the workers' AWS region, s3EndpointUrl, kmsEndpointUrl, pathStyle, and per-namespace "
+                    "overrides under \"namespaces\" (default: the workers' environment); never a KeyMigration's")
+    op.add_argument("--allowed-kms-keys", default=os.environ.get("KEYMIGRATION_ALLOWED_KMS_KEYS"),
+                    help="JSON list of KMS key or alias ARNs (shell patterns) a KeyMigration may name (default: any)")
+    op.add_argument("--allowed-kms-accounts", default=os.environ.get("KEYMIGRATION_ALLOWED_KMS_ACCOUNTS"),
+                    help="JSON list of AWS account ids whose KMS keys a KeyMigration may name, by ARN (default: any)")
     op.add_argument("--status-interval", type=float, default=3.0, help="minimum seconds between status writes per KeyMigration")
     op.add_argument("--metrics-port", type=int, default=int(os.environ.get("KEYMIGRATION_METRICS_PORT", 9090)),
                     help="Prometheus /metrics port, separate from the liveness endpoint (0: off)")
     op.add_argument("--stall-seconds", type=float, default=float(os.environ.get("KEYMIGRATION_STALL_SECONDS", 900)),
                     help="keymigration_stalled is 1 after this long without object progress while Reconciling")
+    op.add_argument("--stuck-seconds", type=float, default=float(os.environ.get("KEYMIGRATION_STUCK_SECONDS", 30)),
+                    help="a worker Job without a running pod this long makes the KeyMigration Stalled (WorkerStuck), "
+                    "naming the cause (FailedCreate, FailedMount, Unschedulable, ImagePullBackOff, ...)")
 
     demo = sub.add_parser("demo", help="the whole job on embedded S3 and KMS stand-ins (no cloud)")
     demo.add_argument("--objects", type=_positive_int, default=1500)
@@ -369,30 +386,53 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return run_demo(objects=args.objects, concurrency=args.concurrency, progress=args.progress)
 
 
-def run_operator_command(args: argparse.Namespace) -> int:
-    from keymigration.kube.operator import OperatorOptions, run_operator
+def _json_option(args: argparse.Namespace, name: str, kind: type, default):
+    """A JSON-valued operator option (Helm values reach the operator as JSON in its environment)."""
+    text = getattr(args, name.replace("-", "_"))
+    if not text:
+        return default
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise SetupError(f"--{name} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise SetupError(f"--{name} must be a JSON {kind.__name__}")
+    return value
 
-    resources = InstallConfig().default_resources
-    if args.worker_resources:
-        try:
-            resources = json.loads(args.worker_resources)
-        except ValueError:
-            log.error("--worker-resources is not valid JSON")
-            return EXIT_CONFIG
-    config = InstallConfig(
+
+def install_config(args: argparse.Namespace) -> InstallConfig:
+    """What the installer decided (Helm values, as flags or environment variables)."""
+    aws = _json_option(args, "worker-aws", dict, {})
+    return InstallConfig(
         worker_image=args.worker_image,
         worker_service_account=args.worker_service_account,
         image_pull_policy=args.image_pull_policy,
         backoff_limit=args.backoff_limit,
         ttl_seconds_after_finished=None if args.job_ttl_seconds < 0 else args.job_ttl_seconds,
-        default_resources=resources,
+        default_resources=_json_option(args, "worker-resources", dict, InstallConfig().default_resources),
         worker_env_secret=args.worker_env_secret,
+        allowed_priority_classes=tuple(_json_option(args, "allowed-priority-classes", list, [])),
+        allowed_tolerations=tuple(_json_option(args, "allowed-tolerations", list, [])),
+        aws=WorkerAws.from_fields(aws),
+        namespace_aws={namespace: WorkerAws.from_fields(fields) for namespace, fields in (aws.get("namespaces") or {}).items()},
+        allowed_kms_keys=tuple(_json_option(args, "allowed-kms-keys", list, [])),
+        allowed_kms_accounts=tuple(str(a) for a in _json_option(args, "allowed-kms-accounts", list, [])),
     )
+
+
+def run_operator_command(args: argparse.Namespace) -> int:
+    from keymigration.kube.operator import OperatorOptions, run_operator
+
+    try:
+        config = install_config(args)
+    except SetupError as error:
+        log.error("%s", error)
+        return EXIT_CONFIG
     if not args.namespace and not args.all_namespaces:
         log.error("give --namespace NS (repeatable) or --all-namespaces")
         return EXIT_CONFIG
     settings = OperatorOptions(config=config, status_interval=args.status_interval, metrics_port=args.metrics_port or None,
-                        stall_seconds=args.stall_seconds)
+                               stall_seconds=args.stall_seconds, stuck_seconds=args.stuck_seconds)
     run_operator(settings, args.namespace, args.all_namespaces, args.liveness or None)
     return EXIT_OK
 
@@ -420,8 +460,62 @@ def _progress_channel(settings: RunOptions) -> dict:
     return {"store": channel, "extra_progress": channel}
 
 
+def _finish_message(text: str) -> None:
+    """The pod's termination message (``KEYMIGRATION_TERMINATION_LOG``, set by the Job to its
+    terminationMessagePath): what the operator shows when the worker could not say it itself."""
+    path = os.environ.get("KEYMIGRATION_TERMINATION_LOG")
+    if not path or not text:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text[:4000])
+    except OSError:
+        log.debug("could not write the termination message", exc_info=True)
+
+
+def _run_migration(args: argparse.Namespace, settings: RunOptions, channel: dict) -> int:
+    migration = Migration(settings, **channel)
+    if args.command == "verify":
+        suffix = settings.suffix if args.lookup == "explicit" else None
+        summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
+    elif args.command == "rollback":
+        rollback = RollbackOptions(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
+        summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
+    elif args.command == "prune-backups":
+        summary = migration.run(
+            lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm, settings.suffix).process, description="pruning"
+        )
+    else:
+        _warn_about_readers(settings)
+        summary = migration.run(description="planning" if args.command == "plan" else "migrating")
+    data = summary.as_dict()
+    if args.command == "plan":
+        data["estimate"] = _estimate(args, data)
+    if args.report != "-":
+        _print_summary(data)
+    if args.command == "plan":
+        sys.stdout.write(json.dumps({"plan": data}, ensure_ascii=False) + "\n")
+    if summary.exit_code != EXIT_OK:
+        _finish_message(data.get("stopped") or f"{data.get('failed', 0)} objects failed; see the report")
+    return summary.exit_code if summary.exit_code != EXIT_OK or args.command != "plan" else EXIT_OK
+
+
+def _failed_to_start(error: Exception, code: int, channel: dict) -> int:
+    """Nothing was done: say why in the log, the termination message and, when the API server
+    answers, the progress object, then exit with ``code``."""
+    message = str(error) if isinstance(error, (SetupError, Unavailable)) else f"unexpected {type(error).__name__}: {error}"
+    _finish_message(message)
+    sink = channel.get("extra_progress")
+    if sink is not None:
+        sink.failed(message, code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_CONFIG if exit_.code == 2 else int(exit_.code or 0)  # 2: a usage error (argparse)
     setup_logging(args.log_format, args.log_level)
     standalone = {"demo": run_demo_command, "operator": run_operator_command, "shard": run_shard_command}
     if args.command in standalone:
@@ -430,33 +524,20 @@ def main(argv: list[str] | None = None) -> int:
         except SetupError as error:
             log.error("%s", error)
             return EXIT_CONFIG
+    channel: dict = {}
     try:
         settings = settings_from_args(args)
-        migration = Migration(settings, **_progress_channel(settings))
-        if args.command == "verify":
-            suffix = settings.suffix if args.lookup == "explicit" else None
-            summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")
-        elif args.command == "rollback":
-            rollback = RollbackOptions(settings.bucket, settings.suffix, args.remove_instruction_files, args.dry_run)
-            summary = migration.run(lambda m: Rollback(m.s3, rollback).process, description="rolling back", needs_target=False)
-        elif args.command == "prune-backups":
-            summary = migration.run(
-                lambda m: Prune(m.s3, m.kms, settings.bucket, args.confirm, settings.suffix).process, description="pruning"
-            )
-        else:
-            _warn_about_readers(settings)
-            summary = migration.run(description="planning" if args.command == "plan" else "migrating")
+        channel = _progress_channel(settings)
+        return _run_migration(args, settings, channel)
     except SetupError as error:
         log.error("%s", error)
-        return EXIT_CONFIG
-    data = summary.as_dict()
-    if args.command == "plan":
-        data["estimate"] = _estimate(args, data)
-    if args.report != "-":
-        _print_summary(data)
-    if args.command == "plan":
-        sys.stdout.write(json.dumps({"plan": data}, ensure_ascii=False) + "\n")
-    return summary.exit_code if summary.exit_code != EXIT_OK or args.command != "plan" else EXIT_OK
+        return _failed_to_start(error, EXIT_CONFIG, channel)
+    except Unavailable as error:
+        log.error("cannot start yet: %s", error)
+        return _failed_to_start(error, EXIT_RETRY, channel)
+    except Exception as error:  # a bug or an unforeseen failure: never the exit code of a deliberate outcome
+        log.exception("unexpected error")
+        return _failed_to_start(error, EXIT_RETRY, channel)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,11 +11,14 @@ status, metrics and tests key on it) and whether a retry may succeed (``retryabl
     │   ├── KmsError                     a KMS request failed
     │   └── S3Error                      an S3 request failed
     │       └── PreconditionFailed       a conditional request lost: someone else wrote
-    └── SetupError                       nothing was done: the configuration must change
-        ├── InvalidKeyMigration          a KeyMigration's fields are invalid (each problem named)
-        ├── KeyFileError                 a source key file is unusable
-        ├── CheckpointError              a checkpoint is unreadable or belongs to another run
-        └── ConfigurationError           options or environment (region, target key, endpoints)
+    ├── SetupError                       nothing was done: the configuration must change
+    │   ├── InvalidKeyMigration          a KeyMigration's fields are invalid (each problem named)
+    │   ├── KeyFileError                 a source key file is unusable
+    │   ├── CheckpointError              a checkpoint is unreadable or belongs to another run
+    │   └── ConfigurationError           options or environment (region, target key, endpoints)
+    └── Unavailable                      nothing was done: something needed at start-up is not
+                                         there yet (credentials, an endpoint, the API server,
+                                         throttling); running again later may succeed
 
 Messages name files, keys and fields, never key material.
 """
@@ -98,6 +101,18 @@ class InvalidKeyMigration(SetupError):
         self.problems = problems
 
 
+class Unavailable(KeyMigrationError):
+    """Start-up could not reach what it needs, after the clients' own retries: no credentials yet
+    (an IRSA token or the Pod Identity agent not ready), an endpoint or the Kubernetes API server
+    unreachable, throttling or 5xx. Retryable: the exit code says "run again"."""
+
+    reason = "unavailable"
+    retryable = True
+
+    def __init__(self, message: str = ""):
+        super().__init__(None, message)
+
+
 class KeyFileError(SetupError):
     reason = "key-file"
 
@@ -125,5 +140,6 @@ __all__ = [
     "PreconditionFailed",
     "S3Error",
     "SetupError",
+    "Unavailable",
     "UnwrapError",
 ]

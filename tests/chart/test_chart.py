@@ -14,6 +14,7 @@ import yaml
 from keymigration import cli
 from keymigration.kube.api_types import KeyMigration
 from keymigration.kube.jobs import RUN_AS, InstallConfig, job_manifest
+from keymigration.kube.kubeapi import OPERATOR_CLUSTER_RBAC, OPERATOR_RBAC
 
 from .conftest import CHART, NAMESPACE, ROOT, find, one
 from .psa import pod_spec_of, restricted_violations
@@ -67,20 +68,12 @@ def rules_set(role: dict) -> set[tuple[str, str, str]]:
     }
 
 
-def expand(group: str, resources: tuple[str, ...], verbs: tuple[str, ...]) -> set[tuple[str, str, str]]:
-    return {(group, r, v) for r in resources for v in verbs}
-
-
-OPERATOR_NAMESPACED = (
-    expand("keymigration.io", ("keymigrations",), ("get", "list", "watch", "patch"))
-    | expand("keymigration.io", ("keymigrations/status",), ("get", "patch"))
-    | expand("keymigration.io", ("keymigrationprogresses",), ("create", "get", "list", "watch"))
-    | expand("batch", ("jobs",), ("create", "get", "list", "watch", "patch", "delete"))
-    | expand("", ("events",), ("create", "patch"))
-)
-OPERATOR_CRDS = expand("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"))
-OPERATOR_CLUSTER = OPERATOR_NAMESPACED | OPERATOR_CRDS | expand("", ("namespaces",), ("list", "watch"))
-WORKER_RULES = expand("keymigration.io", ("keymigrationprogresses", "keymigrationprogresses/status"), ("get", "patch"))
+# The chart grants exactly what the operator declares it uses (and the e2e tests check every
+# request it makes against the same declaration).
+OPERATOR_NAMESPACED = set(OPERATOR_RBAC)
+OPERATOR_CRDS = set(OPERATOR_CLUSTER_RBAC)
+OPERATOR_CLUSTER = OPERATOR_NAMESPACED | OPERATOR_CRDS
+WORKER_RULES = {("keymigration.io", "keymigrationprogresses", "get"), ("keymigration.io", "keymigrationprogresses/status", "patch")}
 
 
 def is_worker(obj: dict) -> bool:
@@ -212,6 +205,8 @@ def test_every_object_level_of_the_values_schema_is_closed():
     open_maps = {
         "global", "annotations", "podAnnotations", "podLabels", "nodeSelector", "labels", "namespaceAnnotations",
         "nodeAffinity", "podAffinity", "podAntiAffinity", "requests", "limits", "alertLabels",
+        "namespaceAws",  # keyed by namespace; each value is closed (checked below)
+        "namespaceAnnotations[value]",  # annotations, per namespace
     }
 
     def walk(node: dict, path: str) -> None:
@@ -221,6 +216,8 @@ def test_every_object_level_of_the_values_schema_is_closed():
             walk(child, f"{path}.{name}")
         if isinstance(node.get("items"), dict):
             walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}[value]")
 
     walk(schema, "")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -511,3 +508,42 @@ def test_worker_env_secret_reaches_the_operator(helm):
     docs = helm.template({"worker": {"namespaces": ["payments"], "envFromSecret": "aws-static-credentials"}})
     assert env_of(operator_container(docs))["KEYMIGRATION_WORKER_ENV_SECRET"] == "aws-static-credentials"
     assert "KEYMIGRATION_WORKER_ENV_SECRET" not in env_of(operator_container(helm.template()))
+
+
+def test_worker_allowlists_reach_the_operator(helm, monkeypatch):
+    """worker.allowedPriorityClassNames and worker.allowedTolerations become the operator's
+    InstallConfig, through the environment the chart gives it and the CLI's own parser."""
+    from keymigration.cli import build_parser, install_config
+
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "migrations", "effect": "NoSchedule"}
+    docs = helm.template({"worker": {"namespaces": ["payments"], "allowedPriorityClassNames": ["batch-low"],
+                                     "allowedTolerations": [toleration]}})
+    for name, value in env_of(operator_container(docs)).items():
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.allowed_priority_classes == ("batch-low",) and config.allowed_tolerations == (toleration,)
+    for name, value in env_of(operator_container(helm.template())).items():  # the defaults: nothing allowed
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.allowed_priority_classes == () and config.allowed_tolerations == ()
+
+
+def test_worker_aws_settings_and_kms_allowlists_reach_the_operator(helm, monkeypatch):
+    """worker.aws, worker.namespaceAws, worker.allowedKmsKeys and worker.allowedKmsAccounts become
+    the operator's InstallConfig: where workers send their requests is the installer's only."""
+    from keymigration.cli import build_parser, install_config
+    from keymigration.kube.jobs import WorkerAws
+
+    values = {"worker": {"namespaces": ["payments"], "aws": {"region": "eu-west-1", "kmsEndpointUrl": "https://kms.vpce.example"},
+                         "namespaceAws": {"payments": {"s3EndpointUrl": "https://minio.storage.svc:9000", "pathStyle": True}},
+                         "allowedKmsKeys": ["arn:aws:kms:eu-west-1:111122223333:key/*"], "allowedKmsAccounts": ["111122223333"]}}
+    for name, value in env_of(operator_container(helm.template(values))).items():
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.aws_for("payments") == WorkerAws("eu-west-1", "https://minio.storage.svc:9000", "https://kms.vpce.example", True)
+    assert config.aws_for("other") == WorkerAws("eu-west-1", None, "https://kms.vpce.example", False)
+    assert config.allowed_kms_keys == ("arn:aws:kms:eu-west-1:111122223333:key/*",) and config.allowed_kms_accounts == ("111122223333",)
+    for name, value in env_of(operator_container(helm.template())).items():
+        monkeypatch.setenv(name, value)
+    config = install_config(build_parser().parse_args(["operator", "--all-namespaces"]))
+    assert config.aws_for("payments") == WorkerAws() and config.allowed_kms_keys == () == config.allowed_kms_accounts

@@ -18,6 +18,7 @@ from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
 from keymigration.formats import envelope as e
 from keymigration.formats.envelope import WrapAlgorithm as W
 from keymigration.formats.source_keys import load_key_files
+from keymigration.migrate import EXIT_FAILED_OBJECTS
 from tests.integration.corpus import make_keys
 from tests.support.fault_proxy import FaultProxy
 
@@ -130,7 +131,7 @@ def test_every_bad_input_gets_its_reason_and_no_write(aws, setup, moto_server, t
         )
     finally:
         proxy.stop()
-    assert proc.returncode == 1, proc.stderr[-3000:]  # finished; some objects failed
+    assert proc.returncode == EXIT_FAILED_OBJECTS, proc.stderr[-3000:]  # finished; some objects failed
     lines = [json.loads(line) for line in report.read_text().splitlines()]
     got = {line["key"]: (line["outcome"], line["reason"]) for line in lines if "key" in line}
     assert len(expected) >= 30 + len(AWKWARD)

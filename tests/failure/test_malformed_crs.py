@@ -59,6 +59,9 @@ TABLE = [
     ({"sourceKeys": []}, "stalled", "give sourceKeys"),
     ({"instructionFileSuffix": ".keymigration-backup"}, "stalled", "reserved for backups"),
     ({"mode": "CutOver", "instructionFileSuffix": ".rewrapped"}, "stalled", "mode CutOver writes .instruction"),
+    # Written before endpoints became the installer's (and refused by the API server now, CEL).
+    ({"aws": {"kmsEndpointUrl": "https://kms.attacker.example"}}, "stalled", "spec.aws.kmsEndpointUrl: spec.aws is no longer honoured"),
+    ({"aws": {"region": "eu-west-1"}}, "stalled", "come from the operator's installation"),
 ]
 
 

@@ -18,6 +18,7 @@ from keymigration.formats import envelope as e
 from keymigration.formats.envelope import WrapAlgorithm as W
 from keymigration.formats.source_keys import load_key_files
 from keymigration.formats.unwrap import unwrap_data_key
+from keymigration.migrate import EXIT_CONFIG, EXIT_FAILED_OBJECTS, EXIT_OK
 from tests.support.fault_proxy import FaultProxy
 from tests.unit.keys import _rsa_private
 
@@ -100,7 +101,7 @@ def test_no_key_material_anywhere(aws, moto_server, tmp_path):
                                   env=env, capture_output=True, timeout=300)
             outputs[f"stdout of {args[0]} #{n}"] = proc.stdout
             outputs[f"stderr of {args[0]} #{n}"] = proc.stderr
-            assert proc.returncode in (0, 1, 2), proc.stderr[-2000:]
+            assert proc.returncode in (EXIT_OK, EXIT_FAILED_OBJECTS, EXIT_CONFIG), proc.stderr[-2000:]
     finally:
         proxy.stop()
     assert b'"level": "debug"' in b"".join(outputs.values())  # debug logging really was on

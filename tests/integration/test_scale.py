@@ -15,6 +15,7 @@ from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
 from keymigration.formats import envelope as e
 from keymigration.formats.envelope import WrapAlgorithm as W
 from keymigration.formats.source_keys import load_key_files
+from keymigration.migrate import EXIT_CONFIG
 from keymigration.migrate.checkpoint import FileCheckpointStore
 from tests.integration.corpus import Seeded, make_keys, seed_mixed
 from tests.integration.test_worker import (
@@ -148,11 +149,11 @@ def test_a_shard_checkpoint_refuses_another_range(aws, keys, tmp_path):
     first = run(aws, *run_args(aws, keys, "cp/", "--end-key=cp/obj-000005", "--checkpoint", str(checkpoint)))
     assert first.returncode == 0, first.stderr
     other = run(aws, *run_args(aws, keys, "cp/", "--end-key=cp/obj-000007", "--checkpoint", str(checkpoint)))
-    assert other.returncode == 2 and "end key" in other.stderr
+    assert other.returncode == EXIT_CONFIG and "end key" in other.stderr
     whole = run(aws, *run_args(aws, keys, "cp/", "--checkpoint", str(checkpoint)))
-    assert whole.returncode == 2
+    assert whole.returncode == EXIT_CONFIG
     empty = run(aws, *run_args(aws, keys, "cp/", "--start-after=cp/b", "--end-key=cp/a"))
-    assert empty.returncode == 2 and "empty key range" in empty.stderr
+    assert empty.returncode == EXIT_CONFIG and "empty key range" in empty.stderr
 
 
 def inventory_of(aws, seeded: Seeded, files: int, extra: list[Row]) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket
+from keymigration.migrate import EXIT_CONFIG, EXIT_FAILED_OBJECTS, EXIT_TOO_MANY_FAILURES
 from keymigration.migrate.checkpoint import FileCheckpointStore
 from keymigration.migrate.reader import read_object
 from tests.integration.corpus import make_keys, seed_mixed
@@ -189,7 +190,7 @@ def test_bad_objects_get_specific_reasons_and_the_rest_migrate(aws, keys, tmp_pa
     aws.s3.put_object(Bucket=aws.bucket, Key="bad/plain", Body=b"hello")
     report = tmp_path / "report.jsonl"
     proc = run(aws, *run_args(aws, keys, "bad/", "--report", str(report)))
-    assert proc.returncode == 1, proc.stderr  # finished, with failed objects
+    assert proc.returncode == EXIT_FAILED_OBJECTS, proc.stderr  # finished, with failed objects
     by_key = {line["key"]: line for line in report_lines(report) if "key" in line}
     for key, (_, reason) in bad.items():
         assert (by_key[key]["outcome"], by_key[key]["reason"]) == ("failed", reason), by_key[key]
@@ -204,7 +205,7 @@ def test_max_failures_stops_early(aws, keys, tmp_path):
                           Metadata={"x-amz-key-v2": "AAAA", "x-amz-iv": "AAAA", "x-amz-wrap-alg": "AES/GCM"})
     report = tmp_path / "report.jsonl"
     proc = run(aws, *run_args(aws, keys, "stop/", "--report", str(report), "--max-failures", "5", "--concurrency", "2"))
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode == EXIT_TOO_MANY_FAILURES, proc.stderr
     summary = report_lines(report)[-1]["summary"]
     assert 5 <= summary["failed"] < 30 and "max failures" in summary["stopped"]
 
@@ -221,7 +222,7 @@ def test_bad_configuration_changes_nothing(aws, keys, tmp_path):
     ]
     for args in cases:
         proc = run(aws, *args, "--progress", "none")
-        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.returncode == EXIT_CONFIG, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert keys.aes.read_bytes().hex() not in proc.stderr
     assert sorted(aws.keys("cfg/")) == before
@@ -232,7 +233,7 @@ def test_checkpoint_of_another_migration_is_refused(aws, keys, tmp_path):
     checkpoint = tmp_path / "cp.json"
     assert run(aws, *run_args(aws, keys, "cp1/", "--checkpoint", str(checkpoint))).returncode == 0
     proc = run(aws, *run_args(aws, keys, "cp2/", "--checkpoint", str(checkpoint)))
-    assert proc.returncode == 2 and "another migration" in proc.stderr
+    assert proc.returncode == EXIT_CONFIG and "another migration" in proc.stderr
 
 
 def test_run_and_plan_warn_about_readers_a_mode_leaves_unable_to_read(aws, keys):

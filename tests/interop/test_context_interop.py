@@ -13,6 +13,7 @@ import json
 import os
 
 from keymigration.formats import envelope as e
+from keymigration.migrate import EXIT_CONFIG
 
 from . import oracles
 from .test_rewrap_interop import body_for, run_cli
@@ -155,7 +156,7 @@ def test_aes_and_rsa_sources_take_the_configured_context_and_the_report_says_so(
     assert all(isinstance(r, str) for r in oracles.ruby_get(interop.endpoint, without, kms_key_id=interop.new_kms_key))
     bad = run_cli(interop, "run", "--bucket", interop.bucket, "--prefix", prefix, "--kms-key-id", interop.new_kms_key,
                   "--source-key", str(aes), "--encryption-context", "aws:x-amz-cek-alg=AES/GCM/NoPadding", "--progress", "none")
-    assert bad.returncode == 2 and "reserved" in bad.stderr
+    assert bad.returncode == EXIT_CONFIG and "reserved" in bad.stderr
 
 
 # -- item 6: non-ASCII context values, as S3 and moto return them ------------------------------

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from keymigration.formats import envelope as e
+from keymigration.migrate import EXIT_FAILED_OBJECTS
 
 from . import oracles
 from .test_context_interop import as_python_reads_them
@@ -94,7 +95,7 @@ def test_cbc_objects_with_several_unpinned_rsa_keys_need_a_proof_beyond_2_to_the
                                             "rsa_private_pem": interop.rsa_private_pem} for k, b in objects.items()])
     _, rsa_file = key_files
     proc, results = migrate(interop, prefix, rsa_file, other_rsa)
-    assert proc.returncode == 1
+    assert proc.returncode == EXIT_FAILED_OBJECTS
     assert {k: (r["outcome"], r["reason"]) for k, r in results.items()} == {
         f"{prefix}pad-6": ("migrated", "migrated"), f"{prefix}pad-16": ("migrated", "migrated"),
         f"{prefix}pad-1": ("failed", "proof-too-weak"),

@@ -1,24 +1,23 @@
-"""Fixtures for end-to-end tests on the fake cluster (see README.md in this folder)."""
+"""Fixtures for tests on the fake cluster (tests/support/README.md)."""
 from __future__ import annotations
 
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.k8s.cluster import FakeCluster, JobRunner
-from tests.support.k8s.crds_for_tests import TEST_CRDS
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = [ROOT / "crds" / "keymigrations.keymigration.io.yaml", ROOT / "crds" / "keymigrationprogresses.keymigration.io.yaml"]
 
 
 @pytest.fixture
 def fake_cluster() -> Iterator[FakeCluster]:
-    """A fresh fake API server (about 20 ms to start) with the test CRDs and the default namespace.
-
-    Tests that need the real project CRDs can build their own:
-    ``FakeCluster(crds=["crds/keymigrations.keymigration.io.yaml"])``.
-    """
-    with FakeCluster(crds=TEST_CRDS) as cluster:
+    """A fresh fake API server (about 20 ms to start) with the project's CRDs and the default namespace."""
+    with FakeCluster(crds=CRDS) as cluster:
         yield cluster
 
 

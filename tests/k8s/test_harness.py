@@ -1,4 +1,6 @@
-"""Tests of the fake-cluster harness itself: API semantics, watch, kopf, GC, JobRunner, kubectl."""
+"""Tests of the fake cluster itself (tests/support/README.md): API semantics, watch, GC, the Job
+controller (JobRunner), kubectl. Each proves a behaviour of a real API server or Job controller
+that the operator's tests rely on."""
 from __future__ import annotations
 
 import base64
@@ -8,23 +10,22 @@ import sys
 import threading
 import time
 
-import kopf
-import kopf.testing
 import kubernetes
 import pytest
 import yaml
 
-from tests.support.k8s.cluster import (
-    ApiException,
-    FakeCluster,
-    JobRunner,
-    condition,
-    kopf_test_settings,
-)
-from tests.support.k8s.crds_for_tests import API_VERSION, KEYMIGRATION_CRD, keymigration
+from tests.k8s.conftest import CRDS
+from tests.support.k8s.cluster import ApiException, FakeCluster, JobRunner, condition
 from tests.support.k8s.jobrunner import PodPending, build_pod_launch
 
-KM = ("keymigration.io/v1alpha1", "KeyMigration")
+API_VERSION = "keymigration.io/v1alpha1"
+KM = (API_VERSION, "KeyMigration")
+
+
+def keymigration(name: str, namespace: str = "default", **spec) -> dict:
+    return {"apiVersion": API_VERSION, "kind": "KeyMigration", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"bucket": "bucket-b", "prefixes": ["p/"], "sourceKmsKeyIds": ["alias/old"],
+                     "target": {"kmsKeyId": "alias/new"}, **spec}}
 
 
 def owner_ref(obj: dict) -> dict:
@@ -51,18 +52,18 @@ def test_crud_uid_resource_version_generation(fake_cluster: FakeCluster):
     meta = created["metadata"]
     assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
     assert meta["generation"] == 1
-    assert created["spec"]["maxParallel"] == 4  # defaulted from the CRD schema
+    assert created["spec"]["verify"] == "envelope"  # defaulted from the CRD schema
     rv1 = int(meta["resourceVersion"])
 
     got = fake_cluster.get(*KM, "default", "m1")
     assert got == created
 
-    patched = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "other"}})
+    patched = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-other"}})
     assert int(patched["metadata"]["resourceVersion"]) > rv1
     assert patched["metadata"]["generation"] == 2
 
     # A no-op patch changes nothing: same resourceVersion, no event.
-    again = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "other"}})
+    again = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-other"}})
     assert again["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
 
     # Metadata-only changes do not bump the generation.
@@ -95,19 +96,19 @@ def test_status_subresource_semantics(fake_cluster: FakeCluster):
     assert "status" not in raw
 
     # A main-resource write cannot change status; the spec part still applies.
-    after = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "x"}, "status": {"phase": "Nope"}})
+    after = fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-x"}, "status": {"phase": "Nope"}})
     assert "status" not in after and after["metadata"]["generation"] == 2
 
     # A status write changes only status, never the generation, and ignores spec changes.
-    st = fake_cluster.patch_status(*KM, "default", "m1", {"spec": {"bucket": "y"},
+    st = fake_cluster.patch_status(*KM, "default", "m1", {"spec": {"bucket": "bucket-y"},
                                                             "status": {"phase": "Running", "observedGeneration": 2}})
     assert st["status"] == {"phase": "Running", "observedGeneration": 2}
-    assert st["spec"]["bucket"] == "x" and st["metadata"]["generation"] == 2
+    assert st["spec"]["bucket"] == "bucket-x" and st["metadata"]["generation"] == 2
     assert int(st["metadata"]["resourceVersion"]) > int(after["metadata"]["resourceVersion"])
 
     # Undeclared status fields are pruned silently, as by a real server with a structural schema.
-    pruned = fake_cluster.patch_status(*KM, "default", "m1", {"status": {"undeclared": 1, "counts": {"done": 3}}})
-    assert "undeclared" not in pruned["status"] and pruned["status"]["counts"] == {"done": 3}
+    pruned = fake_cluster.patch_status(*KM, "default", "m1", {"status": {"undeclared": 1, "prefixCounts": {"total": 3}}})
+    assert "undeclared" not in pruned["status"] and pruned["status"]["prefixCounts"] == {"total": 3}
 
     # Optimistic concurrency: a stale resourceVersion is a 409 Conflict.
     stale = dict(obj, metadata=dict(obj["metadata"]))
@@ -127,7 +128,7 @@ def test_status_subresource_semantics(fake_cluster: FakeCluster):
     assert e.value.status == 422
     # Strategic merge patch is refused for custom resources (415), like a real server.
     with pytest.raises(ApiException) as e:
-        fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "z"}}, patch_type="strategic")
+        fake_cluster.patch(*KM, "default", "m1", {"spec": {"bucket": "bucket-z"}}, patch_type="strategic")
     assert e.value.status == 415
 
     # History of versions, from kmock's object store.
@@ -291,8 +292,9 @@ def test_namespace_deletion_and_crd_lifecycle(fake_cluster: FakeCluster, tmp_pat
     fake_cluster.wait_deleted("v1", "Namespace", None, "doomed", timeout=5)
     assert fake_cluster.list(*KM, "doomed") == []
 
-    crd = dict(KEYMIGRATION_CRD, metadata={"name": "widgets.example.com"},
-               spec=dict(KEYMIGRATION_CRD["spec"], group="example.com",
+    real = yaml.safe_load(CRDS[0].read_text())
+    crd = dict(real, metadata={"name": "widgets.example.com"},
+               spec=dict(real["spec"], group="example.com",
                          names={"plural": "widgets", "singular": "widget", "kind": "Widget"}))
     crd_path = tmp_path / "widgets.yaml"
     crd_path.write_text(yaml.safe_dump(crd))
@@ -307,53 +309,6 @@ def test_namespace_deletion_and_crd_lifecycle(fake_cluster: FakeCluster, tmp_pat
     fake_cluster.wait_deleted("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "widgets.example.com",
                               timeout=5)
     assert "example.com" not in [g["name"] for g in fake_cluster.request("GET", "/apis")["groups"]]
-
-
-# ------------------------------------------------------------------------------------------------
-# kopf
-
-
-@pytest.mark.parametrize("consistency_timeout", [0, 5.0], ids=["consistency-0", "consistency-default"])
-def test_kopf_operator_patches_status(fake_cluster: FakeCluster, consistency_timeout: float):
-    registry = kopf.OperatorRegistry()
-    fake_cluster.kopf_login_handler(registry)
-    settings = kopf_test_settings("keymigration.io")
-    # 0 is what the project's conventions ask for; kopf's default (5 s) also works, and fast,
-    # because the fake bumps resourceVersion so kopf sees its own patches come back.
-    settings.persistence.consistency_timeout = consistency_timeout
-    seen = threading.Event()
-
-    @kopf.on.create("keymigration.io", "v1alpha1", "keymigrations", registry=registry)
-    def on_create(body, meta, patch, **_):
-        kopf.info(body, reason="Seen", message="on_create saw it")  # an explicit k8s Event
-        patch.status["phase"] = "Seen"
-        patch.status["observedGeneration"] = meta["generation"]
-        seen.set()
-
-    @kopf.on.field("keymigration.io", "v1alpha1", "keymigrations", field="spec.bucket", registry=registry)
-    def on_bucket(meta, new, patch, **_):
-        if meta["generation"] > 1:
-            patch.status["phase"] = f"Bucket {new}"
-
-    args = ["run", "--standalone", "--namespace", "default", "--verbose"]
-    with kopf.testing.KopfRunner(args, registry=registry, settings=settings, timeout=20) as runner:
-        fake_cluster.create(keymigration("k1"))
-        handled = "keymigration.io/last-handled-configuration"
-        obj = fake_cluster.wait_for(*KM, "default", "k1", lambda o: (o.get("status") or {}).get("phase") == "Seen"
-                                    and handled in (o["metadata"].get("annotations") or {}))
-        assert obj["status"]["observedGeneration"] == 1
-        annotations = obj["metadata"].get("annotations") or {}
-        assert all(k.startswith("keymigration.io/") for k in annotations)  # branded storage
-        assert not [k for k in annotations if "on_create" in k]  # progress annotations cleaned up
-        fake_cluster.patch(*KM, "default", "k1", {"spec": {"bucket": "b2"}})
-        fake_cluster.wait_for(*KM, "default", "k1", lambda o: o["status"].get("phase") == "Bucket b2")
-        # kopf posts k8s Events (core v1) through the fake; they are stored and listable.
-        deadline = time.monotonic() + 5
-        while not any("on_create" in e.get("message", "") for e in fake_cluster.events("default", involved_name="k1")):
-            assert time.monotonic() < deadline, fake_cluster.events("default")
-            time.sleep(0.05)
-    assert seen.is_set()
-    assert runner.exit_code == 0, runner.output
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,13 +331,13 @@ def test_job_runs_to_completion(fake_cluster: FakeCluster, job_runner: JobRunner
 
 
 def test_job_pod_failure_policy_fails_fast(fake_cluster: FakeCluster, job_runner: JobRunner):
-    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}},
+    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [12]}},
                         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
     fake_cluster.create(job_manifest("bad-args", ["run", "--no-such-flag"], backoffLimit=5, podFailurePolicy=policy))
     job = job_runner.wait_for_job("bad-args", "Failed", timeout=20)
     failed = condition(job, "Failed")
-    assert failed["reason"] == "PodFailurePolicy" and "exit code 2" in failed["message"]
-    assert job["status"]["failed"] == 1 and job_runner.exit_codes("bad-args") == [2]
+    assert failed["reason"] == "PodFailurePolicy" and "exit code 12" in failed["message"]  # the CLI's usage error
+    assert job["status"]["failed"] == 1 and job_runner.exit_codes("bad-args") == [12]
     assert "usage: keymigration" in job_runner.output("bad-args")
 
 
@@ -439,7 +394,7 @@ api.create_namespaced_custom_object("keymigration.io", "v1alpha1", ns, "keymigra
     "apiVersion": "keymigration.io/v1alpha1", "kind": "KeyMigrationProgress",
     "metadata": {"name": name}, "spec": {"migration": "m", "prefix": "p/"}})
 api.patch_namespaced_custom_object_status("keymigration.io", "v1alpha1", ns, "keymigrationprogresses", name,
-                                          {"status": {"checkpoint": "p/0042", "counts": {"done": 42}}})
+                                          {"status": {"checkpoint": "p/0042", "counters": {"migrated": 42}}})
 print("reported", os.environ["HOSTNAME"])
 """
 
@@ -454,7 +409,7 @@ def test_worker_process_reaches_the_fake_api(fake_cluster: FakeCluster, tmp_path
         fake_cluster.create(job)
         runner.wait_for_job("reporter", "Complete", timeout=20)
     progress = fake_cluster.get(API_VERSION, "KeyMigrationProgress", "default", "progress-1")
-    assert progress["status"] == {"checkpoint": "p/0042", "counts": {"done": 42}}
+    assert progress["status"] == {"checkpoint": "p/0042", "counters": {"migrated": 42}}
     assert "reported reporter-" in runner.output("reporter")
 
 
@@ -500,29 +455,137 @@ def test_volume_materialization_and_rewrite(tmp_path):
     assert launch.env["AWS_REGION"] == "eu-west-1"
 
 
-def test_job_waits_for_its_secret(fake_cluster: FakeCluster, tmp_path):
+def pods_of(cluster: FakeCluster, job: str) -> list[dict]:
+    return cluster.list("v1", "Pod", "default", label_selector=f"job-name={job}")
+
+
+def waiting(pod: dict) -> dict:
+    return ((pod.get("status") or {}).get("containerStatuses") or [{}])[0].get("state", {}).get("waiting") or {}
+
+
+def warnings_about(cluster: FakeCluster, name: str) -> dict[str, str]:
+    return {e["reason"]: e["message"] for e in cluster.events("default", involved_name=name) if e["type"] == "Warning"}
+
+
+def eventually(predicate, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def event_messages(cluster: FakeCluster, name: str) -> list[str]:
+    return [e["message"] for e in cluster.events("default", involved_name=name)]
+
+
+def test_pod_waits_for_its_secret_and_key_in_container_creating(fake_cluster: FakeCluster, tmp_path):
+    """A missing Secret (or Secret key) keeps the pod Pending in ContainerCreating with a FailedMount
+    Event naming it, as the kubelet does; the same pod starts once it exists."""
     catter = [sys.executable, "-c", "import sys; print(open(sys.argv[1]).read())"]
     runner = JobRunner(fake_cluster, entrypoints={"catter": catter}, workdir=tmp_path / "runner", poll_interval=0.05)
     job = job_manifest("reader", ["/var/run/keys/0/key"], command=["catter"])
     pod_spec = job["spec"]["template"]["spec"]
     pod_spec["containers"][0]["volumeMounts"] = [{"name": "k", "mountPath": "/var/run/keys/0"}]
-    pod_spec["volumes"] = [{"name": "k", "secret": {"secretName": "late"}}]
+    pod_spec["volumes"] = [{"name": "k", "secret": {"secretName": "late", "items": [{"key": "key", "path": "key"}]}}]
     with runner:
         fake_cluster.create(job)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                if runner.pending_reason("reader"):
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.05)
-        assert "not found" in runner.pending_reason("reader")
+        eventually(lambda: pods_of(fake_cluster, "reader") and runner_has_reason(runner, "reader"))
+        (pod,) = pods_of(fake_cluster, "reader")
+        name = pod["metadata"]["name"]
+        eventually(lambda: "FailedMount" in warnings_about(fake_cluster, name))
+        pod = fake_cluster.get("v1", "Pod", "default", name)
+        assert pod["status"]["phase"] == "Pending" and waiting(pod)["reason"] == "ContainerCreating"
+        assert warnings_about(fake_cluster, name)["FailedMount"] == 'MountVolume.SetUp failed for volume "k" : secret "late" not found'
+        assert pod["metadata"]["ownerReferences"][0]["name"] == "reader" and pod["spec"]["nodeName"] == "fake-node"
         assert runner.exit_codes("reader") == []
         fake_cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late", "namespace": "default"},
-                             "stringData": {"key": "s3cr3t"}})
+                             "stringData": {"other": "x"}})
+        missing_key = 'MountVolume.SetUp failed for volume "k" : references non-existent secret key: key'
+        eventually(lambda: missing_key in event_messages(fake_cluster, name))
+        fake_cluster.patch("v1", "Secret", "default", "late", {"stringData": {"key": "s3cr3t"}})
         runner.wait_for_job("reader", "Complete", timeout=10)
         assert "s3cr3t" in runner.output("reader")
+        (done,) = pods_of(fake_cluster, "reader")
+        assert done["metadata"]["name"] == name and done["status"]["phase"] == "Succeeded"
+
+
+def test_job_without_its_service_account_never_gets_a_pod(fake_cluster: FakeCluster, job_runner: JobRunner):
+    """The Job controller cannot create a pod whose ServiceAccount does not exist: no pod, a
+    FailedCreate Warning on the Job, retried until the ServiceAccount appears."""
+    job = job_manifest("no-account", ["--version"])
+    job["spec"]["template"]["spec"]["serviceAccountName"] = "worker"
+    fake_cluster.create(job)
+    eventually(lambda: "FailedCreate" in warnings_about(fake_cluster, "no-account"))
+    assert warnings_about(fake_cluster, "no-account")["FailedCreate"] == (
+        'Error creating: pods "no-account-" is forbidden: error looking up service account default/worker: '
+        'serviceaccount "worker" not found')
+    assert pods_of(fake_cluster, "no-account") == [] and "active" not in fake_cluster.get("batch/v1", "Job", "default", "no-account")["status"]
+    fake_cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "worker", "namespace": "default"}})
+    job_runner.wait_for_job("no-account", "Complete", timeout=20)
+    assert fake_cluster.get("v1", "ServiceAccount", "default", "default")  # every namespace has its default account
+
+
+def test_unschedulable_and_unpullable_pods_stay_pending_with_the_cause(fake_cluster: FakeCluster, tmp_path):
+    runner = JobRunner(fake_cluster, workdir=tmp_path / "runner", poll_interval=0.05,
+                       pullable=lambda image: image != "registry.example/missing:1")
+    unschedulable = job_manifest("picky", ["--version"])
+    unschedulable["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    unpullable = job_manifest("unpullable", ["--version"])
+    unpullable["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/missing:1"
+    with runner:
+        fake_cluster.create(unschedulable)
+        fake_cluster.create(unpullable)
+        eventually(lambda: runner_has_reason(runner, "picky") and runner_has_reason(runner, "unpullable"))
+        (picky,) = pods_of(fake_cluster, "picky")
+        scheduled = next(c for c in picky["status"]["conditions"] if c["type"] == "PodScheduled")
+        assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable") and "nodeName" not in picky["spec"]
+        assert "didn't match Pod's node affinity/selector" in warnings_about(fake_cluster, picky["metadata"]["name"])["FailedScheduling"]
+        (pod,) = pods_of(fake_cluster, "unpullable")
+        assert waiting(pod) == {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example/missing:1"'}
+        assert 'Failed to pull image "registry.example/missing:1"' in " ".join(event_messages(fake_cluster, pod["metadata"]["name"]))
+        assert runner.attempts("picky") == [] and runner.attempts("unpullable") == []
+
+
+def runner_has_reason(runner: JobRunner, job: str) -> bool:
+    try:
+        return bool(runner.pending_reason(job))
+    except KeyError:
+        return False
+
+
+def test_terminated_pods_show_exit_code_and_termination_message(fake_cluster: FakeCluster, tmp_path):
+    """terminationMessagePath (default /dev/termination-log) is a file the container can write;
+    with FallbackToLogsOnError an empty file on failure gives the log's tail, as the kubelet does."""
+    writer = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(sys.argv[2]); print('log line'); sys.exit(int(sys.argv[3]))"]
+    runner = JobRunner(fake_cluster, entrypoints={"writer": writer}, workdir=tmp_path / "runner", poll_interval=0.05)
+    file_job = job_manifest("file", ["/dev/termination-log", "why it stopped", "7"], command=["writer"])
+    fallback = job_manifest("fallback", ["/tmp/elsewhere", "", "3"], command=["writer"])
+    fallback["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    fallback["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [{"name": "t", "mountPath": "/tmp"}]
+    fallback["spec"]["template"]["spec"]["volumes"] = [{"name": "t", "emptyDir": {}}]
+    with runner:
+        fake_cluster.create(file_job)
+        fake_cluster.create(fallback)
+        runner.wait_for_job("file", "Failed", timeout=20)
+        runner.wait_for_job("fallback", "Failed", timeout=20)
+    (pod,) = pods_of(fake_cluster, "file")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (pod["status"]["phase"], terminated["exitCode"], terminated["reason"], terminated["message"]) == \
+        ("Failed", 7, "Error", "why it stopped")
+    (pod,) = pods_of(fake_cluster, "fallback")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "log line"
+
+
+def test_attempt_env_makes_a_first_start_fail(fake_cluster: FakeCluster, tmp_path):
+    """A worker whose credentials (or endpoint) are not there at its first start: the hook removes
+    or sets variables for chosen attempts only."""
+    checker = [sys.executable, "-c", "import os, sys; sys.exit(0 if os.environ.get('TOKEN') == 'ok' else 75)"]
+    runner = JobRunner(fake_cluster, entrypoints={"checker": checker}, workdir=tmp_path / "runner", poll_interval=0.05,
+                       base_env={"TOKEN": "ok"}, attempt_env=lambda ns, job, attempt: {"TOKEN": None} if attempt == 1 else {})
+    with runner:
+        fake_cluster.create(job_manifest("flaky", [], command=["checker"], backoffLimit=2))
+        runner.wait_for_job("flaky", "Complete", timeout=20)
+        assert runner.exit_codes("flaky") == [75, 0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,10 +597,10 @@ def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
     manifest.write_text(json.dumps(keymigration("kc")))
     assert "created" in kubectl("apply", "-f", str(manifest)).stdout
     assert "unchanged" in kubectl("apply", "-f", str(manifest)).stdout
-    manifest.write_text(json.dumps(keymigration("kc", bucket="changed")))
+    manifest.write_text(json.dumps(keymigration("kc", bucket="bucket-changed")))
     assert "configured" in kubectl("apply", "-f", str(manifest)).stdout
     obj = fake_cluster.get(*KM, "default", "kc")
-    assert obj["spec"]["bucket"] == "changed" and obj["metadata"]["generation"] == 2
+    assert obj["spec"]["bucket"] == "bucket-changed" and obj["metadata"]["generation"] == 2
     assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
     assert "serverside-applied" in kubectl("apply", "--server-side", "-f", str(manifest)).stdout
 
@@ -558,8 +621,69 @@ def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
     assert "condition met" in waited.stdout
 
     table = kubectl("get", "keymigrations").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "REASON", "AGE"] and table[1].split()[:3] == ["kc", "True", "Done"]
+    assert table[0].split() == ["NAME", "READY", "REASON", "PREFIXES", "MIGRATED", "FAILED", "AGE"]
+    assert table[1].split()[:3] == ["kc", "True", "Done"]
     assert "PHASE" in kubectl("get", "km", "-o", "wide").stdout
     assert json.loads(kubectl("get", "km", "kc", "-o", "json").stdout)["metadata"]["name"] == "kc"
     assert "deleted" in kubectl("delete", "-f", str(manifest)).stdout
     assert fake_cluster.get_or_none(*KM, "default", "kc") is None
+
+
+def test_kubelet_expansion_of_command_and_args(tmp_path):
+    """$(NAME) of a declared variable expands, $$ is one $, anything else stays, as in the kubelet
+    (third_party/forked/golang/expansion); undeclared names (HOME: the image's) stay as written."""
+    job = job_manifest("exp", ["$(FOO)", "$$(FOO)", "$$$$", "a$b", "$(UNDECLARED)", "$(HOME)", "x$(", "$", "$(BAR)-$(FOO)"])
+    job["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "FOO", "value": "bar"}, {"name": "BAR", "value": "$(FOO)/$$x"}]
+    launch = build_pod_launch(job, "exp-abcde", tmp_path, lambda *_: None)
+    assert launch.argv[3:] == ["bar", "$(FOO)", "$$", "a$b", "$(UNDECLARED)", "$(HOME)", "x$(", "$", "bar/$x-bar"]
+    assert launch.env["BAR"] == "bar/$x"
+
+
+def test_names_and_labels_are_validated(fake_cluster: FakeCluster):
+    """422 Invalid, as ValidateObjectMeta answers: names are DNS subdomains (namespaces DNS labels),
+    label values at most 63 characters; a Job's name becomes its pod template's job-name label."""
+    def refused(obj: dict, needle: str) -> None:
+        with pytest.raises(ApiException) as e:
+            fake_cluster.create(obj)
+        assert e.value.status == 422 and json.loads(e.value.body)["reason"] == "Invalid", e.value.body
+        assert needle in json.loads(e.value.body)["message"]
+
+    fake_cluster.create(keymigration("m" * 253))  # the longest valid name
+    refused(keymigration("m" * 254), "must be no more than 253 characters")
+    refused(keymigration("Upper"), "RFC 1123 subdomain")
+    refused({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a.b"}}, "RFC 1123 label")
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default", "labels": {}}}
+    refused(dict(config_map, metadata=dict(config_map["metadata"], labels={"k": "v" * 64})), "no more than 63 characters")
+    refused(dict(config_map, metadata=dict(config_map["metadata"], labels={"k": "-v"})), "a valid label")
+    refused(dict(config_map, metadata=dict(config_map["metadata"], labels={"Bad_Prefix/k": "v"})), "prefix part")
+    fake_cluster.create(job_manifest("j" * 63, ["--version"]))
+    refused(job_manifest("j" * 64, ["--version"]), "spec.template.labels")
+    fake_cluster.create(dict(config_map, metadata=dict(config_map["metadata"], labels={"keymigration.io/x": "v" * 63})))
+    with pytest.raises(ApiException) as e:  # updates too
+        fake_cluster.patch("v1", "ConfigMap", "default", "c", {"metadata": {"labels": {"k": "v" * 64}}})
+    assert e.value.status == 422
+
+
+def test_chaos_answers_random_429_and_5xx(fake_cluster: FakeCluster):
+    """An overloaded API server: a share of requests gets 429 (with retryAfterSeconds) or a 5xx."""
+    client = fake_cluster.new_api_client()
+    client.user_agent = "some-operator"  # the test helpers' own requests are spared by default
+    api = kubernetes.client.CoreV1Api(client)
+    fake_cluster.chaos(0.5, statuses=(429, 500, 503))
+    outcomes = []
+    for _ in range(200):
+        try:
+            api.list_namespaced_config_map("default")
+            outcomes.append(200)
+        except ApiException as error:
+            body = json.loads(error.body)
+            assert body["kind"] == "Status" and body["code"] == error.status
+            if error.status == 429:
+                assert body["reason"] == "TooManyRequests" and body["details"]["retryAfterSeconds"] == 1
+            outcomes.append(error.status)
+    assert set(outcomes) == {200, 429, 500, 503} and 60 < outcomes.count(200) < 140
+    assert sum(fake_cluster.chaos_answers().values()) == 200 - outcomes.count(200)
+    fake_cluster.list("v1", "ConfigMap", "default")  # spared
+    fake_cluster.calm()
+    api.list_namespaced_config_map("default")

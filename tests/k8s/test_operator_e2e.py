@@ -18,11 +18,13 @@ import yaml
 
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket
-from keymigration.demo.standins import MotoServer, free_port
+from keymigration.demo.standins import REGION, MotoServer, free_port
 from keymigration.kube.jobs import child_name
+from keymigration.kube.kubeapi import OPERATOR_CLUSTER_RBAC, OPERATOR_RBAC
 from keymigration.migrate.reader import read_object
 from tests.integration.corpus import KeySet, seed_mixed
-from tests.support.k8s.cluster import FakeCluster, JobRunner, condition
+from tests.k8s.conftest import CRDS
+from tests.support.k8s.cluster import TEST_USER_AGENT, FakeCluster, JobRunner, condition
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "keymigration.yaml").read_text())
@@ -30,7 +32,7 @@ KM = ("keymigration.io/v1alpha1", "KeyMigration")
 KMP = ("keymigration.io/v1alpha1", "KeyMigrationProgress")
 NS = EXAMPLE["metadata"]["namespace"]
 NAME = EXAMPLE["metadata"]["name"]
-CRDS = [ROOT / "crds" / "keymigrations.keymigration.io.yaml", ROOT / "crds" / "keymigrationprogresses.keymigration.io.yaml"]
+WORKER_ENV_SECRET = "aws-static-credentials"  # the kind quickstart's name
 
 
 class Env:
@@ -81,11 +83,39 @@ def moto():
         yield server
 
 
+WORKER_SERVICE_ACCOUNT = "km-worker"
+
+
+OPERATOR_AGENTS = ("keymigration-operator/", "kopf/")
+# kopf lists and watches namespaces when given --namespace; the chart does not allow it there, and
+# kopf then uses the namespaces it was given (a logged warning, docs/install.md).
+TOLERATED_FORBIDDEN = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+
+def rbac_of(request) -> tuple[str, str, str] | None:
+    """(API group, resource[/subresource], verb) of a served request, as RBAC would check it."""
+    if request.resource is None or not request.resource.plural:
+        return None  # discovery: allowed to every authenticated user
+    method, named = str(request.method.value), request.name is not None
+    if method == "GET":
+        verb = "watch" if request.params.get("watch") in ("true", "1") else "get" if named else "list"
+    else:
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete" if named else "deletecollection"}[method]
+    resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+    return request.resource.group or "", resource, verb
+
+
 @pytest.fixture
 def cluster():
     with FakeCluster(crds=CRDS, namespaces=[NS]) as fake:
         fake.start_gc(0.5)
+        # What the chart creates in every worker namespace.
+        fake.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKER_SERVICE_ACCOUNT, "namespace": NS}})
         yield fake
+        # Whatever the test did, the operator asked only for what its RBAC grants (the chart grants
+        # exactly OPERATOR_RBAC: tests/chart), so a real cluster would have answered it too.
+        asked = {rbac_of(r) for r in fake.requests if r.headers.get("User-Agent", "").startswith(OPERATOR_AGENTS)} - {None}
+        assert asked - OPERATOR_RBAC - OPERATOR_CLUSTER_RBAC - TOLERATED_FORBIDDEN == set()
 
 
 @pytest.fixture
@@ -105,14 +135,20 @@ def env(moto, tmp_path, cluster):
     aws = Env(moto, tmp_path)
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "old-master-keys", "namespace": NS},
                     "type": "Opaque", "data": {"aes.key": base64.b64encode(base64.b64encode(aws.keys.aes.read_bytes())).decode()}})
+    # As the kind quickstart (docs/install.md) creates it: static credentials and AWS_REGION only
+    # (no AWS_DEFAULT_REGION), handed to every worker by the operator's --worker-env-secret.
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": REGION}
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": WORKER_ENV_SECRET, "namespace": NS},
+                    "type": "Opaque", "stringData": credentials})
     return aws
 
 
 class Operator:
     """`keymigration operator -n payments` as a child process, logging JSON to a file."""
 
-    def __init__(self, cluster: FakeCluster, tmp: Path):
+    def __init__(self, cluster: FakeCluster, tmp: Path, aws_endpoint: str):
         self.cluster = cluster
+        self.aws_endpoint = aws_endpoint
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = tmp / "operator.log"
@@ -123,8 +159,11 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "operator", "--namespace", NS,
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--status-interval", "1",
-             "--metrics-port", str(self.metrics_port), "--stall-seconds", "3",
-             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", "km-worker"],
+             "--metrics-port", str(self.metrics_port), "--stall-seconds", "3", "--stuck-seconds", "5",
+             "--worker-image", "registry.example/keymigration:test", "--worker-service-account", WORKER_SERVICE_ACCOUNT,
+             "--worker-env-secret", WORKER_ENV_SECRET,
+             # The installer's endpoints (Helm value worker.aws) reach the workers through their Jobs.
+             "--worker-aws", json.dumps({"s3EndpointUrl": self.aws_endpoint, "kmsEndpointUrl": self.aws_endpoint})],
             env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -160,17 +199,34 @@ class Operator:
 
 
 @pytest.fixture
-def operator(cluster, tmp_path):
-    op = Operator(cluster, tmp_path).start()
+def operator(cluster, moto, tmp_path):
+    op = Operator(cluster, tmp_path, moto.endpoint).start()
     yield op
     op.stop()
 
 
 @pytest.fixture
-def runner(cluster, moto, tmp_path):
-    base = {**cluster.env(), **moto.env(), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    with JobRunner(cluster, base_env=base, workdir=tmp_path / "jobs", poll_interval=0.1) as job_runner:
-        yield job_runner
+def runner_factory(cluster, moto, tmp_path):
+    """JobRunners for this test's cluster; keyword arguments go to JobRunner."""
+    started = []
+
+    def make(**options) -> JobRunner:
+        # The node's view: nothing of AWS; credentials and region come from the Secret, the endpoints
+        # from the installer's settings in the Job (no instance metadata here).
+        base = {**cluster.env(), "AWS_EC2_METADATA_DISABLED": "true",
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+        job_runner = JobRunner(cluster, base_env=base, workdir=tmp_path / f"jobs{len(started)}", poll_interval=0.1, **options)
+        started.append(job_runner.start())
+        return job_runner
+
+    yield make
+    for job_runner in started:
+        job_runner.stop()
+
+
+@pytest.fixture
+def runner(runner_factory):
+    return runner_factory()
 
 
 def km(cluster):
@@ -184,6 +240,17 @@ def wait_condition(cluster, type_, status, reason=None, timeout=120):
                 and obj["status"].get("observedGeneration") == obj["metadata"]["generation"])
 
     return cluster.wait_for(*KM, NS, NAME, met, timeout=timeout)
+
+
+def warning_events(cluster, reason, timeout=10) -> list[str]:
+    """Messages of the KeyMigration's Warning Events of ``reason`` (posted right after the status
+    write that records the transition: waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e["message"] for e in cluster.events(NS, involved_name=NAME) if e["type"] == "Warning" and e["reason"] == reason]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def apply_example(cluster, **spec_changes):
@@ -346,3 +413,212 @@ def test_operator_killed_mid_reconcile_restarts_and_finishes(cluster, env, opera
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(child_name(NAME, p) for p in EXAMPLE["spec"]["prefixes"])
     status = km(cluster)["status"]
     assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+
+
+def test_a_child_name_held_by_a_foreign_object_stalls_with_its_name(cluster, operator):
+    """409 AlreadyExists counts as success only for a child this KeyMigration owns: a Job of the
+    same name that belongs to something else is reported (Stalled, ChildConflict, naming it), the
+    other prefixes go on, and once it is gone the prefix gets its own Job."""
+    name = child_name(NAME, "2019/")
+    foreign = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS},
+               "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never",
+                                                                "containers": [{"name": "c", "image": "busybox"}]}}}}
+    cluster.create(foreign)
+    apply_example(cluster)
+    obj = wait_condition(cluster, "Stalled", "True", "ChildConflict", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert f"Job {NS}/{name} already exists and is not owned by this KeyMigration" in message
+    assert warning_events(cluster, "ChildConflict")
+    other = cluster.get("batch/v1", "Job", NS, child_name(NAME, "2020/"))
+    assert other["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert "ownerReferences" not in cluster.get("batch/v1", "Job", NS, name)["metadata"]  # never adopted
+    cluster.delete("batch/v1", "Job", NS, name)
+    ours = cluster.wait_for("batch/v1", "Job", NS, name, lambda j: bool(j["metadata"].get("ownerReferences")), timeout=40)
+    assert ours["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    # The conflict is gone from the status (no Job controller here: its pods never run, which the
+    # operator reports as WorkerStuck instead).
+    cluster.wait_for(*KM, NS, NAME, lambda o: "ChildConflict" not in json.dumps(o["status"]["conditions"]), timeout=30)
+
+
+def test_progress_writes_cost_the_operator_no_list_requests(cluster, operator):
+    """The operator reads KeyMigrations, Jobs and progress objects from its watch streams (kopf
+    indices), not with a LIST per reconcile, and watches only its own children (a label selector
+    on the server)."""
+    apply_example(cluster, concurrency={"maxJobs": 2, "perJob": 1})
+    cluster.wait_for(*KM, NS, NAME, lambda o: (o.get("status") or {}).get("prefixCounts", {}).get("running") == 2, timeout=30)
+    progress = child_name(NAME, "2019/")
+    before = len(cluster.requests)
+    for scanned in range(1, 21):  # a worker's progress writes (every 5 s in a real Job)
+        cluster.patch_status(*KMP, NS, progress, {"status": {"counters": {"scanned": scanned, "migrated": scanned}}})
+        time.sleep(0.1)
+    cluster.wait_for(*KM, NS, NAME, lambda o: o["status"]["totals"]["scanned"] == 20, timeout=30)
+    served = [r for r in cluster.requests[before:] if r.headers.get("User-Agent") != TEST_USER_AGENT]  # the operator's
+    assert any(str(r.method.value) == "PATCH" for r in served)  # the operator did write the status
+    reads = [f"{r.method} {r.url.path}" for r in served
+             if str(r.method.value) == "GET" and r.params.get("watch") not in ("true", "1")
+             and r.resource is not None and r.resource.plural in ("jobs", "keymigrationprogresses", "keymigrations")]
+    assert reads == []
+    watches = {r.resource.plural: r.params.get("labelSelector") for r in cluster.requests
+               if r.params.get("watch") in ("true", "1") and r.resource is not None}
+    assert watches["jobs"] == watches["keymigrationprogresses"] == "app.kubernetes.io/managed-by=keymigration-operator"
+
+
+def test_start_up_failures_are_retried_and_shown(cluster, env, operator, runner_factory, tmp_path):
+    """A worker that cannot start (no credentials yet, the API server or the KMS endpoint
+    unreachable) exits with the retryable code: its Job runs it again instead of failing at once,
+    and meanwhile the prefix's row and the Reconciling message show the last start-up error, from
+    the progress object or, when the worker could not reach the API server, its termination
+    message."""
+    job = child_name(NAME, "2019/")
+    dead_api = tmp_path / "dead-kubeconfig"
+    dead_api.write_text(Path(cluster.kubeconfig).read_text().replace(cluster.url, f"http://127.0.0.1:{free_port()}"))
+    faults = {
+        1: {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},  # an IRSA token not there yet
+        2: {"KUBECONFIG": str(dead_api)},  # the API server unreachable while loading the checkpoint
+        3: {"AWS_ENDPOINT_URL_KMS": f"http://127.0.0.1:{free_port()}", "AWS_MAX_ATTEMPTS": "2"},  # KMS unreachable
+    }
+    runner_factory(attempt_env=lambda namespace, name, attempt: faults.get(attempt, {}) if name == job else {})
+    apply_example(cluster)
+    wait_condition(cluster, "Ready", "True", timeout=180)
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+    history = [v for v in cluster.history(*KM, NS, NAME) if v and v.get("status")]
+    rows = [r.get("lastError", "") for v in history for r in v["status"].get("prefixes", []) if r["prefix"] == "2019/"]
+    messages = [condition(v, "Reconciling")["message"] for v in history if condition(v, "Reconciling")]
+    assert any("Unable to locate credentials" in r for r in rows)
+    assert any("exit 75: cannot read the checkpoint in progress object" in r for r in rows)  # the pod's termination message
+    assert any("Could not connect to the endpoint URL" in r for r in rows)
+    assert any("retrying '2019/' after 1 failed attempt(s)" in m and "Unable to locate credentials" in m for m in messages), messages
+    final = next(r for r in status["prefixes"] if r["prefix"] == "2019/")
+    assert final["state"] == "Completed" and "lastError" not in final
+    cluster.wait_for("batch/v1", "Job", NS, job, lambda j: condition(j, "Complete") is not None, timeout=30)
+    pods = cluster.list("v1", "Pod", NS, label_selector=f"job-name={job}")
+    codes = sorted((p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods))
+    assert codes == [0, 75, 75, 75]
+
+
+def test_a_namespace_without_the_worker_service_account_is_stalled(cluster, operator):
+    """A cluster-wide install accepts KeyMigrations from any namespace, but a worker pod needs the
+    worker ServiceAccount there: without it the migration is Stalled with a clear reason and no Job
+    (which would only collect FailedCreate Events), and goes on once it exists."""
+    cluster.delete("v1", "ServiceAccount", NS, WORKER_SERVICE_ACCOUNT)
+    apply_example(cluster)
+    obj = wait_condition(cluster, "Stalled", "True", "WorkerServiceAccountMissing", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert f"the worker ServiceAccount {WORKER_SERVICE_ACCOUNT} does not exist in namespace {NS}" in message
+    assert "worker.namespaces" in message and cluster.list("batch/v1", "Job", NS) == []
+    assert warning_events(cluster, "WorkerServiceAccountMissing")
+    cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": WORKER_SERVICE_ACCOUNT, "namespace": NS}})
+    deadline = time.monotonic() + 40  # the lookup is trusted 10 s, and looked at again every 15 s
+    while len(cluster.list("batch/v1", "Job", NS)) < 2:
+        assert time.monotonic() < deadline, "no Jobs after the ServiceAccount appeared"
+        time.sleep(0.2)
+
+
+def test_a_missing_secret_is_named_within_a_minute(cluster, env, operator, runner):
+    """The source key's Secret missing: the pods stay ContainerCreating (FailedMount); within a
+    minute the KeyMigration is Stalled (WorkerStuck) naming the Secret, with a Warning Event; once
+    the Secret exists the workers start and finish."""
+    secret = cluster.get("v1", "Secret", NS, "old-master-keys")
+    cluster.delete("v1", "Secret", NS, "old-master-keys")
+    apply_example(cluster)
+    started = time.monotonic()
+    obj = wait_condition(cluster, "Stalled", "True", "WorkerStuck", timeout=60)
+    assert time.monotonic() - started < 60
+    message = condition(obj, "Stalled")["message"]
+    assert "is ContainerCreating" in message and 'secret "old-master-keys" not found' in message, message
+    assert any('secret "old-master-keys" not found' in m for m in warning_events(cluster, "WorkerStuck"))
+    row = next(r for r in obj["status"]["prefixes"] if r["prefix"] == "2019/")
+    assert 'secret "old-master-keys" not found' in row["lastError"]
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "old-master-keys", "namespace": NS},
+                    "type": "Opaque", "data": secret["data"]})
+    wait_condition(cluster, "Ready", "True", timeout=180)
+
+
+def test_unpullable_images_and_unschedulable_pods_are_named(cluster, env, operator, runner_factory):
+    runner_factory(pullable=lambda image: image != "registry.example/keymigration:test")
+    apply_example(cluster, prefixes=["2019/"])
+    obj = wait_condition(cluster, "Stalled", "True", "WorkerStuck", timeout=60)
+    assert 'is ImagePullBackOff: Back-off pulling image "registry.example/keymigration:test"' in condition(obj, "Stalled")["message"]
+    picky = json.loads(json.dumps(EXAMPLE))
+    picky["metadata"]["name"] = "picky"
+    picky["spec"].update(prefixes=["2020/"], worker={"nodeSelector": {"pool": "nowhere"}})
+    cluster.create(picky)
+    obj = cluster.wait_for(*KM, NS, "picky", lambda o: (condition(o, "Stalled") or {}).get("reason") == "WorkerStuck", timeout=60)
+    assert "cannot be scheduled: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector" in \
+        condition(obj, "Stalled")["message"]
+
+
+def test_outcomes_outlive_jobs_and_the_status_row_cap(cluster, operator):
+    """300 prefixes (the status shows 200 rows): one fails beyond row 200, one finishes only through
+    its Job's Complete condition (the worker's last progress write never said done). Once every
+    Job is gone (ttlSecondsAfterFinished), no Job is created again and the totals stay exact: each
+    outcome is recorded in the prefix's progress object. The test plays the Job controller and
+    the workers, writing Job and progress statuses directly."""
+    prefixes = [f"p{i:03d}/" for i in range(300)]
+    failed, complete_only = "p250/", "p260/"
+    names = {child_name(NAME, p): p for p in prefixes}
+    apply_example(cluster, prefixes=prefixes, concurrency={"maxJobs": 100, "perJob": 1})
+    handled: set[str] = set()
+    deadline = time.monotonic() + 180
+    while len(handled) < len(prefixes):
+        assert time.monotonic() < deadline, f"{len(handled)} Jobs handled"
+        for job in cluster.list("batch/v1", "Job", NS):
+            name = job["metadata"]["name"]
+            if name in handled:
+                continue
+            prefix = names[name]
+            counters = {"scanned": 3, "migrated": 2, "skipped": 1, "failed": 0}
+            progress = {"counters": counters, "done": prefix not in (failed, complete_only)}
+            if prefix == failed:
+                progress = {"counters": {"scanned": 1, "migrated": 1, "skipped": 0, "failed": 0},
+                            "lastError": "stopped: listing failed: AccessDenied"}
+            cluster.patch_status(*KMP, NS, name, {"status": progress})
+            kind = "Failed" if prefix == failed else "Complete"
+            cluster.patch_status("batch/v1", "Job", NS, name, {"status": {"conditions": [
+                {"type": kind, "status": "True", "reason": "BackoffLimitExceeded" if kind == "Failed" else "CompletionsReached"}]}})
+            handled.add(name)
+        time.sleep(0.2)
+    expected = {"scanned": 299 * 3 + 1, "migrated": 299 * 2 + 1, "skipped": 299, "failed": 0}
+
+    def finished(obj):
+        status = obj.get("status") or {}
+        return status.get("prefixCounts", {}).get("completed") == 299 and status["prefixCounts"]["failed"] == 1
+
+    before = cluster.wait_for(*KM, NS, NAME, finished, timeout=60)
+    assert {k: before["status"]["totals"][k] for k in expected} == expected
+    assert failed not in {r["prefix"] for r in before["status"]["prefixes"]} and before["status"]["prefixesTruncated"]
+    for name in names:  # the TTL controller deletes every finished Job
+        cluster.delete("batch/v1", "Job", NS, name, propagation_policy="Background")
+    time.sleep(8)  # reconciles triggered by 300 Job deletions, and one resync later
+    assert cluster.list("batch/v1", "Job", NS) == []  # no finished prefix is run again
+    after = km(cluster)["status"]
+    assert {k: after["totals"][k] for k in expected} == expected
+    assert after["prefixCounts"] == before["status"]["prefixCounts"] and condition(km(cluster), "Stalled")["reason"] == "PrefixFailed"
+    recorded = {names[p["metadata"]["name"]]: p["status"] for p in cluster.list(*KMP, NS)}
+    assert recorded[failed]["state"] == "Failed" and "AccessDenied" in recorded[failed]["lastError"]
+    assert recorded[complete_only]["state"] == "Completed" and not recorded[complete_only].get("done")
+    assert {s["state"] for p, s in recorded.items() if p != failed} == {"Completed"}
+
+
+def test_an_overloaded_api_server_changes_nothing_but_the_pace(cluster, env, operator, runner):
+    """One request in four from the operator and the workers answered 429 or 5xx, as an API server
+    under API Priority and Fairness or restarting does: retries (kopf's, the reconcile loop's back-
+    off, the workers' progress writes and checkpoint loads) ride it out; the result is exact."""
+    cluster.chaos(0.25, statuses=(429, 500, 503))
+    apply_example(cluster)
+    wait_condition(cluster, "Ready", "True", timeout=240)
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals()
+    env.assert_readable()
+    assert sum(cluster.chaos_answers().values()) >= 10
+
+
+def test_a_keymigration_naming_an_endpoint_is_refused(cluster, operator):
+    """Written before endpoints became the installer's (or past an API server without the CRD's CEL
+    rules): the fields are kept, and the operator refuses to run it anywhere."""
+    apply_example(cluster, aws={"kmsEndpointUrl": "https://kms.attacker.example"})
+    obj = wait_condition(cluster, "Stalled", "True", "InvalidSpec", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert "spec.aws.kmsEndpointUrl: spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation" in message
+    assert cluster.list("batch/v1", "Job", NS) == []

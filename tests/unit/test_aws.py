@@ -5,7 +5,7 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from keymigration.aws.clients import ClientOptions, make_clients, parse_timestamp
 from keymigration.aws.kms import KmsKeys
-from keymigration.errors import KmsError
+from keymigration.errors import ConfigurationError, KmsError
 from keymigration.formats.envelope import Envelope, Location, WrapAlgorithm
 from keymigration.formats.secrets import DataKey
 
@@ -144,3 +144,24 @@ def test_an_object_beyond_s3s_maximum_is_refused_before_any_request():
     with pytest.raises(CutOverRefused) as refused:
         MetadataRewriter(Bucket(client, "b")).rewrite("k", {"ETag": '"e"', "ContentLength": 10_000 * 5 * GiB + 1}, {})
     assert refused.value.reason == "object-too-large" and client.ranges == []
+
+
+def test_region_from_aws_region_alone(monkeypatch):
+    """EKS and the kind quickstart's Secret set AWS_REGION; botocore itself reads only
+    AWS_DEFAULT_REGION (and config files)."""
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    s3, kms = make_clients(ClientOptions(endpoint_url="http://127.0.0.1:9"))
+    assert s3.meta.region_name == kms.meta.region_name == "eu-west-3"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # both: AWS_REGION wins, as in the other AWS SDKs
+    assert make_clients(ClientOptions(endpoint_url="http://127.0.0.1:9"))[0].meta.region_name == "eu-west-3"
+    assert make_clients(ClientOptions(region="ap-south-1", endpoint_url="http://127.0.0.1:9"))[0].meta.region_name == "ap-south-1"
+
+
+def test_no_region_at_all_is_a_configuration_error(monkeypatch):
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    with pytest.raises(ConfigurationError, match="AWS_REGION"):
+        make_clients(ClientOptions(endpoint_url="http://127.0.0.1:9"))

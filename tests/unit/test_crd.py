@@ -5,6 +5,7 @@ import celpy
 import jsonschema
 import pytest
 import yaml
+from celpy import celtypes
 
 from keymigration.kube import crd
 from keymigration.kube.api_types import KeyMigration
@@ -46,11 +47,15 @@ def cel_rules():
     return crd.keymigration_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
 
 
+# Kubernetes adds CEL libraries cel-python lacks; the one the rules use: lists' sum().
+K8S_CEL_FUNCTIONS = {"sum": lambda values: celtypes.IntType(sum(values))}
+
+
 def violations(old_spec, new_spec):
     env = celpy.Environment()
     failed = []
     for rule in cel_rules():
-        program = env.program(env.compile(rule["rule"]))
+        program = env.program(env.compile(rule["rule"]), functions=K8S_CEL_FUNCTIONS)
         activation = {"self": celpy.json_to_cel(new_spec), "oldSelf": celpy.json_to_cel(old_spec)}
         if not bool(program.evaluate(activation)):
             failed.append(rule["message"])
@@ -92,3 +97,32 @@ def test_mode_enum_and_printer_column_follow_the_vocabulary():
     assert schema["enum"] == ["CutOver", "InstructionFile", "Metadata"] == sorted(m.api_name for m in Mode)
     assert {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "where the new envelopes go"} in (
         version["additionalPrinterColumns"])
+
+
+def test_cel_bounds_the_prefixes_total_bytes():
+    """Spec plus status must stay under etcd's 1.5 MiB: the prefixes (repeated in up to 200 status
+    rows) may hold 256 KiB in all, counted in UTF-8 bytes; the operator checks the same."""
+    from keymigration.errors import InvalidKeyMigration
+
+    limit = "prefixes may hold at most 262144 bytes (UTF-8) in all"
+    fits = [f"{i:03d}/" + "x" * 1020 for i in range(256)]  # 256 x 1024 bytes: exactly the limit
+    assert violations({**BASE, "prefixes": fits}, {**BASE, "prefixes": fits}) == []
+    KeyMigration.from_fields({**BASE, "prefixes": fits})
+    too_long = fits[:-1] + [fits[-1][:-1] + "\u00e9"]  # one more byte: é is two in UTF-8
+    assert violations({**BASE, "prefixes": too_long}, {**BASE, "prefixes": too_long}) == [limit]
+    with pytest.raises(InvalidKeyMigration, match="at most 262144 bytes"):
+        KeyMigration.from_fields({**BASE, "prefixes": too_long})
+
+
+@pytest.mark.parametrize("aws", [{"s3EndpointUrl": "https://s3.attacker.example"}, {"kmsEndpointUrl": "https://kms.attacker.example"},
+                                 {"region": "eu-west-1"}, {"pathStyle": False}])
+def test_the_api_server_refuses_a_keymigration_naming_an_endpoint(aws):
+    """Endpoints and region are the installer's: the API server refuses a KeyMigration naming one
+    (a CEL rule on spec.aws; its fields stay declared so an older object keeps them and the
+    operator reports it Stalled instead of running it elsewhere)."""
+    (rule,) = schema()["properties"]["spec"]["properties"]["aws"]["x-kubernetes-validations"]
+    env = celpy.Environment()
+    program = env.program(env.compile(rule["rule"]), functions=K8S_CEL_FUNCTIONS)
+    assert not bool(program.evaluate({"self": celpy.json_to_cel(aws)}))
+    assert "come from the operator's installation" in rule["message"]
+    assert bool(program.evaluate({"self": celpy.json_to_cel({})}))

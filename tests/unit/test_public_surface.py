@@ -18,7 +18,7 @@ SURFACE = {
     "keymigration": [
         "CheckpointError", "ConfigurationError", "ContentError", "CutOverRefused", "EnvelopeError",
         "InvalidKeyMigration", "KeyFileError", "KeyMigrationError", "KmsError", "Mode", "NotReadable",
-        "ObjectError", "PreconditionFailed", "S3Error", "SetupError", "UnwrapError", "VerifyLevel",
+        "ObjectError", "PreconditionFailed", "S3Error", "SetupError", "Unavailable", "UnwrapError", "VerifyLevel",
         "WrapAlgorithm", "__version__",
     ],
     "keymigration.formats": [
@@ -33,7 +33,8 @@ SURFACE = {
         "Telemetry", "TokenBucket", "Wrapped", "make_clients", "watch_throttling",
     ],
     "keymigration.migrate": [
-        "EXIT_CONFIG", "EXIT_FAILED_OBJECTS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TOO_MANY_FAILURES",
+        "EXIT_CONFIG", "EXIT_FAILED_OBJECTS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RETRY",
+        "EXIT_TOO_MANY_FAILURES",
         "Checkpoint", "CheckpointStore", "Counters", "DurationEstimate", "FileCheckpointStore", "InventoryError",
         "KeyRange", "KmsBudget", "ListingHint", "MemoryCheckpointStore", "Migration", "ObjectResult",
         "ObjectRewrapper", "Outcome", "PrefixWorker", "ProgressSink", "Prune", "ReportWriter", "RewrapOptions",
@@ -41,14 +42,14 @@ SURFACE = {
         "human_duration", "plan_shards", "verify_process",
     ],
     "keymigration.kube": [
-        "InstallConfig", "KeyMigration", "KubernetesProgress", "Plan", "SourceKeyRef", "child_name",
+        "InstallConfig", "KeyMigration", "KubernetesProgress", "Plan", "SourceKeyRef", "WorkerAws", "child_name",
         "job_manifest", "progress_manifest", "reconcile",
     ],
     "keymigration.demo": ["MotoServer", "encrypt_object", "put_encrypted", "run_demo"],
     "keymigration.errors": [
         "CheckpointError", "ConfigurationError", "ContentError", "CutOverRefused", "EnvelopeError",
         "InvalidKeyMigration", "KeyFileError", "KeyMigrationError", "KmsError", "NotReadable", "ObjectError",
-        "PreconditionFailed", "S3Error", "SetupError", "UnwrapError",
+        "PreconditionFailed", "S3Error", "SetupError", "Unavailable", "UnwrapError",
     ],
 }
 # Modules the CLI may import directly (both lazily: they pull in kopf, or are the CLI's own).

@@ -1,6 +1,6 @@
 """The pure reconcile step: every state transition, the Job template, the cap, suspend, failures."""
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -12,26 +12,27 @@ from keymigration.kube.jobs import (
     child_name,
     job_manifest,
 )
-from keymigration.kube.reconcile import reconcile
+from keymigration.kube.reconcile import Surroundings, reconcile
+from keymigration.migrate import EXIT_CONFIG, EXIT_FAILED_OBJECTS, EXIT_RETRY, EXIT_TOO_MANY_FAILURES
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 CONFIG = InstallConfig(worker_image="registry.example/keymigration:1.2.3", worker_service_account="km-worker")
 
 
 def km(spec_changes=None, status=None, generation=1, annotations=None, prefixes=("a/", "b/", "c/")):
-    spec = {
+    fields = {
         "bucket": "my-bucket",
         "prefixes": list(prefixes),
         "sourceKeys": [{"secretName": "old-keys", "key": "aes.key", "materialsDescription": {"team": "x"}}],
         "target": {"kmsKeyId": "alias/new"},
         "concurrency": {"maxJobs": 2, "perJob": 8},
     }
-    spec.update(spec_changes or {})
+    fields.update(spec_changes or {})
     obj = {
         "apiVersion": "keymigration.io/v1alpha1",
         "kind": "KeyMigration",
         "metadata": {"name": "mig", "namespace": "ns", "uid": "uid-1", "generation": generation, "annotations": annotations or {}},
-        "spec": spec,
+        "spec": fields,
     }
     if status is not None:
         obj["status"] = status
@@ -184,8 +185,8 @@ def test_transition_times_only_move_on_change():
 
 
 def test_job_template_is_locked_down():
-    spec = KeyMigration.from_fields(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
-    manifest = job_manifest(km(), spec, "a/", CONFIG)
+    migration = KeyMigration.from_fields(km()["spec"] | {"worker": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "low"}})
+    manifest = job_manifest(km(), migration, "a/", CONFIG)
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
@@ -195,7 +196,10 @@ def test_job_template_is_locked_down():
     assert manifest["spec"]["podReplacementPolicy"] == "Failed"
     assert manifest["spec"]["backoffLimit"] == CONFIG.backoff_limit and manifest["spec"]["ttlSecondsAfterFinished"] > 0
     rules = manifest["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {1, 2, 3}
+    # The deliberate outcomes fail the Job at once; a crash (1), argparse (2), a signal (128+N) and
+    # "try again" (75) are retried.
+    assert rules[0]["action"] == "FailJob" and set(rules[0]["onExitCodes"]["values"]) == {10, 11, 12}
+    assert {EXIT_FAILED_OBJECTS, EXIT_TOO_MANY_FAILURES, EXIT_CONFIG} == {10, 11, 12} and EXIT_RETRY == 75
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
@@ -224,15 +228,15 @@ def test_worker_args_parse_back_into_the_same_settings():
     """One model: the Job's arguments are exactly what the CLI accepts, meaning the same thing."""
     from keymigration.cli import build_parser, settings_from_args
 
-    raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"], "aws": {"region": "eu-west-1", "pathStyle": True}})
-    spec = KeyMigration.from_fields(raw["spec"])
-    args = spec.worker_args("a/", progress_resource="ns/x", max_failures=5)
+    raw = km({"kmsRequestsPerSecond": 100, "verify": "body", "sourceKmsKeyIds": ["alias/old"]})
+    migration = KeyMigration.from_fields(raw["spec"])
+    args = migration.worker_args("a/", progress_resource="ns/x", max_failures=5)
     settings = settings_from_args(build_parser().parse_args(args))
     assert (settings.bucket, settings.prefix, settings.kms_key_id, settings.wrap, settings.suffix) == ("my-bucket", "a/", "alias/new", "kms+context", ".instruction")
     assert settings.source_key_files == ['/var/run/keymigration/keys/0/old-keys/aes.key:{"team":"x"}']
     assert settings.source_kms_key_ids == ["alias/old"]
     assert (settings.concurrency, settings.verify, settings.kms_rate, settings.max_failures) == (8, "body", 50, 5)
-    assert settings.progress_resource == "ns/x" and settings.clients.region == "eu-west-1" and settings.clients.path_style
+    assert settings.progress_resource == "ns/x" and settings.clients.region is None and not settings.clients.path_style
     rotation = KeyMigration.from_fields(km({"mode": "Metadata", "sourceKeys": [], "sourceKmsKeyIds": ["alias/old"]})["spec"])
     assert settings_from_args(build_parser().parse_args(rotation.worker_args("a/"))).mode == "metadata"
 
@@ -264,6 +268,33 @@ def test_grant_tokens_reach_the_workers_kms_client():
         KeyMigration.from_fields(km({"grantTokens": [f"t{n}" for n in range(11)]})["spec"])
 
 
+
+
+def test_endpoints_and_region_come_only_from_the_installation():
+    """A KeyMigration cannot say where its worker sends data keys: the installer's worker.aws (and
+    per namespace worker.namespaceAws) becomes the Job's environment and --path-style; one that
+    still names an endpoint, region or addressing (written before) is refused, Stalled."""
+    from keymigration.kube.jobs import WorkerAws
+
+    config = InstallConfig(aws=WorkerAws(region="eu-west-1", kms_endpoint_url="https://kms.eu-west-1.amazonaws.com"),
+                           namespace_aws={"ns": WorkerAws(s3_endpoint_url="https://minio.storage.svc:9000", path_style=True)})
+    container = job_manifest(km(), KeyMigration.from_fields(km()["spec"]), "a/", config)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["AWS_REGION"], env["AWS_ENDPOINT_URL_KMS"], env["AWS_ENDPOINT_URL_S3"]) == (
+        "eu-west-1", "https://kms.eu-west-1.amazonaws.com", "https://minio.storage.svc:9000")
+    assert container["args"][-1] == "--path-style"
+    other = dict(km(), metadata=dict(km()["metadata"], namespace="elsewhere"))
+    env = {e["name"]: e["value"] for e in job_manifest(other, KeyMigration.from_fields(km()["spec"]), "a/", config)
+           ["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "AWS_ENDPOINT_URL_S3" not in env and env["AWS_ENDPOINT_URL_KMS"] == "https://kms.eu-west-1.amazonaws.com"
+    for aws in ({"kmsEndpointUrl": "https://kms.attacker.example"}, {"s3EndpointUrl": "https://s3.attacker.example"},
+                {"region": "eu-west-1"}, {"pathStyle": True}):
+        plan = step(km({"aws": aws}))
+        assert not plan.create and conditions(plan)["Stalled"] == ("True", "InvalidSpec")
+        message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+        assert f"spec.aws.{next(iter(aws))}: spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation" in message
+
+
 def test_a_job_still_finishing_counts_against_the_cap():
     """The worker reported done, but its Job is not Complete yet: no new Job until it is."""
     obj = km({"concurrency": {"maxJobs": 1}})
@@ -274,9 +305,194 @@ def test_a_job_still_finishing_counts_against_the_cap():
 
 
 def test_worker_env_secret_comes_only_from_the_operator_config():
-    spec = KeyMigration.from_fields(km()["spec"])
-    plain = job_manifest(km(), spec, "a/", CONFIG)["spec"]["template"]["spec"]["containers"][0]
+    migration = KeyMigration.from_fields(km()["spec"])
+    plain = job_manifest(km(), migration, "a/", CONFIG)["spec"]["template"]["spec"]["containers"][0]
     assert "envFrom" not in plain
     config = InstallConfig(worker_env_secret="aws-static-credentials")
-    container = job_manifest(km(), spec, "a/", config)["spec"]["template"]["spec"]["containers"][0]
+    container = job_manifest(km(), migration, "a/", config)["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "aws-static-credentials"}}]
+
+
+def pod(job_prefix, name, *, phase="Pending", age=120, waiting=None, unschedulable=None, terminated=None):
+    created = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = {"phase": phase}
+    if waiting:
+        status["containerStatuses"] = [{"state": {"waiting": dict(zip(("reason", "message"), waiting))}}]
+    if terminated:
+        status["containerStatuses"] = [{"state": {"terminated": terminated}}]
+    if unschedulable:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}]
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def aged_job(prefix, age):
+    obj = job(prefix)
+    obj["metadata"]["creationTimestamp"] = (NOW - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return obj
+
+
+def test_a_missing_worker_service_account_stalls_before_any_job():
+    message = "the worker ServiceAccount km-worker does not exist in namespace ns, so no worker pod can start: ..."
+    plan = reconcile(km(), [], [], CONFIG, NOW, Surroundings(worker_account=message))
+    assert not plan.create and conditions(plan)["Stalled"] == ("True", "WorkerServiceAccountMissing")
+    assert next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled") == message
+    assert [e.reason for e in plan.events if e.type == "Warning"] == ["WorkerServiceAccountMissing"]
+    assert plan.recheck  # nothing else would wake the operator when the account appears
+
+
+def test_work_that_cannot_start_is_stalled_naming_the_cause():
+    jobs = [aged_job("a/", 120), aged_job("b/", 120)]
+    mount = 'MountVolume.SetUp failed for volume "source-key-0" : secret "old-keys" not found'
+    pods = {child_name("mig", "b/"): [pod("b/", "b-pod", waiting=("ContainerCreating", ""))]}
+    failed_create = 'Error creating: pods "x-" is forbidden: error looking up service account ns/km-worker: serviceaccount "km-worker" not found'
+    surroundings = Surroundings(pods=pods, warnings={child_name("mig", "a/"): failed_create, "b-pod": mount})
+    plan = reconcile(km(), jobs, [], CONFIG, NOW, surroundings)
+    assert conditions(plan)["Stalled"] == ("True", "WorkerStuck")
+    message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert f"prefix 'a/': no pod created in 120 s: {failed_create}" in message
+    assert f"prefix 'b/': pod b-pod is ContainerCreating: {mount}" in message
+    rows = {r["prefix"]: r for r in plan.status["prefixes"]}
+    assert mount in rows["b/"]["lastError"] and failed_create in rows["a/"]["lastError"]
+    assert ("Warning", "WorkerStuck") in [(e.type, e.reason) for e in plan.events]
+    # The scheduler's and the kubelet's own words, without Events to add.
+    cases = [
+        (pod("a/", "p", unschedulable="0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."),
+         "pod p cannot be scheduled: 0/3 nodes are available"),
+        (pod("a/", "p", waiting=("ImagePullBackOff", 'Back-off pulling image "registry.example/km:9"')),
+         'pod p is ImagePullBackOff: Back-off pulling image "registry.example/km:9"'),
+        (pod("a/", "p", waiting=("CreateContainerConfigError", 'secret "aws" not found')),
+         'pod p is CreateContainerConfigError: secret "aws" not found'),
+    ]
+    for stuck, expected in cases:
+        plan = reconcile(km(), [aged_job("a/", 120)], [], CONFIG, NOW, Surroundings(pods={child_name("mig", "a/"): [stuck]}))
+        assert expected in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+
+
+def test_a_young_pending_pod_is_not_stuck_yet_but_looked_at_again():
+    pending = {child_name("mig", "a/"): [pod("a/", "p", age=5, waiting=("ContainerCreating", ""))]}
+    plan = reconcile(km(), [aged_job("a/", 5)], [], CONFIG, NOW, Surroundings(pods=pending, stuck_after=30))
+    assert conditions(plan)["Reconciling"] == ("True", "Progressing") and plan.recheck and plan.recheck <= 10
+    running = {child_name("mig", "a/"): [pod("a/", "p", phase="Running")]}
+    plan = reconcile(km(), [aged_job("a/", 500)], [], CONFIG, NOW, Surroundings(pods=running))
+    assert conditions(plan)["Reconciling"] == ("True", "Progressing") and plan.recheck is None
+
+
+def test_a_prefix_retrying_after_failed_pods_shows_its_last_start_up_error():
+    failed = [pod("a/", "p1", phase="Failed", terminated={"exitCode": 75, "finishedAt": "2026-11-27T11:58:00Z",
+                                                          "message": "target KMS key: KMS DescribeKey failed: Unable to locate credentials"}),
+              pod("a/", "p2", phase="Failed", terminated={"exitCode": 75, "finishedAt": "2026-11-27T11:59:00Z",
+                                                          "message": "cannot read the checkpoint: HTTP 503"})]
+    progress_a = progress("a/")
+    progress_a["status"].update(lastError="target KMS key: KMS DescribeKey failed: Unable to locate credentials",
+                                updatedAt="2026-11-27T11:57:59Z")
+    plan = reconcile(km(), [aged_job("a/", 200)], [progress_a], CONFIG, NOW, Surroundings(pods={child_name("mig", "a/"): failed}))
+    row = next(r for r in plan.status["prefixes"] if r["prefix"] == "a/")
+    assert row["lastError"] == "exit 75: cannot read the checkpoint: HTTP 503"  # the newest: the worker could not write it
+    reconciling = next(c for c in plan.status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True"
+    assert "retrying 'a/' after 2 failed attempt(s): exit 75: cannot read the checkpoint: HTTP 503" in reconciling["message"]
+
+
+def test_outcomes_are_recorded_once_in_the_progress_object_and_cleared_for_a_retry():
+    progs = [progress("a/", scanned=2, migrated=2), progress("b/", done=True, scanned=1, migrated=1), progress("c/", scanned=1)]
+    plan = step(km(), [job("a/", failed="BackoffLimitExceeded"), job("c/", complete=True)], progs)
+    assert plan.progress_status == {
+        child_name("mig", "a/"): {"state": "Failed", "completionTime": "2026-11-27T12:00:00Z", "lastError": "Job failed: BackoffLimitExceeded pod failed"},
+        child_name("mig", "b/"): {"state": "Completed", "completionTime": "2026-11-27T12:00:00Z"},
+        child_name("mig", "c/"): {"state": "Completed", "completionTime": "2026-11-27T12:00:00Z"},  # its Job completed
+    }
+    recorded = [dict(p, status={**p["status"], **plan.progress_status[p["metadata"]["name"]]}) for p in progs]
+    # Recorded: no Job, no status rows, no new Job, no second Event.
+    again = step(km(), [], recorded)
+    assert not again.create and not again.progress_status and not [e for e in again.events if e.reason.startswith("Prefix")]
+    assert conditions(again)["Stalled"] == ("True", "PrefixFailed") and again.status["prefixesDone"] == "2/3"
+    retry = step(km(status=again.status, annotations={ANNOTATION_RETRY: "7"}), [], recorded)
+    assert retry.progress_status == {child_name("mig", "a/"): {"state": None, "completionTime": None, "lastError": None}}
+    assert [o["kind"] for o in retry.create] == ["Job"]
+
+
+def test_spec_plus_the_largest_status_stay_well_under_etcds_limit():
+    """The largest KeyMigration the schema accepts (prefixes: 256 KiB in all) with the largest
+    status the operator writes (200 rows, each with its longest checkpoint key and last error, and
+    long condition messages) is well under the 1.5 MiB an object may hold."""
+    prefixes = [f"{i:03d}/" + "x" * 1020 for i in range(256)]
+    obj = km({"prefixes": prefixes, "concurrency": {"maxJobs": 100, "perJob": 8}})
+    long_key = "k" * 1024
+    progs = []
+    for prefix in prefixes:
+        item = progress(prefix, scanned=10**9, migrated=10**9, skipped=10**9, failed=10**9)
+        item["status"].update(checkpoint=json.dumps({"after": prefix + long_key}), lastError="e" * 100_000, total=10**9)
+        progs.append(item)
+    jobs = [job(p) for p in prefixes[:100]] + [job(p, failed="BackoffLimitExceeded") for p in prefixes[100:]]
+    plan = step(obj, jobs, progs)
+    rows = plan.status["prefixes"]
+    assert len(rows) == 200 and all(len(r["checkpoint"]) <= 128 and len(r["lastError"]) <= 256 for r in rows)
+    assert all(len(c["message"]) <= 4096 for c in plan.status["conditions"])
+    # kubectl apply (client-side) keeps a second copy of the spec in an annotation.
+    obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json.dumps(obj)
+    size = len(json.dumps({**obj, "status": plan.status}).encode())
+    assert size < 1024 * 1024, size  # etcd's limit is 1.5 MiB
+
+
+def test_status_writes_remove_what_the_new_status_no_longer_has():
+    """A merge patch keeps every key it does not mention: writing the new status as is would leave
+    a finished migration's completionTime (and phase-specific keys) after a retry. The operator
+    sends the patch that turns the stored status into the new one."""
+    import asyncio
+
+    from keymigration.kube.operator import OperatorOptions, Reconciler
+    from tests.support.k8s.semantics import merge_patch as apply_merge_patch
+
+    progs = [progress("a/", scanned=2, migrated=2)] + [progress(p, done=True) for p in ("b/", "c/")]
+    failed = step(km(), [job("a/", failed="BackoffLimitExceeded")], progs)
+    assert "completionTime" in failed.status
+    stored = km(status=failed.status, annotations={ANNOTATION_RETRY: "1"})
+
+    class Api:
+        def patch_status(self, namespace, name, patch):
+            stored["status"] = apply_merge_patch(stored["status"], patch)  # what the API server does
+            return stored
+
+        def __getattr__(self, _):
+            return lambda *args, **kwargs: None
+
+    retry = step(stored, [job("a/", failed="BackoffLimitExceeded")], progs)
+    assert "completionTime" not in retry.status
+    asyncio.run(Reconciler(Api(), OperatorOptions(metrics_port=None)).apply(stored, retry))
+    assert stored["status"] == retry.status
+
+
+def test_priority_classes_and_tolerations_only_from_the_installers_allowlists():
+    """A KeyMigration author must not preempt other workloads or reach dedicated nodes: a
+    priorityClassName or toleration is honoured only when the Helm values allow it."""
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "migration", "effect": "NoSchedule"}
+    asking = km({"worker": {"priorityClassName": "system-cluster-critical", "tolerations": [toleration]}})
+    plan = step(asking)
+    assert not plan.create and conditions(plan)["Stalled"] == ("True", "NotAllowed")
+    message = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert "spec.worker.priorityClassName 'system-cluster-critical' (allowed: none" in message
+    assert "spec.worker.tolerations[0]" in message and [e.reason for e in plan.events] == ["NotAllowed"]
+    allowing = InstallConfig(allowed_priority_classes=("batch-low", "system-cluster-critical"),
+                             allowed_tolerations=({"key": "dedicated", "value": "migration", "effect": "NoSchedule"},))
+    plan = reconcile(asking, [], [], allowing, NOW)
+    pod = next(o for o in plan.create if o["kind"] == "Job")["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical" and pod["tolerations"] == [toleration]
+    other = km({"worker": {"tolerations": [dict(toleration, value="elsewhere")]}})
+    assert conditions(reconcile(other, [], [], allowing, NOW))["Stalled"] == ("True", "NotAllowed")
+
+
+def test_kms_keys_only_from_the_installers_allowlists():
+    """The worker sends every unwrapped data key to KMS Encrypt under the target key: when the
+    installer pins accounts or key ARNs, a KeyMigration naming another key is refused."""
+    ours = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    theirs = "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    accounts = InstallConfig(allowed_kms_accounts=("111122223333",))
+    assert [o["kind"] for o in reconcile(km({"target": {"kmsKeyId": ours}}), [], [], accounts, NOW).create][:2] == ["KeyMigrationProgress", "Job"]
+    for target, needle in ((theirs, "account 444455556666 (allowed: 111122223333"), ("alias/new", "give the key's or alias's full ARN")):
+        plan = reconcile(km({"target": {"kmsKeyId": target}}), [], [], accounts, NOW)
+        assert not plan.create and conditions(plan)["Stalled"] == ("True", "NotAllowed")
+        assert needle in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    keys = InstallConfig(allowed_kms_keys=("arn:aws:kms:eu-west-1:111122223333:key/*",))
+    plan = reconcile(km({"target": {"kmsKeyId": ours}, "sourceKmsKeyIds": [theirs]}), [], [], keys, NOW)
+    assert conditions(plan)["Stalled"] == ("True", "NotAllowed")
+    assert "spec.sourceKmsKeyIds[0]" in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")

@@ -1,12 +1,13 @@
 """boto3 clients for the worker: one shared S3 and one shared KMS client per process.
 
 Endpoints come from the standard AWS settings (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``,
-``AWS_ENDPOINT_URL_KMS``, region, credential chain, IRSA, Pod Identity); an explicit endpoint
-overrides them. One client per service is shared by all threads (boto3 clients are
+``AWS_ENDPOINT_URL_KMS``, region (``AWS_REGION`` too, which botocore alone ignores), credential
+chain, IRSA, Pod Identity); an explicit endpoint overrides them. One client per service is shared by all threads (boto3 clients are
 thread-safe; per-thread clients cost CPU and memory, docs/performance.md).
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -112,10 +113,16 @@ def parse_timestamp(value):
     return botocore_parse_timestamp(value)
 
 
+def region_of(options: ClientOptions) -> str | None:
+    """--region, else ``AWS_REGION`` (what EKS, Lambda and the other AWS SDKs set; botocore reads
+    only ``AWS_DEFAULT_REGION``), else None: botocore's own chain (AWS_DEFAULT_REGION, config)."""
+    return options.region or os.environ.get("AWS_REGION") or None
+
+
 def make_clients(options: ClientOptions, telemetry: Telemetry | None = None):
     core = botocore.session.get_session()
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
-    session = boto3.session.Session(botocore_session=core, region_name=options.region)
+    session = boto3.session.Session(botocore_session=core, region_name=region_of(options))
     if not session.region_name:
         raise ConfigurationError("no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION")
     config = Config(

@@ -110,8 +110,13 @@ class KmsKeys:
         """Check the target key exists, is enabled and symmetric; remember its ARN."""
         try:
             meta = self._call("describe_key", KeyId=self.target_key_id)["KeyMetadata"]
-        except ClientError as error:  # (a connection error is no configuration problem: it propagates)
+        except ClientError as error:
             raise _error(error, "DescribeKey", self.target_key_id) from None
+        except BotoCoreError as error:
+            # No credentials yet, an unreachable endpoint (after botocore's retries): no
+            # configuration problem, but a start-up the Job retries; botocore's message says which.
+            raise KmsError(f"kms-{type(error).__name__}", f"KMS DescribeKey of {self.target_key_id} failed: {error}",
+                           retryable=True) from None
         if meta.get("KeyState", "Enabled") != "Enabled":
             raise KmsError("kms-key-not-enabled", f"target KMS key {self.target_key_id} is {meta.get('KeyState')}")
         if meta.get("KeySpec", meta.get("CustomerMasterKeySpec", "SYMMETRIC_DEFAULT")) != "SYMMETRIC_DEFAULT":

@@ -3,7 +3,7 @@ reconcile step, the worker's progress store, metrics, and the kopf operator shel
 (``keymigration.kube.operator``, imported on its own: it pulls in kopf)."""
 
 from keymigration.kube.api_types import KeyMigration, SourceKeyRef
-from keymigration.kube.jobs import InstallConfig, child_name, job_manifest, progress_manifest
+from keymigration.kube.jobs import InstallConfig, WorkerAws, child_name, job_manifest, progress_manifest
 from keymigration.kube.progress_store import KubernetesProgress
 from keymigration.kube.reconcile import Plan, reconcile
 
@@ -13,6 +13,7 @@ __all__ = [
     "KubernetesProgress",
     "Plan",
     "SourceKeyRef",
+    "WorkerAws",
     "child_name",
     "job_manifest",
     "progress_manifest",

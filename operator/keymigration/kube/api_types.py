@@ -1,8 +1,8 @@
-"""The ``KeyMigration`` spec: one model for the CRD schema, the operator, the Job and the CLI.
+"""The ``KeyMigration`` API type: one model for the CRD schema, the operator, the Job and the CLI.
 
 ``KEYMIGRATION_SCHEMA`` is the OpenAPI v3 schema the API server enforces (crds/ is generated from it by
 ``python -m keymigration.kube.crd``); ``KeyMigration.from_fields`` applies the same schema plus the
-checks a schema cannot express; ``worker_args`` turns a spec and one prefix into the exact
+checks a schema cannot express; ``worker_args`` turns a KeyMigration and one prefix into the exact
 ``keymigration run`` arguments a Job runs, which the CLI parses back into ``RunOptions``.
 """
 from __future__ import annotations
@@ -41,6 +41,16 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 # becomes a file name in the worker pod).
 SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 URL_PATTERN = r"^https?://[^\s]+$"
+
+AWS_FIELDS = ("region", "s3EndpointUrl", "kmsEndpointUrl", "pathStyle")
+AWS_FIELDS_REFUSED = (
+    "spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation "
+    "(Helm values worker.aws, worker.namespaceAws), never from a KeyMigration; remove it"
+)
+
+# Spec plus status must stay well under etcd's 1.5 MiB per object: the prefixes' total (they are
+# repeated in up to 200 status rows) is bounded, as are the rows' other strings (kube/reconcile.py).
+MAX_PREFIX_BYTES = 256 * 1024
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}, "maxProperties": 32}
 
@@ -152,13 +162,22 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
         "aws": {
             "type": "object",
             "additionalProperties": False,
-            "description": "For S3-compatible stores or a non-default region; otherwise the worker's environment decides.",
+            "description": "Removed: no longer honoured, and refused. Endpoints, region and addressing come from the "
+            "operator's installation (Helm values worker.aws, worker.namespaceAws) only: a KeyMigration naming an "
+            "endpoint could have its worker send every unwrapped data key there. Still declared so that a KeyMigration "
+            "written before keeps these fields (they are not pruned) and is reported (Stalled, InvalidSpec).",
             "properties": {
                 "region": {"type": "string", "pattern": r"^[a-z0-9-]{2,32}$"},
                 "s3EndpointUrl": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048},
                 "kmsEndpointUrl": {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048},
                 "pathStyle": {"type": "boolean"},
             },
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.region) && !has(self.s3EndpointUrl) && !has(self.kmsEndpointUrl) && !has(self.pathStyle)",
+                    "message": AWS_FIELDS_REFUSED,
+                },
+            ],
         },
         "worker": {
             "type": "object",
@@ -197,6 +216,10 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
     "x-kubernetes-validations": [
         {"rule": "self.bucket == oldSelf.bucket", "message": "bucket is immutable"},
         {"rule": "self.prefixes == oldSelf.prefixes", "message": "prefixes are immutable"},
+        {
+            "rule": f"self.prefixes.map(p, size(bytes(p))).sum() <= {MAX_PREFIX_BYTES}",
+            "message": f"prefixes may hold at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all",
+        },
         _immutable("sourceKeys", "sourceKeys are immutable"),
         _immutable("sourceKmsKeyIds", "sourceKmsKeyIds are immutable"),
         {"rule": "self.target == oldSelf.target", "message": "target is immutable"},
@@ -286,6 +309,12 @@ PROGRESS_SCHEMA: dict[str, Any] = {
                 "done": {"type": "boolean"},
                 "exitCode": {"type": "integer"},
                 "lastError": {"type": "string"},
+                "state": {
+                    "type": "string",
+                    "enum": ["Completed", "CompletedWithFailures", "Failed"],
+                    "description": "the prefix's outcome, recorded by the operator when it finished (it outlives the Job)",
+                },
+                "completionTime": {"type": "string", "format": "date-time"},
                 "rate": {"type": "number"},
                 "faults": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 "updatedAt": {"type": "string", "format": "date-time"},
@@ -294,6 +323,26 @@ PROGRESS_SCHEMA: dict[str, Any] = {
     },
 }
 
+
+
+def _prefix_problems(prefixes: tuple[str, ...]) -> list[str]:
+    problems = []
+    if sum(len(p.encode("utf-8")) for p in prefixes) > MAX_PREFIX_BYTES:
+        problems.append(f"spec.prefixes: at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all")
+    if len(set(prefixes)) != len(prefixes):
+        problems.append("spec.prefixes: duplicate prefixes")
+    for a in prefixes:
+        for b in prefixes:
+            if a != b and b.startswith(a):
+                problems.append(f"spec.prefixes: {a!r} contains {b!r}; prefixes must not overlap")
+    return problems
+
+
+def _aws_problems(fields: dict) -> list[str]:
+    """A KeyMigration written before endpoints became the installer's keeps its aws fields (they
+    are declared, so not pruned): it is refused, never run against an endpoint it names."""
+    aws = fields.get("aws") or {}
+    return [f"spec.aws.{name}: {AWS_FIELDS_REFUSED}" for name in AWS_FIELDS if name in aws]
 
 
 @dataclass(frozen=True)
@@ -321,68 +370,54 @@ class KeyMigration:
     verify: str = "envelope"
     suspend: bool = False
     max_failed_objects: int | None = None
-    region: str | None = None
-    s3_endpoint_url: str | None = None
-    kms_endpoint_url: str | None = None
-    path_style: bool = False
     worker: dict = field(default_factory=dict)
 
     @classmethod
-    def from_fields(cls, spec: dict | None) -> "KeyMigration":
-        spec = spec or {}
+    def from_fields(cls, fields: dict | None) -> "KeyMigration":
+        fields = fields or {}
         validator = jsonschema.Draft7Validator({k: v for k, v in KEYMIGRATION_SCHEMA.items() if k != "x-kubernetes-validations"})
         problems = sorted(
             f"spec.{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-            for error in validator.iter_errors(spec)
+            for error in validator.iter_errors(fields)
         )
         if problems:
             raise InvalidKeyMigration(problems)
-        prefixes = tuple(spec["prefixes"])
-        if len(set(prefixes)) != len(prefixes):
-            problems.append("spec.prefixes: duplicate prefixes")
-        for a in prefixes:
-            for b in prefixes:
-                if a != b and b.startswith(a):
-                    problems.append(f"spec.prefixes: {a!r} contains {b!r}; prefixes must not overlap")
-        if not spec.get("sourceKeys") and not spec.get("sourceKmsKeyIds"):
+        prefixes = tuple(fields["prefixes"])
+        problems = _prefix_problems(prefixes) + _aws_problems(fields)
+        if not fields.get("sourceKeys") and not fields.get("sourceKmsKeyIds"):
             problems.append("spec: give sourceKeys (AES/RSA Secrets) and/or sourceKmsKeyIds")
-        suffix = spec.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
+        suffix = fields.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
         try:
-            mode = check_target(spec.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
+            mode = check_target(fields.get("mode", Mode.INSTRUCTION_FILE.api_name), suffix, api_names=True)
         except ConfigurationError as error:
             problems.append(f"spec.instructionFileSuffix: {error}")
         try:
-            check_caller_context(spec["target"].get("encryptionContext") or {}, "spec.target.encryptionContext")
+            check_caller_context(fields["target"].get("encryptionContext") or {}, "spec.target.encryptionContext")
         except ConfigurationError as error:
             problems.append(str(error))
         if problems:
             raise InvalidKeyMigration(problems)
-        concurrency = spec.get("concurrency") or {}
-        aws = spec.get("aws") or {}
+        concurrency = fields.get("concurrency") or {}
         return cls(
-            bucket=spec["bucket"],
+            bucket=fields["bucket"],
             prefixes=prefixes,
-            target_key_id=spec["target"]["kmsKeyId"],
-            wrap=spec["target"].get("wrap", "kms+context"),
-            target_encryption_context=dict(spec["target"].get("encryptionContext") or {}),
+            target_key_id=fields["target"]["kmsKeyId"],
+            wrap=fields["target"].get("wrap", "kms+context"),
+            target_encryption_context=dict(fields["target"].get("encryptionContext") or {}),
             source_keys=tuple(
-                SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in spec.get("sourceKeys") or ()
+                SourceKeyRef(k["secretName"], k["key"], k.get("materialsDescription")) for k in fields.get("sourceKeys") or ()
             ),
-            source_kms_key_ids=tuple(spec.get("sourceKmsKeyIds") or ()),
-            grant_tokens=tuple(spec.get("grantTokens") or ()),
+            source_kms_key_ids=tuple(fields.get("sourceKmsKeyIds") or ()),
+            grant_tokens=tuple(fields.get("grantTokens") or ()),
             suffix=suffix,
             mode=mode,
             max_jobs=concurrency.get("maxJobs", 4),
             per_job_concurrency=concurrency.get("perJob", 16),
-            kms_requests_per_second=spec.get("kmsRequestsPerSecond"),
-            verify=spec.get("verify", "envelope"),
-            suspend=bool(spec.get("suspend", False)),
-            max_failed_objects=spec.get("maxFailedObjects"),
-            region=aws.get("region"),
-            s3_endpoint_url=aws.get("s3EndpointUrl"),
-            kms_endpoint_url=aws.get("kmsEndpointUrl"),
-            path_style=bool(aws.get("pathStyle", False)),
-            worker=dict(spec.get("worker") or {}),
+            kms_requests_per_second=fields.get("kmsRequestsPerSecond"),
+            verify=fields.get("verify", "envelope"),
+            suspend=bool(fields.get("suspend", False)),
+            max_failed_objects=fields.get("maxFailedObjects"),
+            worker=dict(fields.get("worker") or {}),
         )
 
     # -- the Job's view -----------------------------------------------------------------------
@@ -427,22 +462,10 @@ class KeyMigration:
             args += ["--kms-rate", str(rate)]
         if max_failures is not None:
             args += ["--max-failures", str(max_failures)]
-        if self.region:
-            args += ["--region", self.region]
-        if self.path_style:
-            args += ["--path-style"]
         if progress_resource:
             args += ["--progress-resource", progress_resource]
         args += ["--report", "-", "--progress", "json"]
         return args
-
-    def worker_env(self) -> dict[str, str]:
-        env = {}
-        if self.s3_endpoint_url:
-            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
-        if self.kms_endpoint_url:
-            env["AWS_ENDPOINT_URL_KMS"] = self.kms_endpoint_url
-        return env
 
 
 def crd_schema() -> dict:

@@ -60,6 +60,7 @@ def keymigration_crd() -> dict:
         {"name": "Migrated", "type": "integer", "jsonPath": ".status.totals.migrated"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.totals.failed"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1, "description": "kubectl get -o wide"},
     ]
     return _crd(KIND, PLURAL, "keymigration", "km", columns, crd_schema())
 
@@ -67,6 +68,7 @@ def keymigration_crd() -> dict:
 def progress_crd() -> dict:
     columns = [
         {"name": "Prefix", "type": "string", "jsonPath": ".spec.prefix"},
+        {"name": "State", "type": "string", "jsonPath": ".status.state"},
         {"name": "Done", "type": "boolean", "jsonPath": ".status.done"},
         {"name": "Migrated", "type": "integer", "jsonPath": ".status.counters.migrated"},
         {"name": "Failed", "type": "integer", "jsonPath": ".status.counters.failed"},

@@ -17,12 +17,44 @@ from keymigration.migrate.worker import (
     EXIT_TOO_MANY_FAILURES,
 )
 
-LABEL_MIGRATION = f"{GROUP}/migration"
+LABEL_MIGRATION = f"{GROUP}/migration"  # the KeyMigration's name, or a short form of a long one
+LABEL_MIGRATION_UID = f"{GROUP}/migration-uid"  # what the operator selects children by
 LABEL_PREFIX_HASH = f"{GROUP}/prefix-hash"
+ANNOTATION_MIGRATION = f"{GROUP}/migration"  # the KeyMigration's full name (on pods too)
 ANNOTATION_PREFIX = f"{GROUP}/prefix"
 ANNOTATION_RETRY = f"{GROUP}/retry"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "keymigration-operator")
 CONTAINER = "worker"
+TERMINATION_LOG = "/dev/termination-log"
 RUN_AS = 65532  # the image's non-root user (Dockerfile)
+
+
+@dataclass(frozen=True)
+class WorkerAws:
+    """Where the workers' AWS requests go: the installer's choice (Helm values worker.aws and
+    worker.namespaceAws), never a KeyMigration's: an endpoint is where a worker sends every data
+    key it unwraps (the body of KMS Encrypt) and its signed requests. Unset: the standard AWS
+    chain of the worker's environment (IRSA and Pod Identity set AWS_REGION)."""
+
+    region: str | None = None
+    s3_endpoint_url: str | None = None
+    kms_endpoint_url: str | None = None
+    path_style: bool = False
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "WorkerAws":
+        return cls(fields.get("region") or None, fields.get("s3EndpointUrl") or None, fields.get("kmsEndpointUrl") or None,
+                   bool(fields.get("pathStyle", False)))
+
+    def over(self, base: "WorkerAws") -> "WorkerAws":
+        """These settings where set, ``base``'s elsewhere (a namespace's over the defaults)."""
+        return WorkerAws(self.region or base.region, self.s3_endpoint_url or base.s3_endpoint_url,
+                         self.kms_endpoint_url or base.kms_endpoint_url, self.path_style or base.path_style)
+
+    def env(self) -> list[dict]:
+        pairs = (("AWS_REGION", self.region), ("AWS_ENDPOINT_URL_S3", self.s3_endpoint_url),
+                 ("AWS_ENDPOINT_URL_KMS", self.kms_endpoint_url))
+        return [{"name": name, "value": value} for name, value in pairs if value]
 
 
 @dataclass(frozen=True)
@@ -42,16 +74,48 @@ class InstallConfig:
     # e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY where IRSA/Pod Identity do not exist (kind,
     # MinIO). The installer's choice; a KeyMigration cannot name it.
     worker_env_secret: str | None = None
+    # What a KeyMigration's spec.worker may ask for (kube/policy.py): priority classes by name,
+    # tolerations that must equal one of these. Empty: none.
+    allowed_priority_classes: tuple[str, ...] = ()
+    allowed_tolerations: tuple[dict, ...] = ()
+    # Where workers send their AWS requests, by default and per namespace (WorkerAws).
+    aws: WorkerAws = field(default_factory=WorkerAws)
+    namespace_aws: dict = field(default_factory=dict)  # namespace -> WorkerAws
+    # KMS keys a KeyMigration may name as target or source (kube/policy.py): key or alias ARNs,
+    # shell-style patterns ("arn:aws:kms:eu-west-1:111122223333:key/*"), and account ids. Empty: any.
+    allowed_kms_keys: tuple[str, ...] = ()
+    allowed_kms_accounts: tuple[str, ...] = ()
+
+    def aws_for(self, namespace: str) -> WorkerAws:
+        return self.namespace_aws.get(namespace, WorkerAws()).over(self.aws)
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:10]
 
 
 def prefix_hash(prefix: str) -> str:
-    return hashlib.sha256(prefix.encode("utf-8")).hexdigest()[:10]
+    return _hash(prefix)
 
 
 def child_name(migration: str, prefix: str) -> str:
-    """Deterministic Job (and progress object) name: <migration>-<hash of prefix>, <= 52 chars,
-    so the Job controller's pod name suffix still fits the 63-character label limit."""
-    return f"{migration[:41].rstrip('-.')}-{prefix_hash(prefix)}"
+    """The Job (and progress object) of one prefix: ``<start of the name>-<hash of name and
+    prefix>``, at most 52 characters (the Job's pods add 6 and their ``job-name`` label holds 63),
+    and unique per KeyMigration and prefix for any valid names: two names with the same first 41
+    characters still hash apart. Deterministic, so a re-run after a crash finds its children."""
+    return f"{migration[:41].rstrip('-.')}-{_hash(migration, prefix)}"
+
+
+def label_value(name: str) -> str:
+    """A KeyMigration name as a label value (at most 63 characters): itself when it fits, else
+    its start and a hash of the whole."""
+    return name if len(name) <= 63 else f"{name[:52].rstrip('-.')}-{_hash(name)}"
+
+
+def kubelet_literal(text: str) -> str:
+    """``text`` as a container argument the kubelet passes on unchanged: it expands ``$(VAR)``
+    and turns ``$$`` into ``$`` in command and args, so every ``$`` is doubled."""
+    return text.replace("$", "$$")
 
 
 def owner_reference(km: dict) -> dict:
@@ -70,13 +134,18 @@ def labels(km: dict, prefix: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "keymigration-worker",
         "app.kubernetes.io/part-of": "keymigration",
-        "app.kubernetes.io/managed-by": "keymigration-operator",
-        LABEL_MIGRATION: km["metadata"]["name"],
+        MANAGED_BY[0]: MANAGED_BY[1],
+        LABEL_MIGRATION: label_value(km["metadata"]["name"]),
+        LABEL_MIGRATION_UID: km["metadata"]["uid"],
         LABEL_PREFIX_HASH: prefix_hash(prefix),
     }
 
 
-def progress_manifest(km: dict, spec: KeyMigration, prefix: str) -> dict:
+def annotations(km: dict, prefix: str) -> dict[str, str]:
+    return {ANNOTATION_MIGRATION: km["metadata"]["name"], ANNOTATION_PREFIX: prefix}
+
+
+def progress_manifest(km: dict, migration: KeyMigration, prefix: str) -> dict:
     name = child_name(km["metadata"]["name"], prefix)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -85,36 +154,44 @@ def progress_manifest(km: dict, spec: KeyMigration, prefix: str) -> dict:
             "name": name,
             "namespace": km["metadata"]["namespace"],
             "labels": labels(km, prefix),
-            "annotations": {ANNOTATION_PREFIX: prefix},
+            "annotations": annotations(km, prefix),
             "ownerReferences": [owner_reference(km)],
         },
-        "spec": {"migration": km["metadata"]["name"], "bucket": spec.bucket, "prefix": prefix, "job": name},
+        "spec": {"migration": km["metadata"]["name"], "bucket": migration.bucket, "prefix": prefix, "job": name},
     }
 
 
-def job_manifest(km: dict, spec: KeyMigration, prefix: str, config: InstallConfig, max_failures: int | None = None) -> dict:
+def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: InstallConfig, max_failures: int | None = None) -> dict:
     meta = km["metadata"]
     name = child_name(meta["name"], prefix)
     namespace = meta["namespace"]
     pod_labels = labels(km, prefix)
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
-    for index, ref in enumerate(spec.source_keys):
+    for index, ref in enumerate(migration.source_keys):
         volume = f"source-key-{index}"
         # One directory per key, holding one file: only the named key of the Secret is mounted.
-        mounts.append({"name": volume, "mountPath": spec.key_dir(index), "readOnly": True})
+        mounts.append({"name": volume, "mountPath": migration.key_dir(index), "readOnly": True})
         volumes.append(
             {"name": volume, "secret": {"secretName": ref.secret_name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}}
         )
-    env = [{"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]}, {"name": "KEYMIGRATION_NAMESPACE", "value": namespace}]
-    env += [{"name": k, "value": v} for k, v in sorted(spec.worker_env().items())]
-    worker = spec.worker
+    env = [
+        {"name": "KEYMIGRATION_MIGRATION", "value": meta["name"]},
+        {"name": "KEYMIGRATION_NAMESPACE", "value": namespace},
+        # Where the worker writes why it stopped: the pod's termination message, which the
+        # operator shows when the worker could not reach the API server to say it.
+        {"name": "KEYMIGRATION_TERMINATION_LOG", "value": TERMINATION_LOG},
+    ]
+    aws = config.aws_for(namespace)
+    env += aws.env()  # declared env wins over envFrom: the installer's endpoints, whatever a Secret says
+    worker = migration.worker
     env_from = [{"secretRef": {"name": config.worker_env_secret}}] if config.worker_env_secret else []
     container = {
         "name": CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "args": spec.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures),
+        "args": [kubelet_literal(arg) for arg in migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures)]
+        + (["--path-style"] if aws.path_style else []),
         "env": env,
         **({"envFrom": env_from} if env_from else {}),
         "resources": worker.get("resources") or config.default_resources,
@@ -128,6 +205,7 @@ def job_manifest(km: dict, spec: KeyMigration, prefix: str, config: InstallConfi
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict = {
@@ -170,7 +248,7 @@ def job_manifest(km: dict, spec: KeyMigration, prefix: str, config: InstallConfi
             ]
         },
         "suspend": False,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations(km, prefix)}, "spec": pod_spec},
     }
     if config.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
@@ -183,7 +261,7 @@ def job_manifest(km: dict, spec: KeyMigration, prefix: str, config: InstallConfi
             "name": name,
             "namespace": namespace,
             "labels": pod_labels,
-            "annotations": {ANNOTATION_PREFIX: prefix},
+            "annotations": annotations(km, prefix),
             "ownerReferences": [owner_reference(km)],
         },
         "spec": job_spec,

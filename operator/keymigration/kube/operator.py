@@ -1,11 +1,14 @@
 """The operator: kopf handlers that only translate cluster events into calls of the pure
 ``reconcile`` step and apply its plan.
 
-* Every event of a KeyMigration, of a labelled Job or of a KeyMigrationProgress enqueues the
+* Every event of a KeyMigration, of one of its Jobs or of a KeyMigrationProgress enqueues the
   owning KeyMigration; one task per KeyMigration debounces and reconciles it, retrying with
-  back-off on API errors. Only ``on.event`` handlers are used, so kopf puts no finalizer on a
-  KeyMigration: deleting one never hangs, even with the operator uninstalled; the garbage
-  collector removes its Jobs and progress objects through their owner references.
+  back-off on API errors. Only ``on.event`` and ``index`` handlers are used, so kopf puts no
+  finalizer on a KeyMigration: deleting one never hangs, even with the operator uninstalled; the
+  garbage collector removes its Jobs and progress objects through their owner references.
+* A reconcile reads nothing from the API server: kopf indices hold the latest KeyMigrations,
+  Jobs and progress objects from the watch streams (kube/cache.py), and the watches of Jobs and
+  progress objects select the operator's own children on the server (a label selector).
 * ``KeyMigration.status`` is written only by this process, only when it changed, and at most
   once per ``status_interval`` seconds per object (progress arrives within about 10 s).
 * kopf's own storage (should any be used) is branded with the project's API group.
@@ -19,14 +22,22 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from keymigration.clock import utc_now, utc_timestamp
-from keymigration.kube.api_types import GROUP, KIND, PLURAL, PROGRESS_PLURAL, VERSION
-from keymigration.kube.jobs import LABEL_MIGRATION, InstallConfig
-from keymigration.kube.kubeconfig import load_client_config
+from keymigration.clock import utc_now
+from keymigration.kube.api_types import GROUP, PLURAL, PROGRESS_PLURAL, VERSION
+from keymigration.kube.cache import Children, KopfView, Overlay, trimmed, trimmed_job
+from keymigration.kube.jobs import ANNOTATION_MIGRATION, LABEL_MIGRATION_UID, MANAGED_BY, InstallConfig
+from keymigration.kube.kubeapi import ChildConflict, KubeApi
 from keymigration.kube.metrics import OperatorMetrics
-from keymigration.kube.reconcile import Plan, reconcile, status_changed
+from keymigration.kube.reconcile import Plan, Surroundings, merge_patch, reconcile, status_changed
+from keymigration.kube.units import age_seconds, job_active
 
 log = logging.getLogger("keymigration.operator")
+
+ACCOUNT_CHECK_SECONDS = 10.0  # how long a worker ServiceAccount lookup is trusted
+WARNING_CHECK_SECONDS = 15.0  # how often the Events of one waiting Job or pod are read
+SUSPECT_AFTER_SECONDS = 5.0  # a Job or pod without a running pod this long has its Events read
+MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+INDICES = ("migrations", "migration_jobs", "migration_progresses", "migration_pods")  # KopfView's order
 
 
 @dataclass
@@ -37,121 +48,54 @@ class OperatorOptions:
     resync_interval: float = 300.0
     metrics_port: int | None = 9090
     stall_seconds: float = 900.0
+    stuck_seconds: float = 30.0  # a Job without a running pod this long is reported (WorkerStuck)
 
 
-class KubeApi:
-    """The few API calls the operator makes, with the synchronous kubernetes client in threads."""
-
-    def __init__(self):
-        from kubernetes import client
-
-        load_client_config()
-        self.client = client
-        self.custom = client.CustomObjectsApi()
-        self.batch = client.BatchV1Api()
-        self.core = client.CoreV1Api()
-        self.ApiException = client.exceptions.ApiException
-
-    def get_migration(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except self.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def children(self, namespace: str, name: str, uid: str) -> tuple[list[dict], list[dict]]:
-        selector = f"{LABEL_MIGRATION}={name}"
-        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        job_items = _json(jobs).get("items", [])
-        progress = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PROGRESS_PLURAL, label_selector=selector)
-        owned = lambda o: any(ref.get("uid") == uid for ref in o.get("metadata", {}).get("ownerReferences") or ())  # noqa: E731
-        # Filter by owner too: a selector is a hint (and some API fakes ignore it).
-        return [j for j in job_items if owned(j)], [p for p in progress.get("items", []) if owned(p)]
-
-    def create(self, obj: dict) -> None:
-        namespace = obj["metadata"]["namespace"]
-        try:
-            if obj["kind"] == "Job":
-                self.batch.create_namespaced_job(namespace, obj)
-            else:
-                group, version = obj["apiVersion"].split("/")
-                self.custom.create_namespaced_custom_object(group, version, namespace, PROGRESS_PLURAL, obj)
-        except self.ApiException as error:
-            if error.status != 409:  # AlreadyExists: a re-run after a crash; fine
-                raise
-
-    def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
-
-    def delete_job(self, namespace: str, name: str) -> None:
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except self.ApiException as error:
-            if error.status != 404:
-                raise
-
-    def patch_status(self, namespace: str, name: str, status: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
-
-    def post_event(self, km: dict, type_: str, reason: str, message: str) -> None:
-        meta = km["metadata"]
-        now = utc_timestamp()
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "keymigration-operator"},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except self.ApiException as error:  # events are best effort
-            log.warning("could not post event %s: %s", reason, error.status)
-
-
-def _json(response) -> dict:
-    import json
-
-    return json.loads(response.data)
+def _rv(obj: dict | None) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 class Reconciler:
     """A per-KeyMigration work queue: debounced, one reconcile at a time per object."""
 
-    def __init__(self, api: KubeApi, settings: OperatorOptions, metrics: OperatorMetrics | None = None):
+    def __init__(self, api: KubeApi, settings: OperatorOptions, metrics: OperatorMetrics | None = None, view=None):
         self.api = api
         self.settings = settings
         self.metrics = metrics or OperatorMetrics(settings.stall_seconds)
+        self.view = view  # KopfView, bound at the first event
+        self.overlay = Overlay()
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self.dirty: set[tuple[str, str]] = set()
         self.last_status_write: dict[tuple[str, str], float] = {}
-        self.known: set[tuple[str, str]] = set()
+        self.written: dict[tuple[str, str], dict] = {}  # the KeyMigration as our last status write stored it
+        self.known: dict[tuple[str, str], str] = {}  # -> uid
+        self.conflicts: dict[tuple[str, str], dict[str, str]] = {}
+        self.accounts: dict[str, tuple[float, bool]] = {}  # namespace -> (when, the worker ServiceAccount exists)
+        self.warnings: dict[tuple[str, str, str], tuple[float, str | None]] = {}  # (ns, kind, name) -> (when, message)
         self.reconciles = 0
+
+    def bind(self, view) -> None:
+        if self.view is None:
+            self.view = view
 
     def enqueue(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        self.known.add(key)
+        self.known.setdefault(key, "")
         self.dirty.add(key)
         task = self.tasks.get(key)
         if task is None or task.done():
             self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {namespace}/{name}")
 
     def forget(self, namespace: str, name: str) -> None:
-        self.known.discard((namespace, name))
-        self.last_status_write.pop((namespace, name), None)
+        key = (namespace, name)
+        uid = self.known.pop(key, "")
+        if uid:
+            self.overlay.forget(uid)
+        for table in (self.last_status_write, self.written, self.conflicts):
+            table.pop(key, None)
         self.metrics.migrations.forget(namespace, name)
 
     async def _loop(self, key: tuple[str, str]) -> None:
@@ -179,51 +123,253 @@ class Reconciler:
                 await asyncio.sleep(delay)
                 self.dirty.add(key)
 
+    def _migration(self, namespace: str, name: str) -> dict | None:
+        """The KeyMigration as the watch has it, or as our own last status write stored it when
+        that is newer (the watch event of a write may come after the next reconcile)."""
+        km = self.view.migration(namespace, name) if self.view is not None else None
+        written = self.written.get((namespace, name))
+        if km is None or written is None:
+            return km
+        if written["metadata"].get("uid") == km["metadata"].get("uid") and _rv(written) > _rv(km):
+            return written
+        return km
+
+    def _children(self, uid: str) -> Children:
+        seen = self.view.children(uid)
+        return Children(self.overlay.apply(uid, "Job", seen.jobs), self.overlay.apply(uid, "KeyMigrationProgress", seen.progresses),
+                        seen.pods)
+
     async def reconcile_once(self, namespace: str, name: str) -> float | None:
         """One reconcile; returns a delay after which to look again (a deferred status write)."""
-        km = await asyncio.to_thread(self.api.get_migration, namespace, name)
+        km = self._migration(namespace, name)
         if km is None:
             self.forget(namespace, name)
             return None
-        jobs, progresses = await asyncio.to_thread(self.api.children, namespace, name, km["metadata"]["uid"])
-        plan = reconcile(km, jobs, progresses, self.settings.config, utc_now())
+        uid = km["metadata"]["uid"]
+        self.known[(namespace, name)] = uid
+        children = self._children(uid)
+        surroundings = await self._surroundings(km, children)
+        plan = reconcile(km, children.jobs, children.progresses, self.settings.config, utc_now(), surroundings)
         self.reconciles += 1
-        self.metrics.migrations.record(namespace, name, plan.status, progresses)
-        return await self.apply(km, plan)
+        self.metrics.migrations.record(namespace, name, plan.status, children.progresses)
+        return await self.apply(km, plan, children)
 
-    async def apply(self, km: dict, plan: Plan) -> float | None:
-        namespace, name = km["metadata"]["namespace"], km["metadata"]["name"]
+    async def _surroundings(self, km: dict, children: Children) -> Surroundings:
+        namespace = km["metadata"]["namespace"]
+        return Surroundings(
+            conflicts=dict(self.conflicts.get((namespace, km["metadata"]["name"]), {})),
+            pods=children.pods_by_job(),
+            warnings=await self._warnings(namespace, children),
+            worker_account=await self._worker_account(namespace),
+            stuck_after=self.settings.stuck_seconds,
+        )
+
+    async def _worker_account(self, namespace: str) -> str | None:
+        """Why no worker pod can run in ``namespace`` (its ServiceAccount is missing), if so:
+        in a cluster-wide install a KeyMigration may come from a namespace the chart did not
+        prepare, and its Jobs would only collect FailedCreate Events."""
+        account = self.settings.config.worker_service_account
+        when, exists = self.accounts.get(namespace, (0.0, True))
+        if time.monotonic() - when > ACCOUNT_CHECK_SECONDS:
+            exists = await asyncio.to_thread(self.api.service_account_exists, namespace, account)
+            self.accounts[namespace] = (time.monotonic(), exists)
+        if exists:
+            return None
+        return (f"the worker ServiceAccount {account} does not exist in namespace {namespace}, so no worker pod can "
+                f"start: add {namespace} to the chart's worker.namespaces (or watchNamespaces), or create it")
+
+    async def _warnings(self, namespace: str, children: Children) -> dict[str, str]:
+        """The newest Warning Event of each Job without a pod and each pod that has not started,
+        once they have waited a few seconds (read again at most every WARNING_CHECK_SECONDS)."""
+        found: dict[str, str] = {}
+        for kind, name in _suspects(children, SUSPECT_AFTER_SECONDS)[:20]:
+            key = (namespace, kind, name)
+            when, message = self.warnings.get(key, (0.0, None))
+            if time.monotonic() - when > WARNING_CHECK_SECONDS:
+                message = await asyncio.to_thread(self.api.newest_warning, namespace, kind, name)
+                self.warnings[key] = (time.monotonic(), message)
+            if message:
+                found[name] = message
+        return found
+
+    async def apply(self, km: dict, plan: Plan, children: Children | None = None) -> float | None:
+        """Carry out a plan: the actions first, then (rate-limited) the status and its events."""
+        await self._act(km, plan, children or Children())
+        recheck = plan.recheck
+        if not status_changed(km.get("status"), plan.status):
+            return recheck
+        wait = self._status_wait(km, plan)
+        if wait > 0:
+            return wait  # bounded write rate: look again (and write) when the interval has passed
+        await self._write_status(km, plan)
+        return recheck
+
+    async def _act(self, km: dict, plan: Plan, children: Children) -> None:
+        namespace, uid = km["metadata"]["namespace"], km["metadata"]["uid"]
+        jobs = {j["metadata"]["name"]: j for j in children.jobs}
+        # Outcomes first: a prefix's recorded outcome must be cleared before its Job is deleted
+        # for a retry, and recorded before a status that counts it is written.
+        for name, patch in plan.progress_status.items():
+            stored = await asyncio.to_thread(self.api.patch_progress_status, namespace, name, patch)
+            if stored is not None:
+                self.overlay.wrote(uid, "KeyMigrationProgress", trimmed(stored, ("prefix",)))
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
-        for obj in plan.create:
-            await asyncio.to_thread(self.api.create, obj)
-        for job in plan.suspend_jobs:
-            await asyncio.to_thread(self.api.set_job_suspended, namespace, job, True)
-        for job in plan.resume_jobs:
-            await asyncio.to_thread(self.api.set_job_suspended, namespace, job, False)
-        for event in plan.events:
-            if event.reason == "JobCreated":  # tied to an action taken now, not to a status transition
-                await asyncio.to_thread(self.api.post_event, km, event.type, event.reason, event.message)
-        if not status_changed(km.get("status"), plan.status):
-            return None
-        key = (namespace, name)
-        wait = self.settings.status_interval - (time.monotonic() - self.last_status_write.get(key, 0.0))
-        first_sight = not km.get("status")
-        if wait > 0 and not first_sight and not plan.create and not plan.delete_jobs:
-            return wait  # bounded write rate: look again (and write) when the interval has passed
-        await asyncio.to_thread(self.api.patch_status, namespace, name, plan.status)
+            self.overlay.deleted(uid, "Job", job, jobs.get(job))
+        await self._create(km, plan.create)
+        for names, suspend in ((plan.suspend_jobs, True), (plan.resume_jobs, False)):
+            for job in names:
+                stored = await asyncio.to_thread(self.api.set_job_suspended, namespace, job, suspend)
+                self.overlay.wrote(uid, "Job", trimmed_job(stored))
+        # Tied to an action taken now, not to a status transition: posted at once.
+        await self._post(km, [e for e in plan.events if e.reason == "JobCreated"])
+
+    async def _create(self, km: dict, objects: list[dict]) -> None:
+        """Create the planned children; a name taken by a foreign object is remembered (the next
+        reconcile reports it as Stalled, ChildConflict) and asked again at every reconcile."""
+        key, uid = (km["metadata"]["namespace"], km["metadata"]["name"]), km["metadata"]["uid"]
+        before = self.conflicts.pop(key, {})
+        conflicts: dict[str, str] = {}
+        for obj in objects:
+            if obj["kind"] == "Job" and obj["metadata"]["name"] in conflicts:
+                continue  # its progress object's name is taken: the Job would find no checkpoint store
+            try:
+                stored = await asyncio.to_thread(self.api.create, obj)
+            except ChildConflict as conflict:
+                conflicts[conflict.name] = conflict.message
+                continue
+            if stored is not None:
+                self.overlay.wrote(uid, obj["kind"], trimmed_job(stored) if obj["kind"] == "Job" else trimmed(stored))
+        if conflicts:
+            self.conflicts[key] = conflicts
+        if conflicts != before:
+            self.dirty.add(key)  # reconcile again at once, to report (or clear) them
+
+    def _status_wait(self, km: dict, plan: Plan) -> float:
+        """Seconds to wait before this status may be written (0: now). The first status, and one
+        that records created or deleted Jobs, is written at once."""
+        if not km.get("status") or plan.create or plan.delete_jobs:
+            return 0.0
+        key = (km["metadata"]["namespace"], km["metadata"]["name"])
+        return self.settings.status_interval - (time.monotonic() - self.last_status_write.get(key, 0.0))
+
+    async def _write_status(self, km: dict, plan: Plan) -> None:
+        namespace, name = km["metadata"]["namespace"], km["metadata"]["name"]
+        patch = merge_patch(km.get("status") or {}, plan.status)
+        stored = await asyncio.to_thread(self.api.patch_status, namespace, name, patch)
+        if isinstance(stored, dict) and stored.get("metadata"):
+            self.written[(namespace, name)] = stored
         self.metrics.status_writes.inc()
-        self.last_status_write[key] = time.monotonic()
-        for event in plan.events:
-            if event.reason != "JobCreated":  # transitions: posted once, with the status that records them
-                await asyncio.to_thread(self.api.post_event, km, event.type, event.reason, event.message)
-        return None
+        self.last_status_write[(namespace, name)] = time.monotonic()
+        # Transitions: posted once, with the status that records them.
+        await self._post(km, [e for e in plan.events if e.reason != "JobCreated"])
+
+    async def _post(self, km: dict, events: list) -> None:
+        for event in events:
+            await asyncio.to_thread(self.api.post_event, km, event.type, event.reason, event.message)
 
     async def resync(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_interval)
             for namespace, name in list(self.known):
                 self.enqueue(namespace, name)
+
+
+def _suspects(children: Children, after: float) -> list[tuple[str, str]]:
+    """Jobs with no pod, and pods not running, for ``after`` seconds or more: their Events say why."""
+    now = utc_now()
+    pods = children.pods_by_job()
+    suspects = [("Job", j["metadata"]["name"]) for j in children.jobs
+                if job_active(j) and not pods.get(j["metadata"]["name"]) and age_seconds(j["metadata"], now) >= after]
+    suspects += [("Pod", p["metadata"]["name"]) for p in children.pods
+                 if (p.get("status") or {}).get("phase", "Pending") == "Pending" and age_seconds(p["metadata"], now) >= after]
+    return suspects
+
+
+def _configure(settings: kopf.OperatorSettings) -> None:
+    # Brand kopf's storage with our API group; kopf's defaults would be kopf.zalando.org.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.consistency_timeout = 0
+    settings.posting.enabled = False  # our own Events only; never kopf's handler logs as Events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Only the operator's own children, selected on the server: a cluster-wide operator must not
+    # receive every Job of the cluster.
+    settings.watching.label_selectors["batch", "jobs"] = MANAGED_SELECTOR
+    settings.watching.label_selectors[GROUP, PROGRESS_PLURAL] = MANAGED_SELECTOR
+    settings.watching.label_selectors["v1", "pods"] = MANAGED_SELECTOR
+
+
+def _register_lifecycle(registry: kopf.OperatorRegistry, state: dict, reconciler) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        # A private registry gets none of kopf's default login handlers: in a pod the
+        # ServiceAccount token, elsewhere the kubeconfig (KUBECONFIG).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_):
+        _configure(settings)
+        # Created now, not at the first event, so /metrics answers from the start.
+        state["resync"] = asyncio.get_running_loop().create_task(reconciler().resync())
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_):
+        for task in [state.get("resync"), *getattr(state.get("reconciler"), "tasks", {}).values()]:
+            if task is not None:
+                task.cancel()
+
+
+def _register_indices(registry: kopf.OperatorRegistry) -> None:
+    # Explicit ids: an index reaches handlers as a keyword argument of its id.
+    @kopf.index(GROUP, VERSION, PLURAL, id="migrations", registry=registry)
+    def migrations(namespace, name, body, **_):
+        return {(namespace, name): trimmed(body, tuple(body.get("spec") or ()))}
+
+    @kopf.index("batch", "v1", "jobs", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_jobs", registry=registry)
+    def migration_jobs(labels, body, **_):
+        return {labels[LABEL_MIGRATION_UID]: trimmed_job(body)}
+
+    @kopf.index(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_progresses",
+                registry=registry)
+    def migration_progresses(labels, body, **_):
+        return {labels[LABEL_MIGRATION_UID]: trimmed(body, ("prefix",))}
+
+    # The workers' pods: why a prefix cannot start (pending) or keeps failing at start-up (their
+    # termination messages), when the worker could not write it to its progress object.
+    @kopf.index("v1", "pods", labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_pods", registry=registry)
+    def migration_pods(labels, body, **_):
+        return {labels[LABEL_MIGRATION_UID]: trimmed(body)}
+
+
+def _register_watches(registry: kopf.OperatorRegistry, reconciler) -> None:
+    def bound(indices: dict) -> Reconciler:
+        found = reconciler()
+        found.bind(KopfView(*(indices[name] for name in INDICES)))
+        return found
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def migration_event(event, namespace, name, **kwargs):
+        found = bound(kwargs)
+        if event.get("type") == "DELETED":
+            found.forget(namespace, name)
+            return
+        found.enqueue(namespace, name)
+
+    for group_version, plural in (("batch/v1", "jobs"), (f"{GROUP}/{VERSION}", PROGRESS_PLURAL), ("v1", "pods")):
+        @kopf.on.event(group_version, plural, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id=f"{plural}_event", registry=registry)
+        async def child_event(namespace, body, **kwargs):
+            _enqueue_owner(bound(kwargs), namespace, body)
+
+
+def _enqueue_owner(reconciler: Reconciler, namespace: str, body) -> None:
+    """A child's event wakes its KeyMigration, named in the child's annotation (a label value
+    cannot hold every valid name)."""
+    name = (body.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_MIGRATION)
+    if name:
+        reconciler.enqueue(namespace, name)
 
 
 def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf.OperatorRegistry, dict]:
@@ -239,46 +385,9 @@ def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf
             state["reconciler"] = Reconciler(api_factory(), settings, metrics)
         return state["reconciler"]
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs):
-        # A private registry gets none of kopf's default login handlers: in a pod the
-        # ServiceAccount token, elsewhere the kubeconfig (KUBECONFIG).
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-    @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **_):
-        # Brand kopf's storage with our API group; kopf's defaults would be kopf.zalando.org.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.persistence.consistency_timeout = 0
-        settings.posting.enabled = False  # our own Events only; never kopf's handler logs as Events
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        # Created now, not at the first event, so /metrics answers from the start.
-        state["resync"] = asyncio.get_running_loop().create_task(reconciler().resync())
-
-    @kopf.on.cleanup(registry=registry)
-    async def cleanup(**_):
-        for task in [state.get("resync"), *getattr(state.get("reconciler"), "tasks", {}).values()]:
-            if task is not None:
-                task.cancel()
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def migration_event(event, namespace, name, **_):
-        if event.get("type") == "DELETED":
-            reconciler().forget(namespace, name)
-            return
-        reconciler().enqueue(namespace, name)
-
-    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MIGRATION: kopf.PRESENT}, registry=registry)
-    async def job_event(namespace, labels, **_):
-        reconciler().enqueue(namespace, labels[LABEL_MIGRATION])
-
-    @kopf.on.event(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION: kopf.PRESENT}, registry=registry)
-    async def progress_event(namespace, labels, **_):
-        reconciler().enqueue(namespace, labels[LABEL_MIGRATION])
-
+    _register_lifecycle(registry, state, reconciler)
+    _register_indices(registry)
+    _register_watches(registry, reconciler)
     return registry, state
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 from keymigration.clock import utc_timestamp
-from keymigration.errors import CheckpointError
+from keymigration.errors import CheckpointError, Unavailable
 from keymigration.kube.api_types import GROUP, PROGRESS_PLURAL, VERSION
 from keymigration.kube.kubeconfig import load_client_config
 from keymigration.migrate.checkpoint import Checkpoint
@@ -26,11 +26,39 @@ def _now() -> str:
     return utc_timestamp()
 
 
+USER_AGENT = "keymigration-worker"
+# An API server answering 429 or 5xx (API Priority and Fairness, a restart), or unreachable for
+# a moment: retried with these pauses before the write is given up (a checkpoint is written
+# again 5 s later anyway) or the start-up says "try again later".
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
+
+
 def custom_objects_api():
     from kubernetes import client
 
     load_client_config()
-    return client.CustomObjectsApi()
+    api_client = client.ApiClient()
+    api_client.user_agent = USER_AGENT
+    return client.CustomObjectsApi(api_client)
+
+
+def _transient(error: Exception) -> bool:
+    """429, 5xx, or no answer at all (connection refused or reset, timeout)."""
+    status = getattr(error, "status", None)
+    if isinstance(status, int) and status:
+        return status == 429 or status >= 500
+    return True  # urllib3/socket errors carry no status
+
+
+def with_retries(call, pauses=RETRY_PAUSES, sleep=time.sleep):
+    """``call()``, again after each pause while it fails transiently; the last error is raised."""
+    for pause in (*pauses, None):
+        try:
+            return call()
+        except Exception as error:
+            if pause is None or not _transient(error):
+                raise
+            sleep(pause)
 
 
 class KubernetesProgress:
@@ -46,14 +74,15 @@ class KubernetesProgress:
         self.api = api or custom_objects_api()
         self._last_live = 0.0
         self._lock = threading.Lock()
+        self.sleep = time.sleep
 
-    def _patch(self, status: dict) -> bool:
+    def _patch(self, status: dict, pauses=RETRY_PAUSES[:2]) -> bool:
         status = {**status, "updatedAt": _now()}
         with self._lock:
             try:
-                self.api.patch_namespaced_custom_object_status(
+                with_retries(lambda: self.api.patch_namespaced_custom_object_status(
                     GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name, {"status": status}
-                )
+                ), pauses, self.sleep)
                 return True
             except Exception as error:  # the API being away must not stop the migration
                 log.warning("could not update progress %s/%s: %s", self.namespace, self.name, type(error).__name__)
@@ -61,7 +90,18 @@ class KubernetesProgress:
 
     # CheckpointStore
     def load(self) -> Checkpoint | None:
-        obj = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name)
+        """The checkpoint; ``Unavailable`` when the API server cannot be asked (after retries),
+        ``CheckpointError`` when the progress object is missing or may not be read."""
+        try:
+            obj = with_retries(
+                lambda: self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name),
+                sleep=self.sleep,
+            )
+        except Exception as error:
+            what = f"progress object {self.namespace}/{self.name}"
+            if _transient(error):
+                raise Unavailable(f"cannot read the checkpoint in {what}: {_describe(error)}") from None
+            raise CheckpointError(f"cannot read the checkpoint in {what}: {_describe(error)}") from None
         text = ((obj or {}).get("status") or {}).get("checkpoint")
         if not text:
             return None
@@ -76,7 +116,7 @@ class KubernetesProgress:
         if checkpoint.done:
             status["done"] = True
             status["counters"] = _counters(checkpoint.counters)
-        self._patch(status)
+        self._patch(status, RETRY_PAUSES if checkpoint.done else RETRY_PAUSES[:2])
 
     # ProgressSink
     def update(self, snapshot: dict) -> None:
@@ -93,7 +133,18 @@ class KubernetesProgress:
             status["lastError"] = f"stopped: {summary['stopped']}"[:1024]
         elif summary.get("failed"):
             status["lastError"] = f"{summary['failed']} objects failed; see the report in the Job's log"
-        self._patch(status)
+        self._patch(status, RETRY_PAUSES)
+
+    def failed(self, message: str, exit_code: int) -> None:
+        """Start-up failed: the operator shows ``message`` in the prefix's row and conditions."""
+        self._patch({"lastError": message[:1024], "exitCode": exit_code}, RETRY_PAUSES[:1])
+
+
+def _describe(error: Exception) -> str:
+    status = getattr(error, "status", None)
+    if status:
+        return f"HTTP {status} {getattr(error, 'reason', '')}".strip()
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 def _counters(counters: dict) -> dict:

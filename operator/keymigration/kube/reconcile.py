@@ -4,12 +4,24 @@ what to create, suspend, resume or delete, the new status, and the events to pos
 Conditions follow kstatus (Flux health checks, Helm 4 --wait=watcher, kubectl wait):
 ``Ready``, ``Reconciling``, ``Stalled``, plus ``Suspended``; every condition and
 ``status.observedGeneration`` carry ``metadata.generation``.
+
+The shape, like cert-manager's policy chains:
+
+1. ``observe``: each work unit (today a prefix) of the KeyMigration, from its Job, its progress
+   object and its previous status row, becomes a ``UnitView`` with a state;
+2. ``schedule``: suspend, resume or start Jobs (never more than ``maxJobs`` at once, never a
+   finished unit again);
+3. ``VERDICTS``: an ordered chain of small functions, each taking the ``Observed`` state and
+   returning a ``Verdict`` (phase + the four conditions, each a ``Condition``) or None; the
+   first match wins;
+4. ``status_of``: the status written back, with the conditions' transition times kept.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 
 from keymigration.clock import utc_timestamp
 from keymigration.errors import InvalidKeyMigration
@@ -21,13 +33,34 @@ from keymigration.kube.jobs import (
     job_manifest,
     progress_manifest,
 )
+from keymigration.kube.policy import not_allowed
+from keymigration.kube.units import (
+    COMPLETED,
+    COMPLETED_WITH_FAILURES,
+    COUNTER_NAMES,
+    FAILED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+    STATES,
+    SUSPENDED,
+    UnitView,
+    Watch,
+    job_active,
+    observe_unit,
+)
 
 MAX_STATUS_PREFIXES = 200
-COUNTER_NAMES = ("scanned", "migrated", "skipped", "failed")
+MAX_ROW_CHECKPOINT = 128  # characters of a row's checkpoint key (a key may have 1024 bytes)
+MAX_ROW_ERROR = 256  # characters of a row's last error
+MAX_MESSAGE = 4096  # characters of a condition message
 
-PENDING, RUNNING, SUSPENDED = "Pending", "Running", "Suspended"
-COMPLETED, COMPLETED_WITH_FAILURES, FAILED = "Completed", "CompletedWithFailures", "Failed"
-FINISHED = (COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
+
+def clip(text: str | None, limit: int) -> str | None:
+    """At most ``limit`` characters, an ellipsis marking a cut: spec plus status stay bounded."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
 
 
 @dataclass
@@ -45,280 +78,516 @@ class Plan:
     delete_jobs: list[str] = field(default_factory=list)
     status: dict = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    recheck: float | None = None  # look again after this many seconds even if nothing changes
+    progress_status: dict[str, dict] = field(default_factory=dict)  # progress object -> merge patch of its status
 
 
 @dataclass
-class PrefixView:
-    prefix: str
-    name: str
-    state: str
-    counters: dict
-    total: int | None = None
-    checkpoint: str | None = None
-    last_error: str | None = None
-    start: str | None = None
-    completion: str | None = None
+class Surroundings:
+    """What the operator saw around a KeyMigration besides its Jobs and progress objects."""
+
+    conflicts: dict[str, str] = field(default_factory=dict)  # child name -> who holds it
+    pods: dict[str, list[dict]] = field(default_factory=dict)  # Job name -> its pods
+    warnings: dict[str, str] = field(default_factory=dict)  # Job or pod name -> its newest Warning Event
+    worker_account: str | None = None  # why no worker pod can run in the namespace, if none can
+    stuck_after: float = 30.0  # seconds a Job may go without a running pod before it counts as stuck
 
 
-def _timestamp(now: datetime) -> str:
-    return utc_timestamp(now)
+# -- conditions -------------------------------------------------------------------------------
 
 
-def _job_condition(job: dict, kind: str) -> dict | None:
-    for condition in (job.get("status") or {}).get("conditions") or ():
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
-    return None
+@dataclass(frozen=True)
+class Condition:
+    """One kstatus condition as a verdict states it: True/False, a CamelCase reason, a message."""
+
+    status: bool
+    reason: str
+    message: str = ""
+
+    def render(self, kind: str, generation: int, previous: dict, now: str) -> dict:
+        value = "True" if self.status else "False"
+        old = previous.get(kind) or {}
+        changed = old.get("status") != value
+        return {
+            "type": kind,
+            "status": value,
+            "reason": self.reason,
+            "message": clip(self.message, MAX_MESSAGE),
+            "observedGeneration": generation,
+            "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
+        }
 
 
-def _job_active(job: dict) -> bool:
-    """A Job that still has (or may still start) a pod: not finished and not suspended."""
-    if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
-        return False
-    return not (job.get("spec") or {}).get("suspend")
+NOT_SUSPENDED = Condition(False, "NotSuspended")
 
 
-def _checkpoint_after(checkpoint: str | None) -> str | None:
-    if not checkpoint:
-        return None
-    try:
-        return json.loads(checkpoint).get("after")
-    except (ValueError, AttributeError):
-        return None
+@dataclass(frozen=True)
+class Verdict:
+    """What the KeyMigration is, as its status says it: a phase and the four conditions."""
+
+    phase: str
+    ready: Condition
+    reconciling: Condition
+    stalled: Condition
+    suspended: Condition = NOT_SUSPENDED
+    event: Event | None = None  # posted when the migration enters this verdict (phase and reason)
+
+    @classmethod
+    def stall(cls, phase: str, reason: str, message: str, progress: str, suspended: Condition = NOT_SUSPENDED,
+              event: Event | None = None) -> "Verdict":
+        """Stalled=True: work stopped for ``reason``; a person must act (message says how)."""
+        return cls(
+            phase,
+            ready=Condition(False, reason, message),
+            reconciling=Condition(False, reason, progress),
+            stalled=Condition(True, reason, message),
+            suspended=suspended,
+            event=event,
+        )
+
+    def conditions(self, generation: int, previous_status: dict | None, now: str) -> list[dict]:
+        previous = {c.get("type"): c for c in (previous_status or {}).get("conditions") or ()}
+        named = (("Ready", self.ready), ("Reconciling", self.reconciling), ("Stalled", self.stalled), ("Suspended", self.suspended))
+        return [condition.render(kind, generation, previous, now) for kind, condition in named]
 
 
-def observe_prefix(prefix: str, name: str, job: dict | None, progress: dict | None, previous: dict | None) -> PrefixView:
-    status = (progress or {}).get("status") or {}
-    counters = {k: int((status.get("counters") or {}).get(k, 0)) for k in COUNTER_NAMES}
-    view = PrefixView(
-        prefix=prefix,
-        name=name,
-        state=PENDING,
-        counters=counters,
-        total=status.get("total"),
-        checkpoint=_checkpoint_after(status.get("checkpoint")),
-        last_error=status.get("lastError"),
-        start=(previous or {}).get("startTime") or ((job or {}).get("status") or {}).get("startTime"),
-        completion=(previous or {}).get("completionTime"),
-    )
-    if status.get("done"):
-        view.state = COMPLETED_WITH_FAILURES if counters["failed"] else COMPLETED
-    elif job is not None:
-        failed = _job_condition(job, "Failed")
-        if failed:
-            view.state = FAILED
-            view.last_error = view.last_error or f"Job failed: {failed.get('reason', '')} {failed.get('message', '')}".strip()
-        elif _job_condition(job, "Complete"):
-            view.state = COMPLETED_WITH_FAILURES if counters["failed"] else COMPLETED
-        elif (job.get("spec") or {}).get("suspend"):
-            view.state = SUSPENDED
-        else:
-            view.state = RUNNING
-    elif previous and previous.get("state") == FAILED:
-        view.state = FAILED  # the Job is gone (TTL); the failure stays until a retry is asked for
-        view.last_error = previous.get("lastError")
-    return view
+# -- observing --------------------------------------------------------------------------------
 
 
-def _condition(kind: str, status: bool, reason: str, message: str, generation: int, previous: dict, now: str) -> dict:
-    value = "True" if status else "False"
-    old = previous.get(kind) or {}
-    changed = old.get("status") != value
-    return {
-        "type": kind,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
-    }
+@dataclass
+class Observed:
+    """Everything the verdicts look at, for one reconcile of one KeyMigration."""
+
+    migration: KeyMigration
+    views: list[UnitView]
+    totals: dict
+    too_many: bool
+    surroundings: Surroundings = field(default_factory=Surroundings)
+    counts: dict = field(default_factory=dict)
+
+    def count(self) -> None:
+        self.counts = {s: sum(1 for v in self.views if v.state == s) for s in STATES}
+
+    @property
+    def done(self) -> int:
+        return self.counts[COMPLETED] + self.counts[COMPLETED_WITH_FAILURES]
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.counts[FAILED] == len(self.views)
+
+    def summary(self) -> str:
+        return (
+            f"{self.done}/{len(self.views)} prefixes done, {self.counts[RUNNING]} running, {self.counts[PENDING]} queued; "
+            f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed" + self.retrying()
+        )
+
+    def retrying(self) -> str:
+        """Running prefixes whose Job is retrying a failed pod, with the last error of each."""
+        retried = [v for v in self.views if v.state == RUNNING and v.failed_attempts]
+        if not retried:
+            return ""
+        shown = "; ".join(f"{v.prefix!r} after {v.failed_attempts} failed attempt(s): {clip(v.last_error, MAX_ROW_ERROR)}"
+                          for v in retried[:3])
+        more = f" (and {len(retried) - 3} more)" if len(retried) > 3 else ""
+        return f"; retrying {shown}{more}"
 
 
-def conditions(ready, reconciling, stalled, suspended, generation, previous_status, now) -> list[dict]:
-    previous = {c.get("type"): c for c in (previous_status or {}).get("conditions") or ()}
-    return [
-        _condition("Ready", *ready, generation, previous, now),
-        _condition("Reconciling", *reconciling, generation, previous, now),
-        _condition("Stalled", *stalled, generation, previous, now),
-        _condition("Suspended", *suspended, generation, previous, now),
-    ]
-
-
-def _invalid(km: dict, error: InvalidKeyMigration, now: str) -> Plan:
-    generation = km["metadata"].get("generation", 1)
-    previous = km.get("status") or {}
-    message = "invalid spec: " + "; ".join(error.problems)
-    status = {
-        **{k: v for k, v in previous.items() if k not in ("conditions", "observedGeneration", "phase")},
-        "observedGeneration": generation,
-        "phase": "Invalid",
-        "conditions": conditions(
-            (False, "InvalidSpec", message),
-            (False, "InvalidSpec", "nothing to do until the spec is fixed"),
-            (True, "InvalidSpec", message),
-            (False, "NotSuspended", ""),
-            generation,
-            previous,
-            now,
-        ),
-    }
-    events = [] if previous.get("phase") == "Invalid" else [Event("Warning", "InvalidSpec", message[:1024])]
-    return Plan(status=status, events=events)
-
-
-def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: InstallConfig, now: datetime) -> Plan:
-    """One step of the control loop. Never re-runs a finished prefix."""
-    stamp = _timestamp(now)
-    meta = km["metadata"]
-    generation = meta.get("generation", 1)
-    previous = km.get("status") or {}
-    try:
-        spec = KeyMigration.from_fields(km.get("spec"))
-    except InvalidKeyMigration as error:
-        return _invalid(km, error, stamp)
-
-    jobs_by_name = {j["metadata"]["name"]: j for j in jobs}
-    progress_by_name = {p["metadata"]["name"]: p for p in progresses}
-    previous_prefixes = {p.get("prefix"): p for p in previous.get("prefixes") or ()}
-    plan = Plan()
-
-    retry = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
-    retry_requested = retry is not None and retry != previous.get("retryGeneration")
-
-    views: list[PrefixView] = []
-    for prefix in spec.prefixes:
-        name = child_name(meta["name"], prefix)
-        view = observe_prefix(prefix, name, jobs_by_name.get(name), progress_by_name.get(name), previous_prefixes.get(prefix))
-        if view.state == FAILED and retry_requested:
-            if name in jobs_by_name:
-                plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
-            view.state, view.last_error = PENDING, None
-        views.append(view)
-
+def _totals(views: list[UnitView]) -> dict:
     totals = {k: sum(v.counters[k] for v in views) for k in COUNTER_NAMES}
     # Objects the workers counted in their prefixes so far (each worker counts its own): with the
     # rate, what an ETA needs.
     totals["expected"] = sum(v.total or 0 for v in views)
-    too_many = spec.max_failed_objects is not None and totals["failed"] > spec.max_failed_objects
-    stopping = spec.suspend or too_many
+    return totals
 
-    if stopping:
-        for view in views:
-            if view.state == RUNNING:
-                plan.suspend_jobs.append(view.name)
-                view.state = SUSPENDED
-    else:
-        running = 0
-        for view in views:
-            if view.state == SUSPENDED:
-                plan.resume_jobs.append(view.name)
-                view.state = RUNNING
-            if view.state == RUNNING:
-                running += 1
-            elif view.name in jobs_by_name and _job_active(jobs_by_name[view.name]):
-                running += 1  # its worker reported done, but its pod is still finishing
-        remaining = None if spec.max_failed_objects is None else spec.max_failed_objects - totals["failed"] + 1
-        for view in views:
-            if running >= spec.max_jobs:
-                break
-            if view.state != PENDING or view.name in plan.delete_jobs:
-                continue
-            if view.name not in progress_by_name:
-                plan.create.append(progress_manifest(km, spec, view.prefix))
-            plan.create.append(job_manifest(km, spec, view.prefix, config, max_failures=remaining))
-            view.state, view.start = RUNNING, view.start or stamp
-            running += 1
-            plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for prefix {view.prefix!r}"))
 
+# -- scheduling -------------------------------------------------------------------------------
+
+
+@dataclass
+class Scene:
+    """One reconcile's inputs, indexed."""
+
+    km: dict
+    migration: KeyMigration
+    jobs: dict[str, dict]
+    progresses: dict[str, dict]
+    previous: dict
+    config: InstallConfig
+    stamp: str
+    surroundings: Surroundings = field(default_factory=Surroundings)
+
+    @property
+    def previous_rows(self) -> dict[str, dict]:
+        return {p.get("prefix"): p for p in self.previous.get("prefixes") or ()}
+
+    @property
+    def retry(self) -> str | None:
+        return (self.km["metadata"].get("annotations") or {}).get(ANNOTATION_RETRY)
+
+    @property
+    def retry_requested(self) -> bool:
+        return self.retry is not None and self.retry != self.previous.get("retryGeneration")
+
+
+def _observe_all(scene: Scene, plan: Plan, now: datetime) -> list[UnitView]:
+    rows = scene.previous_rows
+    retry_requested = scene.retry_requested
+    watch = Watch(scene.surroundings.warnings, now, scene.surroundings.stuck_after)
+    views = []
+    for prefix in scene.migration.prefixes:
+        name = child_name(scene.km["metadata"]["name"], prefix)
+        view = observe_unit(prefix, name, scene.jobs.get(name), scene.progresses.get(name), rows.get(prefix),
+                            scene.surroundings.pods.get(name), watch)
+        if view.state == FAILED and retry_requested:
+            if name in scene.jobs:
+                plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
+            if view.recorded:
+                plan.progress_status[name] = {"state": None, "completionTime": None, "lastError": None}
+            view.state, view.last_error, view.recorded = PENDING, None, None
+        views.append(view)
+    return views
+
+
+def _stop(views: list[UnitView], plan: Plan) -> None:
     for view in views:
-        if view.state in FINISHED and not view.completion:
-            view.completion = stamp
-        old = previous_prefixes.get(view.prefix, {}).get("state")
-        if old != view.state and view.state in FINISHED:
-            if view.state == COMPLETED:
-                plan.events.append(Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped"))
-            elif view.state == COMPLETED_WITH_FAILURES:
-                plan.events.append(Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)"))
-            else:
-                plan.events.append(Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024]))
+        if view.state == RUNNING:
+            plan.suspend_jobs.append(view.name)
+            view.state = SUSPENDED
 
-    counts = {s: sum(1 for v in views if v.state == s) for s in (PENDING, RUNNING, SUSPENDED, COMPLETED, COMPLETED_WITH_FAILURES, FAILED)}
-    done = counts[COMPLETED] + counts[COMPLETED_WITH_FAILURES]
-    total = len(views)
-    finished = done + counts[FAILED] == total
-    summary = f"{done}/{total} prefixes done, {counts[RUNNING]} running, {counts[PENDING]} queued; {totals['migrated']} objects migrated, {totals['failed']} failed"
 
-    if too_many:
-        phase = "Stalled"
-        msg = f"{totals['failed']} objects failed, more than maxFailedObjects={spec.max_failed_objects}; Jobs suspended"
-        conds = ((False, "TooManyFailures", msg), (False, "TooManyFailures", msg), (True, "TooManyFailures", msg), (spec.suspend, "Suspended" if spec.suspend else "NotSuspended", ""))
-    elif spec.suspend and not finished:
-        phase = "Suspended"
-        conds = ((False, "Suspended", "suspended by spec.suspend; " + summary), (False, "Suspended", summary), (False, "Suspended", ""), (True, "Suspended", "spec.suspend is true"))
-    elif finished and counts[FAILED]:
-        phase = "Failed"
-        failed_prefixes = [v.prefix for v in views if v.state == FAILED]
-        msg = f"{counts[FAILED]} prefix Jobs failed ({', '.join(repr(p) for p in failed_prefixes[:5])}); annotate {ANNOTATION_RETRY}=<new value> to retry"
-        conds = ((False, "PrefixFailed", msg), (False, "PrefixFailed", summary), (True, "PrefixFailed", msg), (False, "NotSuspended", ""))
-    elif finished and totals["failed"]:
-        phase = "CompletedWithFailures"
-        msg = f"{totals['failed']} objects failed; see the Jobs' reports (kubectl logs)"
-        conds = ((False, "ObjectsFailed", msg), (False, "ObjectsFailed", summary), (True, "ObjectsFailed", msg), (False, "NotSuspended", ""))
-    elif finished:
-        phase = "Succeeded"
-        msg = f"all {total} prefixes migrated: {totals['migrated']} objects migrated, {totals['skipped']} skipped"
-        conds = ((True, "Succeeded", msg), (False, "Succeeded", msg), (False, "Succeeded", ""), (False, "NotSuspended", ""))
-    else:
-        phase = "Running" if counts[RUNNING] else "Pending"
-        conds = ((False, "Progressing", summary), (True, "Progressing", summary), (False, "Progressing", ""), (False, "NotSuspended", ""))
+def _resume_and_count(scene: Scene, views: list[UnitView], plan: Plan) -> int:
+    running = 0
+    for view in views:
+        if view.state == SUSPENDED:
+            plan.resume_jobs.append(view.name)
+            view.state = RUNNING
+        if view.state == RUNNING:
+            running += 1
+        elif view.name in scene.jobs and job_active(scene.jobs[view.name]):
+            running += 1  # its worker reported done, but its pod is still finishing
+    return running
 
+
+def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
+    migration = observed.migration
+    running = _resume_and_count(scene, observed.views, plan)
+    failed = observed.totals["failed"]
+    remaining = None if migration.max_failed_objects is None else migration.max_failed_objects - failed + 1
+    for view in observed.views:
+        if running >= migration.max_jobs:
+            break
+        if view.state != PENDING or view.name in plan.delete_jobs:
+            continue
+        if view.name not in scene.progresses:
+            plan.create.append(progress_manifest(scene.km, migration, view.prefix))
+        plan.create.append(job_manifest(scene.km, migration, view.prefix, scene.config, max_failures=remaining))
+        view.state, view.start = RUNNING, view.start or scene.stamp
+        running += 1
+        plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for prefix {view.prefix!r}"))
+
+
+def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
+    """Suspend everything when stopping; otherwise resume suspended Jobs and start queued ones."""
+    if observed.migration.suspend or observed.too_many:
+        _stop(observed.views, plan)
+    elif observed.surroundings.worker_account is None:
+        _start(scene, observed, plan)
+    # else: no pod could run; Jobs created now would only pile up FailedCreate Events
+
+
+def _record_outcomes(views: list[UnitView], scene: Scene, plan: Plan) -> None:
+    """A unit that just finished (its worker said done, or its Job completed or failed) gets its
+    outcome written into its progress object, where it outlives the Job's TTL and the 200 status
+    rows; its Event is posted once, then."""
+    rows = scene.previous_rows
+    for view in views:
+        if view.state not in FINISHED or view.recorded == view.state:
+            continue
+        view.completion = view.completion or scene.stamp
+        if view.name not in scene.progresses:  # nowhere to record it: the status row remembers
+            if rows.get(view.prefix, {}).get("state") != view.state:
+                plan.events.append(_outcome_event(view))
+            continue
+        record = {"state": view.state, "completionTime": view.completion}
+        if view.state == FAILED:
+            record["lastError"] = view.last_error or "Job failed"
+        plan.progress_status[view.name] = record
+        plan.events.append(_outcome_event(view))
+
+
+def _outcome_event(view: UnitView) -> Event:
+    if view.state == COMPLETED:
+        return Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped")
+    if view.state == COMPLETED_WITH_FAILURES:
+        return Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)")
+    return Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024])
+
+
+# -- verdicts: first match wins ---------------------------------------------------------------
+
+
+def child_conflict(o: Observed) -> Verdict | None:
+    conflicts = o.surroundings.conflicts
+    if not conflicts:
+        return None
+    message = "; ".join(sorted(conflicts.values())[:3]) + (f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else "")
+    return Verdict.stall("Stalled", "ChildConflict", message, o.summary(), event=Event("Warning", "ChildConflict", message[:1024]))
+
+
+def worker_account_missing(o: Observed) -> Verdict | None:
+    message = o.surroundings.worker_account
+    if message is None:
+        return None
+    return Verdict.stall("Stalled", "WorkerServiceAccountMissing", message, o.summary(),
+                         event=Event("Warning", "WorkerServiceAccountMissing", message[:1024]))
+
+
+def workers_stuck(o: Observed) -> Verdict | None:
+    stuck = [v for v in o.views if v.state == RUNNING and v.stuck]
+    if not stuck:
+        return None
+    message = "; ".join(f"prefix {v.prefix!r}: {clip(v.stuck, MAX_ROW_ERROR)}" for v in stuck[:3]) + (f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else "")
+    return Verdict.stall("Stalled", "WorkerStuck", message, o.summary(), event=Event("Warning", "WorkerStuck", message[:1024]))
+
+
+def too_many_failures(o: Observed) -> Verdict | None:
+    if not o.too_many:
+        return None
+    message = f"{o.totals['failed']} objects failed, more than maxFailedObjects={o.migration.max_failed_objects}; Jobs suspended"
+    suspended = Condition(True, "Suspended") if o.migration.suspend else NOT_SUSPENDED
+    return Verdict.stall("Stalled", "TooManyFailures", message, message, suspended, event=Event("Warning", "TooManyFailures", message))
+
+
+def suspended_by_spec(o: Observed) -> Verdict | None:
+    if not o.migration.suspend or o.finished:
+        return None
+    summary = o.summary()
+    return Verdict(
+        "Suspended",
+        ready=Condition(False, "Suspended", "suspended by spec.suspend; " + summary),
+        reconciling=Condition(False, "Suspended", summary),
+        stalled=Condition(False, "Suspended"),
+        suspended=Condition(True, "Suspended", "spec.suspend is true"),
+    )
+
+
+def prefixes_failed(o: Observed) -> Verdict | None:
+    if not (o.finished and o.counts[FAILED]):
+        return None
+    failed = [v.prefix for v in o.views if v.state == FAILED]
+    message = (
+        f"{o.counts[FAILED]} prefix Jobs failed ({', '.join(repr(p) for p in failed[:5])}); "
+        f"annotate {ANNOTATION_RETRY}=<new value> to retry"
+    )
+    return Verdict.stall("Failed", "PrefixFailed", message, o.summary())
+
+
+def objects_failed(o: Observed) -> Verdict | None:
+    if not (o.finished and o.totals["failed"]):
+        return None
+    message = f"{o.totals['failed']} objects failed; see the Jobs' reports (kubectl logs)"
+    return Verdict.stall("CompletedWithFailures", "ObjectsFailed", message, o.summary())
+
+
+def succeeded(o: Observed) -> Verdict | None:
+    if not o.finished:
+        return None
+    message = f"all {len(o.views)} prefixes migrated: {o.totals['migrated']} objects migrated, {o.totals['skipped']} skipped"
+    return Verdict(
+        "Succeeded",
+        ready=Condition(True, "Succeeded", message),
+        reconciling=Condition(False, "Succeeded", message),
+        stalled=Condition(False, "Succeeded"),
+    )
+
+
+def progressing(o: Observed) -> Verdict | None:
+    summary = o.summary()
+    return Verdict(
+        "Running" if o.counts[RUNNING] else "Pending",
+        ready=Condition(False, "Progressing", summary),
+        reconciling=Condition(True, "Progressing", summary),
+        stalled=Condition(False, "Progressing"),
+    )
+
+
+VERDICTS: tuple[Callable[[Observed], Verdict | None], ...] = (
+    child_conflict,
+    worker_account_missing,
+    too_many_failures,
+    suspended_by_spec,
+    workers_stuck,
+    prefixes_failed,
+    objects_failed,
+    succeeded,
+    progressing,
+)
+
+
+def decide(observed: Observed) -> Verdict:
+    for verdict_of in VERDICTS:
+        verdict = verdict_of(observed)
+        if verdict is not None:
+            return verdict
+    raise AssertionError("progressing always decides")  # pragma: no cover
+
+
+def _stalled_reason(status: dict) -> str | None:
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Stalled" and condition.get("status") == "True":
+            return condition.get("reason")
+    return None
+
+
+def _phase_events(previous: dict, verdict: Verdict, observed: Observed) -> list[Event]:
+    migration = observed.migration
     old_phase = previous.get("phase")
+    events = []
     if old_phase in (None, "Invalid"):
-        plan.events.append(Event("Normal", "Validated", f"spec accepted: {total} prefixes of s3://{spec.bucket} to {spec.target_key_id}"))
-    if old_phase != phase:
-        if phase == "Suspended":
-            plan.events.append(Event("Normal", "Suspended", "Jobs suspended"))
-        elif old_phase == "Suspended":
-            plan.events.append(Event("Normal", "Resumed", "Jobs resumed"))
-        if phase == "Succeeded":
-            plan.events.append(Event("Normal", "Succeeded", conds[0][2]))
-        elif phase == "Stalled":
-            plan.events.append(Event("Warning", "TooManyFailures", conds[2][2]))
+        events.append(Event("Normal", "Validated", f"spec accepted: {len(observed.views)} prefixes of s3://{migration.bucket} to {migration.target_key_id}"))
+    entered = old_phase != verdict.phase or _stalled_reason(previous) != (verdict.stalled.reason if verdict.stalled.status else None)
+    if verdict.event is not None and entered:
+        events.append(verdict.event)
+    if old_phase == verdict.phase:
+        return events
+    if verdict.phase == "Suspended":
+        events.append(Event("Normal", "Suspended", "Jobs suspended"))
+    elif old_phase == "Suspended":
+        events.append(Event("Normal", "Resumed", "Jobs resumed"))
+    if verdict.phase == "Succeeded":
+        events.append(Event("Normal", "Succeeded", verdict.ready.message))
+    return events
 
-    ordered = sorted(views, key=lambda v: (v.state in FINISHED, spec.prefixes.index(v.prefix)))
-    entries = []
-    for view in ordered[:MAX_STATUS_PREFIXES]:
-        entry = {"prefix": view.prefix, "job": view.name, "state": view.state, "counters": view.counters}
-        for key, value in (("total", view.total), ("checkpoint", view.checkpoint), ("lastError", view.last_error),
-                           ("startTime", view.start), ("completionTime", view.completion)):
-            if value is not None:
-                entry[key] = value
-        entries.append(entry)
 
+# -- status -----------------------------------------------------------------------------------
+
+
+def _row(view: UnitView) -> dict:
+    entry = {"prefix": view.prefix, "job": view.name, "state": view.state, "counters": view.counters}
+    for key, value in (("total", view.total), ("checkpoint", clip(view.checkpoint, MAX_ROW_CHECKPOINT)),
+                       ("lastError", clip(view.last_error, MAX_ROW_ERROR)),
+                       ("startTime", view.start), ("completionTime", view.completion)):
+        if value is not None:
+            entry[key] = value
+    return entry
+
+
+def status_of(scene: Scene, observed: Observed, verdict: Verdict) -> dict:
+    generation = scene.km["metadata"].get("generation", 1)
+    previous = scene.previous
+    order = {prefix: index for index, prefix in enumerate(observed.migration.prefixes)}
+    ordered = sorted(observed.views, key=lambda v: (v.state in FINISHED, order[v.prefix]))
+    counts = observed.counts
     status = {
         "observedGeneration": generation,
-        "phase": phase,
-        "conditions": conditions(*conds, generation=generation, previous_status=previous, now=stamp),
-        "startTime": previous.get("startTime") or stamp,
-        "prefixesDone": f"{done}/{total}",
+        "phase": verdict.phase,
+        "conditions": verdict.conditions(generation, previous, scene.stamp),
+        "startTime": previous.get("startTime") or scene.stamp,
+        "prefixesDone": f"{observed.done}/{len(observed.views)}",
         "prefixCounts": {
-            "total": total,
+            "total": len(observed.views),
             "pending": counts[PENDING],
             "running": counts[RUNNING],
             "suspended": counts[SUSPENDED],
-            "completed": done,
+            "completed": observed.done,
             "failed": counts[FAILED],
         },
-        "totals": totals,
-        "prefixes": entries,
-        "prefixesTruncated": len(views) > MAX_STATUS_PREFIXES,
+        "totals": observed.totals,
+        "prefixes": [_row(view) for view in ordered[:MAX_STATUS_PREFIXES]],
+        "prefixesTruncated": len(observed.views) > MAX_STATUS_PREFIXES,
     }
-    if finished:
-        status["completionTime"] = previous.get("completionTime") or stamp
-    if retry is not None:
-        status["retryGeneration"] = retry
-    plan.status = status
+    if observed.finished:
+        status["completionTime"] = previous.get("completionTime") or scene.stamp
+    if scene.retry is not None:
+        status["retryGeneration"] = scene.retry
+    return status
+
+
+def _refused(km: dict, event: Event, now: str) -> Plan:
+    """Nothing is done for a KeyMigration whose spec is invalid (InvalidSpec) or asks for what the
+    installation does not allow (NotAllowed): Stalled, the event's message saying why."""
+    generation = km["metadata"].get("generation", 1)
+    previous = km.get("status") or {}
+    verdict = Verdict(
+        "Invalid",
+        ready=Condition(False, event.reason, event.message),
+        reconciling=Condition(False, event.reason, "nothing to do until the spec is fixed"),
+        stalled=Condition(True, event.reason, event.message),
+    )
+    status = {
+        **{k: v for k, v in previous.items() if k not in ("conditions", "observedGeneration", "phase")},
+        "observedGeneration": generation,
+        "phase": verdict.phase,
+        "conditions": verdict.conditions(generation, previous, now),
+    }
+    repeated = previous.get("phase") == "Invalid" and _stalled_reason(previous) == event.reason
+    return Plan(status=status, events=[] if repeated else [Event(event.type, event.reason, event.message[:1024])])
+
+
+def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: InstallConfig, now: datetime,
+              surroundings: Surroundings | None = None) -> Plan:
+    """One step of the control loop. Never re-runs a finished prefix."""
+    stamp = utc_timestamp(now)
+    try:
+        migration = KeyMigration.from_fields(km.get("spec"))
+    except InvalidKeyMigration as error:
+        return _refused(km, Event("Warning", "InvalidSpec", "invalid spec: " + "; ".join(error.problems)), stamp)
+    refusals = not_allowed(migration, km["metadata"].get("namespace", ""), config)
+    if refusals:
+        return _refused(km, Event("Warning", "NotAllowed", "not allowed by the operator's installation: " + "; ".join(refusals)), stamp)
+    scene = Scene(
+        km=km,
+        migration=migration,
+        jobs={j["metadata"]["name"]: j for j in jobs},
+        progresses={p["metadata"]["name"]: p for p in progresses},
+        previous=km.get("status") or {},
+        config=config,
+        stamp=stamp,
+        surroundings=surroundings or Surroundings(),
+    )
+    plan = Plan()
+    views = _observe_all(scene, plan, now)
+    totals = _totals(views)
+    too_many = migration.max_failed_objects is not None and totals["failed"] > migration.max_failed_objects
+    observed = Observed(migration, views, totals, too_many, scene.surroundings)
+    schedule(scene, observed, plan)
+    _record_outcomes(views, scene, plan)
+    observed.count()
+    verdict = decide(observed)
+    plan.events += _phase_events(scene.previous, verdict, observed)
+    plan.status = status_of(scene, observed, verdict)
+    plan.recheck = _recheck(scene, observed)
     return plan
+
+
+def _recheck(scene: Scene, observed: Observed) -> float | None:
+    """Nothing wakes the operator while a Job waits for a pod that cannot start, or while the
+    worker ServiceAccount is missing: look again, so either surfaces (and clears) in time."""
+    if scene.surroundings.worker_account or scene.surroundings.conflicts:
+        return 15.0
+    if any(v.waiting for v in observed.views):
+        return max(2.0, min(10.0, scene.surroundings.stuck_after / 3))
+    return None
+
+
+_MISSING = object()
+
+
+def merge_patch(old: dict, new: dict) -> dict:
+    """The RFC 7386 merge patch that turns ``old`` into ``new``: what changed, and ``None`` for
+    every key ``new`` no longer has (a ``completionTime`` after a retry), nested objects patched
+    key by key, lists and values replaced whole. Sending ``new`` itself would leave stale keys."""
+    patch: dict = {key: None for key in old.keys() - new.keys()}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
+    return patch
 
 
 def status_changed(old: dict | None, new: dict) -> bool:

@@ -12,7 +12,7 @@ from typing import Callable
 from keymigration.aws.clients import ClientOptions, Telemetry, make_clients
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket
-from keymigration.errors import CheckpointError, KmsError, ObjectError, SetupError
+from keymigration.errors import KeyMigrationError, KmsError, ObjectError, SetupError, Unavailable
 from keymigration.formats.envelope import WrapAlgorithm
 from keymigration.formats.source_keys import load_key_files
 from keymigration.formats.vocabulary import (
@@ -141,10 +141,10 @@ class Migration:
         s = self.options
         try:
             existing = self.store.load() if self.store else None
-        except CheckpointError:
+        except KeyMigrationError:
             raise
-        except Exception as error:  # the progress object is unreachable: do not start blind
-            raise SetupError(f"cannot read the checkpoint: {type(error).__name__}") from None
+        except Exception as error:  # the store is unreachable: do not start blind, but try again later
+            raise Unavailable(f"cannot read the checkpoint: {type(error).__name__}: {error}"[:1000]) from None
         scale = {
             "start_after": s.start_after,
             "end_key": s.end_key,
@@ -188,7 +188,9 @@ class Migration:
             try:
                 self.kms.describe_target()
             except KmsError as error:
-                raise SetupError(f"target KMS key: {error}") from None
+                # Throttling, 5xx, no credentials yet, an unreachable endpoint: try again later.
+                # Access denied, no such key, a disabled key: the configuration must change.
+                raise (Unavailable if error.retryable else SetupError)(f"target KMS key: {error}") from None
 
 
     def run(

@@ -28,12 +28,15 @@ log = logging.getLogger("keymigration.worker")
 
 ProcessFn = Callable[[str, ListingHint], ObjectResult]
 
-# Exit codes (the Job's podFailurePolicy relies on them; docs/worker.md#exit-codes).
+# Exit codes (the Job's podFailurePolicy relies on them; docs/worker.md#exit-codes). The deliberate
+# outcomes use codes no crash produces (a traceback exits 1, argparse 2, a signal 128+N), so a
+# Job fails at once on them and retries everything else.
 EXIT_OK = 0
-EXIT_FAILED_OBJECTS = 1  # finished; some objects failed (permanent: a retry would not help)
-EXIT_CONFIG = 2  # invalid arguments, keys or target key: nothing was done
-EXIT_TOO_MANY_FAILURES = 3  # stopped at --max-failures
-EXIT_INTERRUPTED = 4  # stopped by a signal or a transient error: resume from the checkpoint
+EXIT_INTERRUPTED = 4  # stopped by a signal or a transient listing error: resume from the checkpoint
+EXIT_FAILED_OBJECTS = 10  # finished; some objects failed (permanent: a retry would not help)
+EXIT_TOO_MANY_FAILURES = 11  # stopped at --max-failures
+EXIT_CONFIG = 12  # invalid arguments, keys, target key or checkpoint: nothing was done
+EXIT_RETRY = 75  # (sysexits EX_TEMPFAIL) start-up could not reach what it needs, or an unexpected error: run again
 
 
 class ProgressSink(Protocol):

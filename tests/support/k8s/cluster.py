@@ -9,10 +9,10 @@ Usage::
             ...
 
 The server runs in a background thread with its own asyncio loop and listens on 127.0.0.1 on a
-free port, so synchronous tests, kopf (in a thread or a subprocess), the ``kubernetes`` client,
+free port, so synchronous tests, the operator (kopf, a subprocess), the ``kubernetes`` client,
 worker subprocesses and the real ``kubectl`` all reach it through ``cluster.kubeconfig``.
 
-See README.md beside this file for what is emulated and what is not.
+See tests/support/README.md for what is emulated and what is not.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import concurrent.futures
 import json
 import os
 import pathlib
-import re
+import random
 import shutil
 import tempfile
 import threading
@@ -35,12 +35,13 @@ import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from .emulator import FakeApiServer, Fault, ResourceDef
+from .emulator import FakeApiServer
 
 JSON = dict[str, Any]
 
-__all__ = ["FakeCluster", "JobRunner", "ApiException", "ResourceDef", "load_manifests",
-           "kopf_test_settings"]
+__all__ = ["FakeCluster", "JobRunner", "ApiException", "condition", "load_manifests"]
+
+TEST_USER_AGENT = "fake-cluster-test-helpers"
 
 PATCH_TYPES = {
     "merge": "application/merge-patch+json",
@@ -56,35 +57,6 @@ def load_manifests(source: Mapping[str, Any] | str | os.PathLike[str]) -> list[J
         return [dict(source)]
     text = pathlib.Path(source).read_text()
     return [doc for doc in yaml.safe_load_all(text) if doc]
-
-
-def kopf_test_settings(prefix: str = "keymigration.io", settings: Any = None) -> Any:
-    """kopf settings that suit the fake cluster (and brand kopf's storage with ``prefix``).
-
-    * progress/diff-base annotations and the finalizer under ``prefix`` (not kopf.zalando.org);
-    * ``persistence.consistency_timeout = 0``: do not wait for kopf's own patches to come back;
-      the fake bumps resourceVersion, so the default (5 s) works too, it only slows tests down;
-    * ``peering.standalone = True``: no peering CRDs in the fake;
-    * ``watching.server_timeout``: short server-side watch timeouts exercise reconnection
-      with ``resourceVersion`` replay;
-    * events: kopf 1.45 posts only explicit ``kopf.event()/info()/warn()`` calls as k8s Events
-      (``settings.posting.loggers = False`` by default); the fake stores them (``cluster.events()``).
-    """
-    import kopf
-
-    settings = settings if settings is not None else kopf.OperatorSettings()
-    settings.persistence.finalizer = f"{prefix}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=prefix, key="last-handled-configuration")
-    settings.persistence.consistency_timeout = 0
-    settings.peering.standalone = True
-    settings.watching.server_timeout = 30
-    settings.watching.client_timeout = 40
-    settings.networking.connect_timeout = 5
-    settings.networking.request_timeout = 30
-    settings.queueing.exit_timeout = 1.0
-    return settings
 
 
 class FakeCluster:
@@ -229,13 +201,6 @@ class FakeCluster:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
-    def register_resource(self, group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
-                          subresources: Iterable[str] = (), generation: bool = True) -> None:
-        """Serve an extra built-in-like resource (no CRD object). For CRDs use register_crd()."""
-        rdef = ResourceDef(group, version, plural, kind, namespaced, frozenset(subresources), generation=generation)
-        self.call(lambda s: s.register(rdef))
-        self._discovery.clear()
-
     def gc(self) -> int:
         """Run the garbage collector to a fixpoint (cascading). Returns the number of deletions."""
         return self.call(lambda s: s.gc_pass())
@@ -261,14 +226,21 @@ class FakeCluster:
             self._gc_task.cancel()
             self._gc_task = None
 
-    def fail_next(self, method: str | None = None, path: str | None = None, *, status: int = 500,
-                  reason: str = "InternalError", message: str = "injected by the test", times: int | None = 1) -> None:
-        """Make the next ``times`` matching requests fail (``path`` is a regex searched in the URL path)."""
-        fault = Fault(method, re.compile(path) if path else None, status, reason, message, times)
-        self.call(lambda s: s.faults.append(fault))
+    def chaos(self, rate: float, statuses: tuple[int, ...] = (429, 500, 503), *, applies: Callable[[Any], bool] | None = None,
+              seed: int = 7) -> None:
+        """Answer a share ``rate`` of requests (those ``applies(kmock_request)`` chooses; by default
+        every request but this helper's own) with a random 429 or 5xx, as an overloaded API server
+        does. ``calm()`` stops it; ``chaos_answers()`` counts what was injected."""
+        from .emulator import Chaos
 
-    def clear_faults(self) -> None:
-        self.call(lambda s: s.faults.clear())
+        chosen = applies or (lambda r: r.headers.get("User-Agent") != TEST_USER_AGENT)
+        self.call(lambda s: setattr(s, "chaos", Chaos(rate, statuses, chosen, random.Random(seed))))
+
+    def calm(self) -> None:
+        self.call(lambda s: setattr(s, "chaos", None))
+
+    def chaos_answers(self) -> dict[int, int]:
+        return self.call(lambda s: dict(s.chaos.answered) if s.chaos else {})
 
     @property
     def requests(self) -> list[Any]:
@@ -300,20 +272,9 @@ class FakeCluster:
         """A fresh ``kubernetes`` ApiClient loaded from this cluster's kubeconfig."""
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
-        return kubernetes.client.ApiClient(configuration)
-
-    def kopf_login(self) -> Any:
-        """A ``kopf.ConnectionInfo`` for this cluster (return it from an @kopf.on.login handler)."""
-        import kopf
-        return kopf.ConnectionInfo(server=self.url, scheme="Bearer", token="fake-token", default_namespace="default")
-
-    def kopf_login_handler(self, registry: Any) -> None:
-        """Register an @kopf.on.login handler on ``registry`` that connects to this cluster."""
-        import kopf
-
-        @kopf.on.login(registry=registry)
-        def _login_to_fake_cluster(**_: Any) -> Any:
-            return self.kopf_login()
+        client = kubernetes.client.ApiClient(configuration)
+        client.user_agent = TEST_USER_AGENT  # so a test can tell its own requests from the code's
+        return client
 
     def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None, body: Any = None,
                 content_type: str | None = None, accept: str = "application/json", timeout: float = 30) -> Any:
@@ -415,9 +376,6 @@ class FakeCluster:
         meta = obj.get("metadata") or {}
         return self.request("PUT", self.path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"],
                                              subresource), body=dict(obj))
-
-    def replace_status(self, obj: Mapping[str, Any]) -> JSON:
-        return self.replace(obj, subresource="status")
 
     def apply(self, obj: Mapping[str, Any], *, field_manager: str = "tests") -> JSON:
         """Server-side apply (approximated: create, or strategic-merge into the live object)."""

@@ -31,10 +31,9 @@ import dataclasses
 import json
 import logging
 import random
-import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -216,14 +215,23 @@ class Watcher:
     queue: asyncio.Queue[LogEntry | None]
 
 
+CHAOS_ANSWERS = {
+    429: ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
+    500: ("InternalError", "Internal error occurred: injected by the fake API server"),
+    503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
+    504: ("Timeout", "the server was unable to return a response in the time allotted, but may still be processing the request"),
+}
+
+
 @dataclasses.dataclass
-class Fault:
-    method: str | None
-    path: re.Pattern[str] | None
-    status: int
-    reason: str
-    message: str
-    times: int | None
+class Chaos:
+    """Random answers of an overloaded or restarting API server (API Priority and Fairness 429s,
+    5xx from an apiserver or etcd hiccup), before the request is looked at."""
+    rate: float
+    statuses: tuple[int, ...]
+    applies: Callable[[Any], bool]
+    rng: random.Random
+    answered: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 def _generate_suffix(n: int = 5) -> str:
@@ -259,7 +267,7 @@ class FakeApiServer(kmock.KubernetesEmulator):
         self.log: collections.deque[LogEntry] = collections.deque(maxlen=50_000)
         self.log_floor: int = 0
         self.watchers: set[Watcher] = set()
-        self.faults: list[Fault] = []
+        self.chaos: Chaos | None = None
         self.max_requests_recorded: int = 20_000
         self.history_limit: int = 200
         self.server_address: str = "127.0.0.1:0"
@@ -383,16 +391,14 @@ class FakeApiServer(kmock.KubernetesEmulator):
         return Target(rdef, namespace, name, sub), kmock.resource(group=group, version=version, plural=plural)
 
     def _check_faults(self, request: rendering.Request) -> None:
-        for fault in list(self.faults):
-            if fault.method and fault.method.upper() != str(request.method.value).upper():
-                continue
-            if fault.path is not None and not fault.path.search(request.url.path):
-                continue
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
-            raise api_error(fault.status, fault.reason, fault.message)
+        chaos = self.chaos
+        if chaos is None or not chaos.applies(request) or chaos.rng.random() >= chaos.rate:
+            return
+        status = chaos.rng.choice(chaos.statuses)
+        chaos.answered[status] += 1
+        reason, message = CHAOS_ANSWERS[status]
+        details = {"retryAfterSeconds": 1} if status in (429, 503) else {}
+        raise api_error(status, reason, message, **details)
 
     # ----------------------------------------------------------------------------------------
     # Resource requests
@@ -652,12 +658,35 @@ class FakeApiServer(kmock.KubernetesEmulator):
             obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
             obj["status"] = {"phase": "Active"}
         obj = self._normalize(rdef, obj)
+        self._validate_meta(rdef, obj)
         dry = params.get("dryRun") == "All"
         stored = self._commit(rdef, key, None, obj, "ADDED", dry_run=dry)
         if is_crd and not dry:
             for sub in new_defs:
                 self.register(sub)
+        if rdef.group == "" and rdef.plural == "namespaces" and not dry:
+            # The ServiceAccount controller gives every namespace its "default" ServiceAccount.
+            accounts = self.find("", "v1", "serviceaccounts")
+            if accounts is not None:
+                self._create(Target(accounts, meta["name"], None, None),
+                             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}, {})
         return 201, self._present(stored, rdef)
+
+    @staticmethod
+    def _validate_meta(rdef: ResourceDef, obj: JSON) -> None:
+        """ValidateObjectMeta's name and labels (422 Invalid), and a pod template's labels."""
+        meta = obj.get("metadata") or {}
+        name = meta.get("name") or ""
+        problems = [f'metadata.name: Invalid value: "{name}": {p}'
+                    for p in sem.name_problems(name, dns_label=rdef.group == "" and rdef.plural == "namespaces")]
+        problems += sem.label_problems(meta.get("labels"), "metadata.labels")
+        template = (obj.get("spec") or {}).get("template")
+        if isinstance(template, dict):
+            problems += sem.label_problems((template.get("metadata") or {}).get("labels"), "spec.template.labels")
+        if problems:
+            what = f"{rdef.kind}.{rdef.group}" if rdef.group else rdef.kind
+            raise api_error(422, "Invalid", f'{what} "{name}" is invalid: ' + ", ".join(problems), kind=rdef.kind,
+                            group=rdef.group, name=name)
 
     @staticmethod
     def _job_defaults(obj: JSON) -> None:
@@ -796,6 +825,8 @@ class FakeApiServer(kmock.KubernetesEmulator):
                                                     "metadata.finalizers: Forbidden: no new finalizers can be "
                                                     "added if the object is being deleted")
         new = self._normalize(rdef, new)
+        if subresource is None:
+            self._validate_meta(rdef, new)
         if rdef.group == "batch" and rdef.plural == "jobs" and subresource is None:
             self._job_update_checks(old, new)
         if rdef.generation and self._spec_view(rdef, new) != self._spec_view(rdef, old):
@@ -1289,12 +1320,3 @@ class FakeApiServer(kmock.KubernetesEmulator):
         raise api_error(404, "NotFound", "not served through the DSL")
 
     _serve_fetch = _serve_create = _serve_update = _serve_delete = _serve_list
-
-
-def iter_all_objects(server: FakeApiServer) -> Iterable[tuple[ResourceDef, JSON]]:
-    for skey, objs in server.store.items():
-        rdef = server._rdef_for_storage(skey)
-        if rdef is None:
-            continue
-        for obj in objs.values():
-            yield rdef, obj

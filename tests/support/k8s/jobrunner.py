@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import semantics as sem
+from .pods import NODE_LABELS, PodWriter, termination_message, unschedulable_reason
 
 if TYPE_CHECKING:
     from .cluster import FakeCluster
@@ -59,7 +60,14 @@ PASSTHROUGH_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT", "
 
 
 class PodPending(Exception):
-    """The pod cannot start yet (e.g. its Secret does not exist): retry later."""
+    """The pod cannot start yet (e.g. its Secret does not exist): retry later. ``reason`` is the
+    container's waiting reason, ``event`` the kubelet's Event (reason, message) about it."""
+
+    reason = "ContainerCreating"
+
+    @property
+    def event(self) -> tuple[str, str]:
+        return "FailedMount", str(self)
 
 
 @dataclasses.dataclass
@@ -68,6 +76,7 @@ class PodLaunch:
     env: dict[str, str]
     cwd: str
     mounts: dict[str, str]  # mountPath -> local path
+    termination_log: str = ""  # the local file behind the container's terminationMessagePath
 
 
 def _pod_field(fieldpath: str, pod: Mapping[str, Any]) -> str | None:
@@ -111,7 +120,9 @@ def _write_projection(dirpath: pathlib.Path, data: Mapping[str, bytes], items: l
             if item.get("key") not in data:
                 if optional:
                     continue
-                raise PodPending(f"{what}: key {item.get('key')!r} not found")
+                noun = "secret key" if what == "secret" else "config key"
+                raise PodPending(f'MountVolume.SetUp failed for volume "{dirpath.name}" : references non-existent '
+                                 f"{noun}: {item.get('key')}")
             selected.append((item["key"], item.get("path") or item["key"], _decode_mode(item.get("mode"), default_mode)))
     else:
         selected = [(key, key, default_mode) for key in data]
@@ -120,6 +131,80 @@ def _write_projection(dirpath: pathlib.Path, data: Mapping[str, bytes], items: l
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data[key])
         path.chmod(mode)
+
+
+def expand(text: str, lookup: Callable[[str], str | None]) -> str:
+    """The kubelet's expansion of command, args and env values (k8s.io/kubernetes
+    third_party/forked/golang/expansion): ``$(NAME)`` becomes the value of a declared variable
+    (left as is when undeclared), ``$$`` becomes ``$``, any other ``$`` stays."""
+    out: list[str] = []
+    cursor = 0
+    while cursor < len(text):
+        char = text[cursor]
+        if char != "$" or cursor + 1 == len(text):
+            out.append(char)
+            cursor += 1
+            continue
+        following = text[cursor + 1]
+        if following == "$":
+            out.append("$")
+            cursor += 2
+        elif following == "(" and ")" in text[cursor + 2:]:
+            end = text.index(")", cursor + 2)
+            name = text[cursor + 2:end]
+            value = lookup(name)
+            out.append(value if value is not None else f"$({name})")
+            cursor = end + 1
+        else:
+            out.append("$" + following)
+            cursor += 2
+    return "".join(out)
+
+
+class ContainerConfigError(PodPending):
+    """The kubelet cannot build the container's configuration (CreateContainerConfigError)."""
+
+    reason = "CreateContainerConfigError"
+
+    @property
+    def event(self) -> tuple[str, str]:
+        return "Failed", f"Error: {self}"
+
+
+def _env_from(container: Mapping[str, Any], namespace: str, read_object) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+            ref = source.get(key)
+            if ref is None:
+                continue
+            obj = read_object(kind, namespace, ref.get("name", ""))
+            if obj is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerConfigError(f'{kind.lower()} "{ref.get("name")}" not found')
+            if kind == "Secret":
+                data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (obj.get("data") or {}).items()}
+            else:
+                data = {k: str(v) for k, v in (obj.get("data") or {}).items()}
+            env.update({source.get("prefix", "") + k: v for k, v in data.items()})
+    return env
+
+
+def _declared_env(container: Mapping[str, Any], pod: Mapping[str, Any], namespace: str, read_object) -> dict[str, str]:
+    declared = _env_from(container, namespace, read_object)
+    for item in container.get("env") or []:
+        name = item.get("name")
+        if "value" in item:
+            declared[name] = expand(str(item["value"]), declared.get)
+        elif (item.get("valueFrom") or {}).get("fieldRef"):
+            value = _pod_field(item["valueFrom"]["fieldRef"].get("fieldPath", ""), pod)
+            if value is not None:
+                declared[name] = value
+        elif "valueFrom" not in item:
+            declared[name] = ""
+        # other valueFrom sources (secretKeyRef, resourceFieldRef, ...) are not emulated
+    return declared
 
 
 def build_pod_launch(
@@ -149,6 +234,7 @@ def build_pod_launch(
         raise ValueError("the pod template has no containers")
     container = containers[0]
     workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     pod = {"metadata": {"name": pod_name, "namespace": namespace, "uid": pod_uid or str(uuid.uuid4()),
                         "labels": dict((template.get("metadata") or {}).get("labels") or {},
                                        **{"job-name": meta.get("name", "")}),
@@ -165,22 +251,22 @@ def build_pod_launch(
             optional = bool(src.get("optional"))
             secret = read_object("Secret", namespace, src.get("secretName", ""))
             if secret is None and not optional:
-                raise PodPending(f'MountVolume.SetUp failed for volume "{vname}": secret '
+                raise PodPending(f'MountVolume.SetUp failed for volume "{vname}" : secret '
                                  f'"{src.get("secretName")}" not found')
             data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
             _write_projection(vdir, data, src.get("items"), _decode_mode(src.get("defaultMode"), 0o644),
-                              f'secret "{src.get("secretName")}"', optional)
+                              "secret", optional)
         elif "configMap" in volume:
             src = volume["configMap"] or {}
             optional = bool(src.get("optional"))
             cm = read_object("ConfigMap", namespace, src.get("name", ""))
             if cm is None and not optional:
-                raise PodPending(f'MountVolume.SetUp failed for volume "{vname}": configmap '
+                raise PodPending(f'MountVolume.SetUp failed for volume "{vname}" : configmap '
                                  f'"{src.get("name")}" not found')
             data = {k: str(v).encode() for k, v in ((cm or {}).get("data") or {}).items()}
             data.update({k: base64.b64decode(v) for k, v in ((cm or {}).get("binaryData") or {}).items()})
             _write_projection(vdir, data, src.get("items"), _decode_mode(src.get("defaultMode"), 0o644),
-                              f'configmap "{src.get("name")}"', optional)
+                              "configmap", optional)
         else:
             if "emptyDir" not in volume:
                 logger.warning("volume %r: only secret, configMap and emptyDir are emulated; "
@@ -195,16 +281,28 @@ def build_pod_launch(
         local = vdir / vm["subPath"] if vm.get("subPath") else vdir
         mounts[vm["mountPath"]] = str(local)
 
-    # Command line
-    command = list(container.get("command") or [])
-    args = [str(a) for a in container.get("args") or []]
+    # The termination message file (/dev/termination-log), writable even on a read-only root
+    # filesystem: a local file here, its path rewritten like a mount's wherever it appears.
+    termination_path = container.get("terminationMessagePath") or "/dev/termination-log"
+    termination_log = workdir / "termination-log"
+    termination_log.write_text("")
+    paths = {**mounts, termination_path: str(termination_log)}
+
+    # The container's declared environment (envFrom, then env, each value expanded with what is
+    # declared before it), as the kubelet builds it; only these names expand in command and args.
+    declared = _declared_env(container, pod, namespace, read_object)
+
+    # Command line: $(VAR) and $$ expanded with the declared environment, as the kubelet does
+    command = [expand(str(c), declared.get) for c in container.get("command") or []]
+    args = [expand(str(a), declared.get) for a in container.get("args") or []]
     entry = command[0] if command else default_entrypoint
     prefix = entrypoints.get(os.path.basename(entry))
     if prefix is None:
         raise ValueError(f"container command {entry!r} is not emulated (known: {sorted(entrypoints)})")
-    argv = [*prefix, *[_rewrite(c, mounts) for c in command[1:]], *[_rewrite(a, mounts) for a in args]]
+    argv = [*prefix, *[_rewrite(c, paths) for c in command[1:]], *[_rewrite(a, paths) for a in args]]
 
-    # Environment
+    # Environment of the process: a small pass-through of the host's, HOME and HOSTNAME (the
+    # image's and the runtime's), base_env (what the test gives every worker), then the declared.
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     env: dict[str, str] = dict(os.environ) if inherit_env else \
@@ -215,20 +313,8 @@ def build_pod_launch(
     if (job.get("spec") or {}).get("completionMode") == "Indexed":
         env["JOB_COMPLETION_INDEX"] = "0"
     env.update({k: str(v) for k, v in (base_env or {}).items()})
-    for item in container.get("env") or []:
-        name = item.get("name")
-        if "value" in item:
-            env[name] = _rewrite(str(item["value"]), mounts)
-        elif (item.get("valueFrom") or {}).get("fieldRef"):
-            value = _pod_field(item["valueFrom"]["fieldRef"].get("fieldPath", ""), pod)
-            if value is not None:
-                env[name] = value
-        elif "valueFrom" not in item:
-            env[name] = ""
-        # other valueFrom sources (secretKeyRef, resourceFieldRef, ...) are not emulated
-    # $(VAR) expansion in args, as the kubelet does
-    argv = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
-    return PodLaunch(argv=argv, env=env, cwd=str(workdir), mounts=mounts)
+    env.update({k: _rewrite(v, paths) for k, v in declared.items()})
+    return PodLaunch(argv=argv, env=env, cwd=str(workdir), mounts=mounts, termination_log=str(termination_log))
 
 
 @dataclasses.dataclass
@@ -243,6 +329,10 @@ class Attempt:
     grace: float = 10.0
     stop_reason: str | None = None  # suspend | deleted | deadline | shutdown
     disruption: bool = False
+    pod: JSON | None = None  # the Pod object in the fake cluster
+    started_at: str = ""
+    termination_log: str = ""
+    policy: str | None = None  # terminationMessagePolicy
 
 
 @dataclasses.dataclass
@@ -261,6 +351,7 @@ class JobState:
     start_time: str | None = None
     completion_time: str | None = None
     pending_reason: str | None = None
+    pending_pod: JSON | None = None  # a pod that exists but whose container cannot start yet
     next_try: float = 0.0
     suspended: bool = False
     deleted: bool = False
@@ -279,6 +370,10 @@ class JobRunner:
     ``base_env``: env vars for every worker (AWS endpoint/credentials, KUBECONFIG, ...).
     ``entrypoints``: container command name -> argv prefix (default: keymigration -> python -m
     keymigration.cli). ``output_limit``: bytes of output kept per attempt.
+    ``pullable(image)``: False makes the image's pull fail (ErrImagePull, ImagePullBackOff).
+    ``node_labels``: the one node's labels, which a pod's nodeSelector must match to be scheduled.
+    ``attempt_env(namespace, job, attempt)``: variables to set (or, with None, remove) for one
+    attempt: a worker whose credentials or endpoint are not there yet at its first start.
     """
 
     def __init__(
@@ -295,8 +390,15 @@ class JobRunner:
             output_limit: int = 64 * 1024,
             inherit_env: bool = False,
             honour_ttl: bool = True,
+            pullable: Callable[[str], bool] = lambda image: True,
+            node_labels: Mapping[str, str] = NODE_LABELS,
+            attempt_env: Callable[[str, str, int], Mapping[str, str | None]] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.pullable = pullable
+        self.node_labels = dict(node_labels)
+        self.attempt_env = attempt_env
+        self.pods = PodWriter(cluster)
         self.namespaces = list(namespaces) if namespaces is not None else None
         self.base_env = dict(base_env or {})
         self.entrypoints = dict(entrypoints) if entrypoints is not None else dict(DEFAULT_ENTRYPOINTS)
@@ -548,6 +650,7 @@ class JobRunner:
                 continue
             attempt.exit_code = 128 - code if code < 0 else code  # -9 -> 137, like a container runtime
             self._trim_log(attempt)
+            self._record_exit(attempt)
             self._on_exit(state, attempt)
 
     def _trim_log(self, attempt: Attempt) -> None:
@@ -644,6 +747,9 @@ class JobRunner:
             attempt = state.running
             if attempt is not None and attempt.term_sent is None:
                 self._terminate(attempt, "suspend", state)
+            if state.pending_pod is not None:  # a pod that never started is deleted too
+                self.pods.delete(state.pending_pod)
+                state.pending_pod, state.pending_reason = None, None
             if not state.suspended:
                 state.suspended = True
                 self._set_condition(state, "Suspended", "True", "JobSuspended", "Job suspended", now)
@@ -671,45 +777,112 @@ class JobRunner:
             self.cluster.delete("batch/v1", "Job", state.namespace, state.name,
                                 propagation_policy="Background", ignore_missing=True)
 
-    def _start_attempt(self, state: JobState) -> None:
-        number = len(state.attempts) + 1
+    def _read_object(self, kind: str, namespace: str, name: str) -> JSON | None:
+        return self.cluster.get_or_none("v1", kind, namespace, name)
+
+    def _pod_for_attempt(self, state: JobState) -> JSON | None:
+        """The pod the Job controller creates (or the one already waiting), or None when it cannot
+        create one: its ServiceAccount does not exist (FailedCreate, retried)."""
+        if state.pending_pod is not None:
+            return state.pending_pod
+        pod_spec = ((state.job.get("spec") or {}).get("template") or {}).get("spec") or {}
+        account = pod_spec.get("serviceAccountName") or "default"
+        if self._read_object("ServiceAccount", state.namespace, account) is None:
+            state.pending_reason = self.pods.failed_create(state.job, account)
+            return None
         suffix = "".join(random.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
-        pod_name = f"{state.name}-{suffix}"
+        unschedulable = unschedulable_reason(pod_spec, self.node_labels)
+        state.pending_pod = self.pods.create(state.job, f"{state.name}-{suffix}", scheduled=unschedulable is None)
+        if unschedulable is not None:
+            self.pods.unschedulable(state.pending_pod, unschedulable)
+        return state.pending_pod
+
+    def _blocked(self, state: JobState, pod: JSON) -> str | None:
+        """Why the pod's container cannot start before its volumes are looked at, if it cannot."""
+        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        image = container.get("image", "")
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return unschedulable_reason(pod.get("spec") or {}, self.node_labels)
+        if not self.pullable(image):
+            message = f'Back-off pulling image "{image}"'
+            self.pods.waiting(pod, "ImagePullBackOff", message, [
+                ("Failed", f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack '
+                           f'image "{image}": not found'),
+                ("Failed", "Error: ErrImagePull")])
+            return message
+        return None
+
+    def _start_attempt(self, state: JobState) -> None:
+        state.next_try = time.monotonic() + 1.0  # a pod that cannot start is looked at again in a second
+        pod = self._pod_for_attempt(state)
+        if pod is None:
+            return
+        blocked = self._blocked(state, pod)
+        if blocked is not None:
+            state.pending_reason = blocked
+            return
+        number = len(state.attempts) + 1
+        pod_name = pod["metadata"]["name"]
         attempt_dir = state.dir / f"attempt-{number}"
         if attempt_dir.exists():
             shutil.rmtree(attempt_dir)
         attempt_dir.mkdir(parents=True)
-
-        def read_object(kind: str, namespace: str, name: str) -> JSON | None:
-            return self.cluster.get_or_none("v1", kind, namespace, name)
-
         try:
-            launch = build_pod_launch(state.job, pod_name, attempt_dir, read_object, base_env=self.base_env,
-                                      entrypoints=self.entrypoints, inherit_env=self.inherit_env)
+            launch = build_pod_launch(state.job, pod_name, attempt_dir, self._read_object, base_env=self.base_env,
+                                      entrypoints=self.entrypoints, inherit_env=self.inherit_env,
+                                      pod_uid=pod["metadata"].get("uid"))
         except PodPending as e:
             state.pending_reason = str(e)
-            state.next_try = time.monotonic() + 1.0
+            self.pods.waiting(pod, e.reason, str(e) if e.reason != "ContainerCreating" else "", [e.event])
             shutil.rmtree(attempt_dir, ignore_errors=True)
             return
         except ValueError as e:  # cannot emulate this pod: fail it like a container that cannot start
-            state.pending_reason = None
-            attempt = Attempt(number, pod_name, state.dir / f"attempt-{number}.log", started=time.monotonic())
+            state.pending_reason, state.pending_pod = None, None
+            attempt = Attempt(number, pod_name, state.dir / f"attempt-{number}.log", started=time.monotonic(), pod=pod)
             attempt.log_path.write_text(f"jobrunner: cannot start the container: {e}\n")
             attempt.exit_code = 128
             state.attempts.append(attempt)
+            self.pods.terminated(pod, 128, f"jobrunner: cannot start the container: {e}", sem.now_rfc3339())
             self._on_exit(state, attempt)
             return
-        state.pending_reason = None
+        for key, value in (self.attempt_env(state.namespace, state.name, number) if self.attempt_env else {}).items():
+            if value is None:
+                launch.env.pop(key, None)
+            else:
+                launch.env[key] = value
+        state.pending_reason, state.pending_pod = None, None
         log_path = state.dir / f"attempt-{number}.log"
-        attempt = Attempt(number, pod_name, log_path, started=time.monotonic())
+        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        attempt = Attempt(number, pod_name, log_path, started=time.monotonic(), pod=pod, started_at=sem.now_rfc3339(),
+                          termination_log=launch.termination_log, policy=container.get("terminationMessagePolicy"))
         with open(log_path, "wb") as log:
             attempt.proc = subprocess.Popen(launch.argv, env=launch.env, cwd=launch.cwd, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         state.attempts.append(attempt)
+        self.pods.running(pod)
         if state.start_time is None:
             state.start_time = sem.now_rfc3339()
         logger.info("job %s/%s: started %s (pid %s): %s", state.namespace, state.name, pod_name,
                     attempt.proc.pid, launch.argv)
+
+    def _record_exit(self, attempt: Attempt) -> None:
+        """The pod's final status: its exit code and termination message; a pod the controller
+        stopped (suspend, deadline, the Job finished) is deleted, as the Job controller does."""
+        if attempt.pod is None or attempt.exit_code is None:
+            return
+        if attempt.stop_reason in ("suspend", "deadline", "shutdown"):
+            self.pods.delete(attempt.pod)
+            return
+        try:
+            file_text = pathlib.Path(attempt.termination_log).read_text("utf-8", "replace") if attempt.termination_log else ""
+        except FileNotFoundError:
+            file_text = ""
+        try:
+            tail = attempt.log_path.read_bytes()[-64 * 1024:]
+        except FileNotFoundError:
+            tail = b""
+        message = termination_message(attempt.policy, file_text, tail, attempt.exit_code)
+        self.pods.terminated(attempt.pod, attempt.exit_code, message, attempt.started_at)
 
     def _write_status(self, state: JobState) -> None:
         if state.deleted:

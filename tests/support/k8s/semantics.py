@@ -277,3 +277,45 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
                             nxt.append(el)
         current = nxt
     return current
+
+
+# --------------------------------------------------------------------------------------------
+# Names and labels, as k8s.io/apimachinery/pkg/util/validation checks them.
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def name_problems(name: str, dns_label: bool = False) -> list[str]:
+    """IsDNS1123Subdomain (most objects: <= 253) or IsDNS1123Label (namespaces: <= 63)."""
+    limit, pattern = (63, _DNS_LABEL) if dns_label else (253, _DNS_SUBDOMAIN)
+    problems = []
+    if len(name) > limit:
+        problems.append(f"must be no more than {limit} characters")
+    if not pattern.match(name):
+        problems.append("a lowercase RFC 1123 " + ("label" if dns_label else "subdomain") + " must consist of lower case "
+                        "alphanumeric characters, '-'" + ("" if dns_label else " or '.'") + ", and must start and end "
+                        "with an alphanumeric character")
+    return problems
+
+
+def label_problems(labels: Mapping[str, Any] | None, path: str) -> list[str]:
+    """ValidateLabels: qualified-name keys (optional DNS-subdomain prefix) and label values."""
+    problems = []
+    for key, value in (labels or {}).items():
+        prefix, _, name = key.rpartition("/")
+        if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+            problems.append(f'{path}: Invalid value: "{key}": prefix part must be a lowercase RFC 1123 subdomain')
+        if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
+            problems.append(f'{path}: Invalid value: "{key}": name part must be no more than 63 characters and consist '
+                            "of alphanumeric characters, '-', '_' or '.', starting and ending with one")
+        if not isinstance(value, str):
+            problems.append(f"{path}: Invalid value: {value!r}: a label value must be a string")
+        elif len(value) > 63:
+            problems.append(f'{path}: Invalid value: "{value}": must be no more than 63 characters')
+        elif not _LABEL_VALUE.match(value):
+            problems.append(f'{path}: Invalid value: "{value}": a valid label must be an empty string or consist of '
+                            "alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")
+    return problems
