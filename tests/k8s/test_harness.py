@@ -621,7 +621,7 @@ def test_kubectl_apply_get_wait(fake_cluster: FakeCluster, kubectl, tmp_path):
     assert "condition met" in waited.stdout
 
     table = kubectl("get", "keymigrations").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "REASON", "PREFIXES", "MIGRATED", "FAILED", "AGE"]
+    assert table[0].split() == ["NAME", "READY", "REASON", "MODE", "PREFIXES", "MIGRATED", "FAILED", "AGE"]
     assert table[1].split()[:3] == ["kc", "True", "Done"]
     assert "PHASE" in kubectl("get", "km", "-o", "wide").stdout
     assert json.loads(kubectl("get", "km", "kc", "-o", "json").stdout)["metadata"]["name"] == "kc"
