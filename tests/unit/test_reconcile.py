@@ -1,4 +1,5 @@
 """The pure reconcile step: every state transition, the Job template, the cap, suspend, failures."""
+import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -496,3 +497,36 @@ def test_kms_keys_only_from_the_installers_allowlists():
     plan = reconcile(km({"target": {"kmsKeyId": ours}, "sourceKmsKeyIds": [theirs]}), [], [], keys, NOW)
     assert conditions(plan)["Stalled"] == ("True", "NotAllowed")
     assert "spec.sourceKmsKeyIds[0]" in next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+
+
+def test_an_event_cuts_short_the_wait_for_a_recheck():
+    """A reconcile that asks to look again later (a Job waiting for its pod: up to 10 s) must not
+    hold back an event that comes meanwhile, such as another prefix's Job finishing: its next Job
+    is created at once, not when the wait ends."""
+    from keymigration.kube.operator import OperatorOptions, Reconciler
+
+    class Counting(Reconciler):
+        def __init__(self):
+            super().__init__(object(), OperatorOptions(metrics_port=None, debounce=0.0))
+            self.seen = asyncio.Event()
+            self.calls = 0
+
+        async def reconcile_once(self, namespace, name):
+            self.calls += 1
+            if self.calls == 2:
+                self.seen.set()
+            return 3600.0  # look again in an hour
+
+    async def scenario():
+        reconciler = Counting()
+        reconciler.enqueue("ns", "km")
+        while reconciler.calls < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the loop now waits out its hour
+        reconciler.enqueue("ns", "km")  # e.g. a Job's Complete event
+        await asyncio.wait_for(reconciler.seen.wait(), 30)  # the hour's wait would time this out
+        for task in reconciler.tasks.values():
+            task.cancel()
+        return reconciler.calls
+
+    assert asyncio.run(scenario()) == 2

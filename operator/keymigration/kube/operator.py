@@ -69,6 +69,7 @@ class Reconciler:
         self.overlay = Overlay()
         self.tasks: dict[tuple[str, str], asyncio.Task] = {}
         self.dirty: set[tuple[str, str]] = set()
+        self.wake: dict[tuple[str, str], asyncio.Event] = {}  # cuts a loop's wait short when an event comes
         self.last_status_write: dict[tuple[str, str], float] = {}
         self.written: dict[tuple[str, str], dict] = {}  # the KeyMigration as our last status write stored it
         self.known: dict[tuple[str, str], str] = {}  # -> uid
@@ -85,6 +86,8 @@ class Reconciler:
         key = (namespace, name)
         self.known.setdefault(key, "")
         self.dirty.add(key)
+        if key in self.wake:
+            self.wake[key].set()
         task = self.tasks.get(key)
         if task is None or task.done():
             self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {namespace}/{name}")
@@ -94,7 +97,7 @@ class Reconciler:
         uid = self.known.pop(key, "")
         if uid:
             self.overlay.forget(uid)
-        for table in (self.last_status_write, self.written, self.conflicts):
+        for table in (self.last_status_write, self.written, self.conflicts, self.wake):
             table.pop(key, None)
         self.metrics.migrations.forget(namespace, name)
 
@@ -120,8 +123,22 @@ class Reconciler:
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
             if delay:
-                await asyncio.sleep(delay)
+                await self._wait(key, delay)
                 self.dirty.add(key)
+
+    async def _wait(self, key: tuple[str, str], delay: float) -> None:
+        """Sleep ``delay`` seconds, or less when an event for this KeyMigration comes: a Job that
+        finishes while the loop waits to look at a pending pod again must not wait for it (a
+        plain sleep held the next Job back by up to 10 s; the status write stays rate-limited by
+        its own clock, ``_status_wait``)."""
+        if key in self.dirty:  # an event came during the reconcile
+            return
+        event = self.wake.setdefault(key, asyncio.Event())
+        event.clear()
+        try:
+            await asyncio.wait_for(event.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
 
     def _migration(self, namespace: str, name: str) -> dict | None:
         """The KeyMigration as the watch has it, or as our own last status write stored it when
