@@ -255,6 +255,9 @@ class PrefixWorker:
             with self._lock:
                 for entry, result in settled:
                     self._finished(entry, result)
+        except Exception:  # e.g. the report's disk is full: stop cleanly; the mark stays before them
+            log.exception("could not confirm or record a batch of outcomes")
+            self.request_stop("could not record an outcome (see the log)")
         finally:
             self._confirming.release()
 
