@@ -3,7 +3,9 @@
 
 The floor is plain boto3 doing only the calls a re-wrap needs per object: its share of a
 ListObjectsV2 page, HEAD, KMS Encrypt, PUT of an instruction file; one shared client per
-service, a thread pool of ``c`` threads. The worker is ``keymigration run``'s code path
+service, a thread pool of ``c`` threads. The worker at ``--verify none`` is compared with it; at
+``--verify envelope`` and ``sample`` with the *verifying floor*, which also KMS-decrypts each
+new envelope before its PUT (what ``--verify envelope`` proves). The worker is ``keymigration run``'s code path
 (runner.Migration) at the same ``c``. Both run against the same server, alternating in short
 segments (F W W F), and the ratio is the median of the per-pair ratios, because whole-run
 ratios on this shared machine drift with other load (docs/performance.md).
@@ -68,15 +70,22 @@ def seed(s3, segments: list[str], per_segment: int, key_file: Path, concurrency:
         list(pool.map(put, [(p, i) for p in segments for i in range(per_segment)]))
 
 
-def floor_segment(s3, kms, key_arn: str, segment: str, concurrency: int) -> int:
-    """The minimum per object: list share + HEAD + KMS Encrypt + PUT."""
+def floor_segment(s3, kms, key_arn: str, segment: str, concurrency: int, verifying: bool = False) -> int:
+    """The minimum per object: list share + HEAD + KMS Encrypt + PUT. ``verifying``: the
+    verifying floor, with a KMS Decrypt of the new envelope (compared with the data key)
+    before the PUT: the calls ``--verify envelope`` needs."""
     bucket = bucket_of(segment)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="data/")
     keys = [o["Key"] for page in pages for o in page.get("Contents", ()) if not o["Key"].endswith((".floor", ".instruction"))]
+    context = {"aws:x-amz-cek-alg": e.GCM}
 
     def one(key: str) -> None:
         s3.head_object(Bucket=bucket, Key=key)
-        blob = kms.encrypt(KeyId=key_arn, Plaintext=os.urandom(32), EncryptionContext={"aws:x-amz-cek-alg": e.GCM})["CiphertextBlob"]
+        data_key = os.urandom(32)
+        blob = kms.encrypt(KeyId=key_arn, Plaintext=data_key, EncryptionContext=context)["CiphertextBlob"]
+        if verifying:
+            opened = kms.decrypt(CiphertextBlob=blob, EncryptionContext=context, KeyId=key_arn)["Plaintext"]
+            assert opened == data_key
         s3.put_object(Bucket=bucket, Key=key + ".floor", Body=json.dumps({"x-amz-key-v2": e.b64encode(blob)}).encode())
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -114,8 +123,9 @@ def load_average() -> float:
 
 def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps: int, segment: int, envelope_reps: int):
     plans = {}
+    levels = ("none", "sample", "envelope")  # sample and envelope against the verifying floor
     for c in concurrencies:
-        plans[c] = [("none", r) for r in range(reps)] + [("envelope", r) for r in range(envelope_reps)]
+        plans[c] = [("none", r) for r in range(reps)] + [(v, r) for v in levels[1:] for r in range(envelope_reps)]
     sizes = {c: segment or {1: 200, 8: 600}.get(c, 1200) for c in concurrencies}
     s3, kms = clients(endpoint, max(concurrencies))
     started = time.perf_counter()
@@ -129,7 +139,7 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
     for c, runs in plans.items():
         s3, kms = clients(endpoint, c)
         w_clients = worker_clients(endpoint, c)
-        for verify in ("none", "envelope"):
+        for verify in levels:
             ratios, floor_rates, worker_rates, floor_cpu, worker_cpu, loads = [], [], [], [], [], []
             for v, r in runs:
                 if v != verify:
@@ -139,7 +149,8 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
                     prefix = f"c{c}/{verify}{r}/{part}{i}/"
                     loads.append(load_average())
                     if part == "F":
-                        results[i] = ("F",) + timed(lambda: floor_segment(s3, kms, key_arn, prefix, c))
+                        verifying = verify != "none"
+                        results[i] = ("F",) + timed(lambda: floor_segment(s3, kms, key_arn, prefix, c, verifying))
                     else:
                         results[i] = ("W",) + timed(lambda: worker_segment(w_clients, endpoint, key_arn, key_file, prefix, c, verify))
                 f = [x for x in results.values() if x[0] == "F"]
@@ -156,6 +167,7 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
             row = {
                 "concurrency": c,
                 "verify": verify,
+                "floor": "verifying" if verify != "none" else "plain",
                 "pairs": len(ratios),
                 "segment_objects": sizes[c],
                 "floor_objects_per_s": round(statistics.median(floor_rates), 1),

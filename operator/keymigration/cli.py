@@ -9,7 +9,7 @@ import sys
 
 from keymigration import Mode, SetupError, Unavailable, VerifyLevel, __version__
 from keymigration.aws import ClientOptions
-from keymigration.formats import reader_warnings
+from keymigration.formats import DEFAULT_SAMPLE_RATE, reader_warnings
 from keymigration.kube import InstallConfig, WorkerAws
 from keymigration.logs import setup_logging
 from keymigration.migrate import (
@@ -173,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="migrate every object under a prefix")
     _add_common(run)
-    run.add_argument("--verify", choices=[v.value for v in VerifyLevel], default=VerifyLevel.ENVELOPE.value)
+    run.add_argument(
+        "--verify", choices=[v.value for v in VerifyLevel], default=VerifyLevel.ENVELOPE.value,
+        help="what is proven before a new envelope is written: envelope (default): KMS opens every new envelope; "
+        "sample: every envelope checked locally, KMS opens the first and a share (--verify-sample-rate) of the rest; "
+        "body: also decrypt every body; none: the unwrap's own proof only (docs/worker.md#verification)",
+    )
+    run.add_argument("--verify-sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, metavar="SHARE",
+                     help=f"--verify sample: the share of objects KMS opens the new envelope of (0-1, default {DEFAULT_SAMPLE_RATE})")
     run.add_argument("--dry-run", action="store_true", help="report what would be done; no KMS calls, no writes")
 
     plan = sub.add_parser("plan", help="what `run` would do: counts by format, wrap, location, key, and how long; writes nothing")
@@ -322,6 +329,7 @@ def settings_from_args(args: argparse.Namespace) -> RunOptions:
         concurrency=args.concurrency,
         kms_rate=args.kms_rate,
         verify=getattr(args, "verify", "envelope") if args.command == "run" else "none",
+        verify_sample_rate=getattr(args, "verify_sample_rate", DEFAULT_SAMPLE_RATE),
         checkpoint=args.checkpoint,
         report=args.report,
         max_failures=args.max_failures,

@@ -56,6 +56,31 @@ class Request:
     query: str
     range: str | None
     kms: bool
+    operation: str = ""  # the API operation, as S3 and KMS name it (``operation_of``)
+
+
+# S3 sub-resources named by a query parameter, for the GET/PUT/DELETE of a bucket or object.
+_SUBRESOURCES = {
+    "acl": "ObjectAcl", "tagging": "ObjectTagging", "retention": "ObjectRetention", "legal-hold": "ObjectLegalHold",
+    "object-lock": "ObjectLockConfiguration", "ownershipControls": "BucketOwnershipControls", "uploads": "MultipartUpload",
+}
+
+
+def operation_of(method: str, query: str, headers) -> str:
+    """The S3 or KMS operation of a request, roughly as the SDKs name it (enough to count)."""
+    target = headers.get("X-Amz-Target") or ""
+    if target.startswith("TrentService."):
+        return target.split(".", 1)[1]
+    names = {part.split("=", 1)[0] for part in query.split("&") if part}
+    verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete", "POST": "Post", "HEAD": "Head"}.get(method, method)
+    if "list-type" in names:
+        return "ListObjectsV2"
+    for name, resource in _SUBRESOURCES.items():
+        if name in names:
+            return verb + resource
+    if method == "PUT" and headers.get("x-amz-copy-source"):
+        return "UploadPartCopy" if "partNumber" in names else "CopyObject"
+    return {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}.get(method, method)
 
 
 class FaultProxy:
@@ -210,7 +235,10 @@ class FaultProxy:
                 body = self._body()
                 if proxy.log_requests:
                     path, _, query = self.path.partition("?")
-                    request = Request(self.command, urllib.parse.unquote(path), query, self.headers.get("Range"), self._is_kms())
+                    request = Request(
+                        self.command, urllib.parse.unquote(path), query, self.headers.get("Range"), self._is_kms(),
+                        operation_of(self.command, query, self.headers),
+                    )
                     with proxy.lock:
                         proxy.requests.append(request)
                 fault = proxy._draw(self.command, self.path, dict(self.headers), body)

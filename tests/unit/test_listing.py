@@ -1,7 +1,8 @@
 """The listing look-ahead: hints are right, complete only when proven, memory bounded."""
 from collections import Counter
 
-from keymigration.migrate.listing import Listed, with_hints
+from keymigration.migrate.listing import Listed, changed_keys, start_after_for, with_hints
+from tests.support.fake_listing import FakeListing
 
 
 def listing(*keys):
@@ -59,3 +60,36 @@ def test_backups_of_later_migration_steps_are_not_objects():
     suffixes = (".instruction", ".keymigration-backup")
     assert [not_an_object(k, suffixes) for k in ("a.instruction", "a.keymigration-backup.7", "a.instruction.2", "a.7")] == [
         ".instruction", ".keymigration-backup", None, None]
+
+
+def test_start_after_for_lists_the_key_first():
+    keys = ["a/0006", "a/0006~", "a/0006\uffff", "a/0007", "a/00070", "a/0008", "a\ue000", "a\ud7ff\U0010ffff\U0010ffff"]
+    for key in ("a/0007", "a/00070", "a\ue000", "a/0006~"):
+        start = start_after_for(key)
+        assert start < key and start.encode("utf-8")  # valid UTF-8: no surrogate
+        assert [k for k in sorted(keys) if start < k < key] in ([], ["a\ud7ff\U0010ffff\U0010ffff"])
+    assert start_after_for("a" * 1023 + "b") == "a" * 1024  # no room for U+10FFFF within 1,024 bytes
+
+
+class EtagListing(FakeListing):
+    def __init__(self, etags):
+        super().__init__(etags)
+        self.etags = etags
+
+    def list_objects_v2(self, *args, **kwargs):
+        response = super().list_objects_v2(*args, **kwargs)
+        for item in response["Contents"]:
+            item["ETag"] = self.etags[item["Key"]]
+        return response
+
+
+def test_changed_keys_from_one_relisting():
+    etags = {f"p/{i:04d}": f'"{i}"' for i in range(5000)}
+    etags.update({f"p/{i:04d}.instruction": '"f"' for i in range(5000)})
+    listing = EtagListing(etags)
+    expected = {f"p/{i:04d}": f'"{i}"' for i in range(2000, 2400)}
+    expected["p/2100"] = '"old"'  # replaced since it was read
+    expected["p/2200.gone"] = '"x"'  # deleted since
+    assert changed_keys(listing, "b", "p/", expected) == {"p/2100", "p/2200.gone"}
+    assert listing.requests == 1  # 800 keys: one page, from just below the first
+    assert changed_keys(listing, "b", "p/", {}) == set()

@@ -22,7 +22,7 @@ SURFACE = {
         "WrapAlgorithm", "__version__",
     ],
     "keymigration.formats": [
-        "BACKUP_SUFFIX", "DEFAULT_INSTRUCTION_SUFFIX", "READERS", "AesMasterKey", "DataKey", "Envelope", "Location",
+        "BACKUP_SUFFIX", "DEFAULT_INSTRUCTION_SUFFIX", "DEFAULT_SAMPLE_RATE", "READERS", "AesMasterKey", "DataKey", "Envelope", "Location",
         "MasterKey", "MetadataKind", "Mode", "Reader", "RsaMasterKey", "SecretBytes", "Unwrapped", "VerifyLevel",
         "WrapAlgorithm", "check_cbc_tail", "check_commitment", "check_target", "decrypt_stream", "detect",
         "from_instruction_file", "from_metadata", "instruction_body", "load_key_bytes", "load_key_files",

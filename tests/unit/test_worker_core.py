@@ -5,7 +5,7 @@ import time
 
 from keymigration.aws.ratelimit import TokenBucket
 from keymigration.migrate.checkpoint import Checkpoint, MemoryCheckpointStore
-from keymigration.migrate.results import ObjectResult, Outcome
+from keymigration.migrate.results import ObjectResult, Outcome, Unconfirmed
 from keymigration.migrate.worker import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -141,3 +141,41 @@ def test_token_bucket_paces_requests():
     unlimited = TokenBucket(None, sleep=lambda s: (_ for _ in ()).throw(AssertionError("slept")))
     for _ in range(1000):
         unlimited.acquire()
+
+
+def unconfirmed_process(calls: list):
+    """Every object migrated, its write left to the worker to confirm; records each settle."""
+
+    def settle(result, changed):
+        calls.append((result.key, changed))
+        if changed:
+            result.outcome, result.reason, result.retryable = Outcome.FAILED, "object-changed", False
+
+    def process(key, hint):
+        return ObjectResult(key, Outcome.MIGRATED, "migrated", unconfirmed=Unconfirmed(key, '"e"', settle))
+
+    return process
+
+
+def test_unconfirmed_writes_hold_the_mark_until_a_relisting_settles_them():
+    keys = [f"k{i:03d}" for i in range(10)]
+    calls, marks, store = [], [], MemoryCheckpointStore()
+    w = worker(keys, unconfirmed_process(calls), store=store, confirm_batch=1000, confirm_interval=600)
+    w.source.changed = lambda expected: (marks.append((w.checkpoint.after, w.completed.scanned, len(expected))), {"k004"})[1]
+    summary = w.run()
+    assert marks == [(None, 0, 10)]  # nothing counted or passed by the mark before the re-listing
+    assert store.saved.done and (summary.counters.migrated, summary.counters.failed) == (9, 1)
+    assert sorted(calls) == [(k, k == "k004") for k in keys]  # one re-listing settled all ten
+
+
+def test_a_failed_relisting_confirms_each_object_alone():
+    keys = [f"k{i:03d}" for i in range(5)]
+    calls = []
+    w = worker(keys, unconfirmed_process(calls), confirm_batch=2)
+
+    def broken(expected):
+        raise OSError("connection reset")
+
+    w.source.changed = broken
+    assert w.run().counters.migrated == 5
+    assert sorted(calls) == [(k, None) for k in keys]  # None: ask S3 for the object (a HEAD)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
@@ -102,16 +103,19 @@ class MetadataRewriter:
         self.part_size = part_size
         self._acls_disabled: bool | None = None
         self._lock_enabled: bool | None = None
+        self._lock_asked = False
+        self._bucket_lookups = threading.Lock()  # the bucket-level answers: asked once per run
 
     def acl_grants(self, key: str, head: dict) -> list:
         """Grants beyond the owner's; none when the bucket has ACLs disabled (the S3 default)."""
         client = self.bucket.client
-        if self._acls_disabled is None:
-            try:
-                rules = client.get_bucket_ownership_controls(Bucket=self.bucket.name)["OwnershipControls"]["Rules"]
-                self._acls_disabled = any(r.get("ObjectOwnership") == "BucketOwnerEnforced" for r in rules)
-            except (ClientError, BotoCoreError, KeyError):
-                self._acls_disabled = False
+        with self._bucket_lookups:
+            if self._acls_disabled is None:
+                try:
+                    rules = client.get_bucket_ownership_controls(Bucket=self.bucket.name)["OwnershipControls"]["Rules"]
+                    self._acls_disabled = any(r.get("ObjectOwnership") == "BucketOwnerEnforced" for r in rules)
+                except (ClientError, BotoCoreError, KeyError):
+                    self._acls_disabled = False
         if self._acls_disabled:
             return []
         kwargs = {"VersionId": head["VersionId"]} if head.get("VersionId") else {}
@@ -143,7 +147,12 @@ class MetadataRewriter:
 
     def _bucket_locked(self) -> bool | None:
         """Object Lock on the bucket: True, False, or None when its configuration cannot be read."""
-        if self._lock_enabled is None:
+        with self._bucket_lookups:
+            return self._read_bucket_lock()
+
+    def _read_bucket_lock(self) -> bool | None:
+        if not self._lock_asked:
+            self._lock_asked = True  # an unreadable answer (AccessDenied) is not asked again either
             try:
                 config = self.bucket.client.get_object_lock_configuration(Bucket=self.bucket.name)
                 self._lock_enabled = config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"

@@ -21,6 +21,7 @@ from keymigration.formats.unwrap import Unwrapped, unwrap_data_key
 from keymigration.formats.vocabulary import (
     BACKUP_SUFFIX,
     DEFAULT_INSTRUCTION_SUFFIX,
+    DEFAULT_SAMPLE_RATE,
     Mode,
     VerifyLevel,
     WrapAlgorithm,
@@ -30,6 +31,7 @@ from keymigration.formats.vocabulary import (
 __all__ = [
     "BACKUP_SUFFIX",
     "DEFAULT_INSTRUCTION_SUFFIX",
+    "DEFAULT_SAMPLE_RATE",
     "READERS",
     "AesMasterKey",
     "DataKey",

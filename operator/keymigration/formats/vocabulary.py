@@ -109,7 +109,10 @@ class VerifyLevel(str, Enum):
     """How much is proven before a new envelope is written."""
 
     NONE = "none"  # the unwrap's own proof only
-    ENVELOPE = "envelope"  # KMS opens the new envelope exactly as it will be read
+    # the new envelope checked locally (parsed back, target key ARN, wrap, context); KMS opens
+    # it for the first object and a random share (--verify-sample-rate) of the others
+    SAMPLE = "sample"
+    ENVELOPE = "envelope"  # checked locally, and KMS opens every new envelope exactly as it will be read
     BODY = "body"  # also decrypt the whole body with the data key
 
     @classmethod
@@ -118,6 +121,20 @@ class VerifyLevel(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+DEFAULT_SAMPLE_RATE = 0.01  # --verify sample: the share of objects KMS opens the new envelope of
+
+
+def check_sample_rate(rate: object) -> float:
+    """The share of objects ``--verify sample`` sends through KMS: a number from 0 to 1."""
+    try:
+        value = float(rate)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"verify sample rate must be a number from 0 to 1, not {rate!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"verify sample rate must be from 0 to 1, not {rate!r}")
+    return value
 
 
 ##= docs/spec/s3-encryption/data-format/metadata-strategy.md#instruction-file
@@ -149,11 +166,13 @@ __all__ = [
     "BACKUP_PATTERN",
     "BACKUP_SUFFIX",
     "DEFAULT_INSTRUCTION_SUFFIX",
+    "DEFAULT_SAMPLE_RATE",
     "Mode",
     "SUFFIX_PATTERN",
     "VerifyLevel",
     "WrapAlgorithm",
     "backup_name",
+    "check_sample_rate",
     "check_target",
     "is_backup_name",
 ]

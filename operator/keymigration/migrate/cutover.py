@@ -16,8 +16,15 @@ and the rollback tell keymigration's copy from anyone else's write.
 ``CutOver.run`` is the cut-over of one object as named stages over a ``CutOverState``, after the
 re-wrap stages (``migrate/rewrap.py``) wrote and verified the instruction file:
 read_new_file -> check_ready -> plan_dry_run -> recheck_earlier_write -> refuse -> store_backup
--> copy -> confirm. ``CutOver.write_envelope`` is metadata mode's write stage, over the same
-state: refuse -> store_backup -> back_up_files -> copy -> confirm -> retire_files.
+-> copy. ``CutOver.write_envelope`` is metadata mode's write stage, over the same state:
+refuse -> store_backup -> back_up_files -> copy -> retire_files.
+
+What is not re-read: the instruction file this call just wrote (its conditional PUT succeeded),
+and the object after the copy: a CopyObject conditional on the ETag read (``CopySourceIfMatch``
+and the destination's ``IfMatch``) that S3 answers 200 has replaced exactly that object with
+exactly the metadata sent, and in metadata mode that metadata's envelope was parsed back and
+verified before the copy (``rewrap.build_envelope``). Only a lost copy response (412 on the
+SDK's retry) reads the object again (``_our_copy_landed``).
 """
 from __future__ import annotations
 
@@ -179,7 +186,7 @@ class CutOverState:
     new_metadata: dict[str, str] = field(repr=False)  # the user metadata the copy writes
     copy_mark: str  # the keymigration-copy value in new_metadata: only this copy writes it
     step: int = 1  # the migration step (names the backups)
-    expected: Envelope | None = None  # metadata mode: the envelope the metadata must hold after
+    expected: Envelope | None = None  # metadata mode: the envelope the metadata must hold (verified)
     retire: tuple[StoredFile, ...] = ()  # metadata mode: instruction files removed after the copy
     # read_new_file
     new_file: StoredFile | None = None  # <key>.instruction as it is now
@@ -189,8 +196,6 @@ class CutOverState:
     # store_backup, back_up_files: the backups this call stored (taken back if the object changed)
     backup_etag: str | None = None
     file_backups: tuple[tuple[str, str], ...] = ()
-    # confirm
-    after: dict | None = field(default=None, repr=False)  # HEAD of the object after the copy
 
     @property
     def key(self) -> str:
@@ -224,14 +229,12 @@ class CutOver:
             self.refuse,
             self.store_backup,
             self.copy,
-            self.confirm,
         )
         self.metadata_stages = (
             self.refuse,
             self.store_backup,
             self.back_up_files,
             self.copy,
-            self.confirm,
             self.retire_files,
         )
 
@@ -293,7 +296,17 @@ class CutOver:
     # -- stages -----------------------------------------------------------------------------
 
     def read_new_file(self, state: CutOverState) -> CutOverState:
-        stored = self.bucket.get_small(state.key + DEFAULT_INSTRUCTION_SUFFIX)
+        """``<key>.instruction`` as it is: the file this call just wrote (its conditional PUT
+        succeeded, so S3 holds exactly those bytes), else the one the re-wrap read in this call,
+        else a GET."""
+        name = state.key + DEFAULT_INSTRUCTION_SUFFIX
+        written, existing = state.object.written, state.object.existing
+        if written is not None and written.file is not None and written.name == name:
+            stored: StoredFile | None = written.file
+        elif written is None and existing is not None and existing.key == name:
+            stored = existing
+        else:
+            stored = self.bucket.get_small(name)
         new = env_mod.from_instruction_file(stored.body, state.new_metadata) if stored is not None else None
         return replace(state, new_file=stored, new_envelope=new)
 
@@ -343,6 +356,9 @@ class CutOver:
         return replace(state, file_backups=tuple(stored))
 
     def copy(self, state: CutOverState) -> CutOverState:
+        if state.expected is not None and not _same_envelope(state.new_metadata, state.expected):
+            # Metadata mode: what the copy writes must read back as the envelope verified.
+            raise Verdict.failed("cut-over-unverified", "the metadata to write does not read back as the verified envelope")
         try:
             self.rewriter.rewrite(state.key, state.head, state.new_metadata, state.lock)
         except PreconditionFailed:
@@ -354,19 +370,6 @@ class CutOver:
             # Our copy landed and only its response was lost (the SDK's retry then answers 412
             # because the copy changed the ETag): carry on and verify it.
         return state
-
-    def confirm(self, state: CutOverState) -> CutOverState:
-        """A HEAD reads the metadata back: exactly what was written, the same length, and in
-        metadata mode the envelope parses to the one verified before the copy."""
-        after = self.bucket.head(state.key)
-        metadata = env_mod.lower_keys(after.get("Metadata", {})) if after is not None else None
-        if metadata != state.new_metadata:
-            raise Verdict.failed("cut-over-unverified", "after the rewrite the metadata is not what was written")
-        if after.get("ContentLength") != state.head.get("ContentLength"):
-            raise Verdict.failed("cut-over-unverified", "after the rewrite the object length differs")
-        if state.expected is not None and not _same_envelope(metadata, state.expected):
-            raise Verdict.failed("cut-over-unverified", "after the rewrite the metadata envelope does not read back as written")
-        return replace(state, after=after)
 
     def retire_files(self, state: CutOverState) -> CutOverState:
         """Metadata mode: the instruction files that held an older envelope go, so that no reader

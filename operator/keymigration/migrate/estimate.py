@@ -18,15 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keymigration.formats.vocabulary import VerifyLevel
+from keymigration.formats.vocabulary import DEFAULT_SAMPLE_RATE, VerifyLevel
 
-KMS_REQUESTS_PER_OBJECT = {VerifyLevel.NONE: 1, VerifyLevel.ENVELOPE: 2, VerifyLevel.BODY: 2}
+# --verify sample: the Encrypt, and the verifying Decrypt for the default share of objects.
+KMS_REQUESTS_PER_OBJECT = {VerifyLevel.NONE: 1, VerifyLevel.SAMPLE: 1 + DEFAULT_SAMPLE_RATE, VerifyLevel.ENVELOPE: 2, VerifyLevel.BODY: 2}
 # objects/s of one worker process, CPU-bound: 1000 / its client CPU ms per object, measured by
 # bench/scale_bench.py on the 2-core CI machine kind (docs/scale.md: 14.45 ms at --verify envelope,
 # 9.3 ms at none, medians of three rounds), rounded down to a multiple of 5. --verify body adds a
 # read of every body, which depends on object sizes and is not measured: its rate is the envelope
-# one, an upper bound (pass --worker-rate).
-WORKER_RATE = {VerifyLevel.NONE: 105.0, VerifyLevel.ENVELOPE: 65.0, VerifyLevel.BODY: 65.0}
+# one, an upper bound (pass --worker-rate). --verify sample makes the requests of none (and one
+# Decrypt per 100 objects): its rate is taken as none's.
+WORKER_RATE = {VerifyLevel.NONE: 105.0, VerifyLevel.SAMPLE: 105.0, VerifyLevel.ENVELOPE: 65.0, VerifyLevel.BODY: 65.0}
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class DurationEstimate:
         return self.worker_rate or WORKER_RATE[self.verify]
 
     def as_dict(self) -> dict:
-        kms_requests = self.objects * KMS_REQUESTS_PER_OBJECT[self.verify]
+        kms_requests = round(self.objects * KMS_REQUESTS_PER_OBJECT[self.verify])
         by_workers = self.objects / (self.rate_per_worker * max(1, self.workers))
         by_kms = kms_requests / self.kms_budget if self.kms_budget else None
         expected = max(by_workers, by_kms or 0.0)

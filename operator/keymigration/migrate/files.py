@@ -94,11 +94,13 @@ def marked_done(existing: StoredFile, target_arn: str, envelope: Envelope, finge
 
 @dataclass(frozen=True)
 class Written:
-    """An instruction file this call wrote: its name, its ETag, and the file it replaced."""
+    """An instruction file this call wrote: its name, its ETag, the file it replaced, and the
+    file as written (what a read of it would give now: the conditional write proves it)."""
 
     name: str
     etag: str
     replaced: StoredFile | None
+    file: StoredFile | None = None
 
 
 def withdraw(bucket: Bucket, written: Written | None) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from keymigration.formats.vocabulary import BACKUP_SUFFIX
 from keymigration.migrate.results import ListingHint
@@ -146,3 +146,39 @@ def with_hints(
         elif not beyond:  # an object past the end is the next range's
             objects.add(item.key)
     yield from objects.release(None)  # the listing is exhausted: every hint is complete
+
+
+MAX_KEY_BYTES = 1024  # S3's limit on a key's UTF-8 length
+
+
+def start_after_for(key: str) -> str | None:
+    """A ``StartAfter`` that lists ``key`` first (S3's StartAfter is exclusive): the string just
+    below it in UTF-8 byte order, ``key`` with its last character one lower, then U+10FFFF (the
+    largest character). Only keys that continue with U+10FFFF there can sort between the two;
+    a listing shows them too and the caller passes them over."""
+    if not key:
+        return None
+    last = ord(key[-1])
+    if last == 0:
+        return key[:-1] or None
+    below = last - 1 if not 0xD800 <= last - 1 <= 0xDFFF else 0xD7FF  # no surrogates in UTF-8
+    start = key[:-1] + chr(below)
+    padded = start + "\U0010ffff"
+    return padded if len(padded.encode()) <= MAX_KEY_BYTES else start
+
+
+def changed_keys(s3, bucket: str, prefix: str, expected: Mapping[str, str], page_size: int = 1000) -> set[str]:
+    """The keys of ``expected`` (key -> ETag read) that a listing now shows with another ETag, or
+    not at all (deleted, or a delete marker on top). One ListObjectsV2 from just below the
+    smallest key to past the largest: a request per 1,000 keys listed."""
+    if not expected:
+        return set()
+    wanted = {key: etag.strip('"') for key, etag in expected.items()}
+    last = max(wanted)
+    seen: dict[str, str] = {}
+    for item in list_keys(s3, bucket, prefix, start_after=start_after_for(min(wanted)), page_size=page_size):
+        if item.key > last:
+            break
+        if item.key in wanted:
+            seen[item.key] = item.etag.strip('"')
+    return {key for key, etag in wanted.items() if seen.get(key) != etag}

@@ -2,9 +2,9 @@
 every per-object step (re-wrap, cut-over, verify, rollback, prune), the worker and the report."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Mapping
+from typing import Callable, Mapping
 
 from keymigration.errors import ObjectError
 
@@ -39,6 +39,9 @@ class ObjectResult:
     # that pass a context (Java S3EC, Python, Ruby V2, ...) must pass ``reader_context`` now.
     context_changed: bool = False
     reader_context: dict[str, str] | None = None
+    # A write whose object is still to be confirmed unchanged (from a re-listing, by the
+    # worker); never reported.
+    unconfirmed: "Unconfirmed | None" = field(default=None, repr=False, compare=False)
 
     def fail(self, error: ObjectError) -> "ObjectResult":
         """This object failed with ``error``: its reason, message and whether to retry it."""
@@ -46,9 +49,23 @@ class ObjectResult:
         return self
 
     def record(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if v not in (None, "", False)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "unconfirmed"}
+        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items() if v not in (None, "", False)}
         data["outcome"] = str(self.outcome)
         return data
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """An object this call wrote for, read with ``etag``: the write stands only if the object
+    is still that one afterwards. Whoever finds out (a re-listing of the page, or a HEAD) calls
+    ``settle(result, changed)``: ``changed`` True withdraws the write and fails the object
+    (``object-changed``, retryable), False keeps it, None (not known: the re-listing failed)
+    asks S3 for this object alone."""
+
+    key: str
+    etag: str
+    settle: Callable[["ObjectResult", "bool | None"], None] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -60,4 +77,4 @@ class ListingHint:
     complete: bool
 
 
-__all__ = ["ListingHint", "ObjectResult", "Outcome"]
+__all__ = ["ListingHint", "ObjectResult", "Outcome", "Unconfirmed"]

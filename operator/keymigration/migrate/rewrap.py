@@ -11,19 +11,25 @@ Safety rules, in order of the steps:
   with the data key (or, KMS-to-KMS, proven decryptable without the plaintext leaving KMS).
 * Writes are conditional: ``IfNoneMatch='*'`` for a new file, ``IfMatch=<ETag read>`` to replace
   one, and a file is replaced only after a byte-exact backup is stored next to it.
-* After the write, the object must still be the one that was read (HEAD IfMatch); otherwise the
-  new file is withdrawn and the object retried.
+* After the write, the object must still be the one that was read; otherwise the new file is
+  withdrawn and the object retried. An object from a listing is confirmed by the worker with its
+  page's other objects from one re-listing (``ObjectResult.unconfirmed``); without a listing
+  (an inventory, a retry, one key) by a HEAD IfMatch. A cut-over's copy, conditional on the ETag
+  read (``CopySourceIfMatch``), confirms it itself.
 
 The steps are named stages over an ``ObjectState`` (``migrate/state.py``), each a small method
 that returns the state with what it found added, or ends the object with a ``Verdict``:
 read_head -> locate_envelope -> check_body_length -> skip_if_done -> unwrap_data_key ->
 prove_data_key -> plan_dry_run -> skip_if_already_wrapped -> wrap_data_key -> build_envelope ->
-verify_envelope -> verify_body -> write_file -> confirm_unchanged (``rewrap_stages``); in
-cut-over mode ``migrate/cutover.py`` ``CutOver`` follows.
+verify_envelope -> verify_body -> write_file (``rewrap_stages``); in cut-over mode
+``migrate/cutover.py`` ``CutOver`` follows; then the confirmation above.
 """
 from __future__ import annotations
 
+import random
+import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 from keymigration.aws.kms import KmsKeys, Wrapped
@@ -37,15 +43,17 @@ from keymigration.formats.source_keys import MasterKey
 from keymigration.formats.unwrap import Unwrapped, check_proof_strength, unwrap_candidates
 from keymigration.formats.vocabulary import (
     DEFAULT_INSTRUCTION_SUFFIX,
+    DEFAULT_SAMPLE_RATE,
     Mode,
     VerifyLevel,
     backup_name,
+    check_sample_rate,
     check_target,
 )
 from keymigration.migrate import cutover, files
-from keymigration.migrate.cutover import CutOver
+from keymigration.migrate.cutover import CUT_OVER, CutOver
 from keymigration.migrate.files import Written
-from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
+from keymigration.migrate.results import ListingHint, ObjectResult, Outcome, Unconfirmed
 from keymigration.migrate.state import MIGRATED, ObjectState, Stage, Verdict, run_stages
 
 
@@ -57,9 +65,12 @@ class RewrapOptions:
     dry_run: bool = False
     run_id: str = ""
     mode: Mode = Mode.INSTRUCTION_FILE
+    # --verify sample: the share of objects (after the first) whose new envelope KMS opens too
+    sample_rate: float = DEFAULT_SAMPLE_RATE
 
     def __post_init__(self):
         object.__setattr__(self, "verify", VerifyLevel.parse(self.verify))
+        object.__setattr__(self, "sample_rate", check_sample_rate(self.sample_rate))
         object.__setattr__(self, "mode", check_target(self.mode, self.suffix))
 
 
@@ -77,6 +88,12 @@ class ObjectRewrapper:
         copies = options.mode.copies_objects
         self.cut_over = CutOver(self.bucket, kms, options.verify, options.dry_run) if copies else None
         self.stages: tuple[Stage[ObjectState], ...] = self.rewrap_stages()
+        # Set by the runner when the worker re-lists its pages: an object from the listing (a
+        # hint) is then confirmed unchanged from the re-listing instead of a HEAD of its own.
+        self.defer_confirmation = False
+        self._sampled = 0  # --verify sample: objects whose envelope KMS opened, the first always
+        self._sample_lock = threading.Lock()
+        self._random = random.Random()
 
     @property
     def rewriter(self):
@@ -93,7 +110,9 @@ class ObjectRewrapper:
         added, or ends the object (a ``Verdict``, or an ``ObjectError`` for a failure)."""
         verify = self.options.verify
         checks = (
-            *((self.verify_envelope,) if verify is not VerifyLevel.NONE else ()),
+            *((self.check_envelope_locally,) if verify is not VerifyLevel.NONE else ()),
+            *((self.verify_envelope,) if verify in (VerifyLevel.ENVELOPE, VerifyLevel.BODY) else ()),
+            *((self.sample_envelope,) if verify is VerifyLevel.SAMPLE else ()),
             *((self.verify_body,) if verify is VerifyLevel.BODY else ()),
         )
         if self.options.mode is Mode.METADATA:
@@ -102,7 +121,7 @@ class ObjectRewrapper:
             done, write = (self.skip_if_in_metadata,), (self.write_metadata,)
         else:
             done = (self.skip_if_done,)
-            write = (self.write_file, *((self.confirm_unchanged,) if verify is not VerifyLevel.NONE else ()))
+            write = (self.write_file,)  # then confirmed unchanged (``process``)
         return (
             self.read_head,
             self.locate_envelope,
@@ -130,7 +149,23 @@ class ObjectRewrapper:
             self.cut_over.run(state, verdict).apply(result)
         if result.outcome in (Outcome.MIGRATED, Outcome.PLANNED) and state.envelope is not None:
             self._note_context(result, state.envelope)
+        if self._to_confirm(state, result):
+            pending = Unconfirmed(key, state.etag, partial(self._settle, state.written, state.etag))
+            if self.defer_confirmation and hint is not None:
+                result.unconfirmed = pending  # the worker's re-listing settles it
+            else:
+                pending.settle(result, None)
         return result
+
+    def _to_confirm(self, state: ObjectState, result: ObjectResult) -> bool:
+        """This call wrote a file for the object, and nothing proved the object unchanged since
+        it was read: a cut-over's copy (conditional on that ETag) proves it; a lost copy
+        condition already withdrew the file. Not with --verify none."""
+        return (
+            state.written is not None
+            and self.options.verify is not VerifyLevel.NONE
+            and result.reason not in (CUT_OVER.reason, "object-changed")
+        )
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -333,6 +368,31 @@ class ObjectRewrapper:
         new_envelope = _parse_back(env_mod.from_instruction_file(body, v3_metadata), envelope, wrapped)
         return state.add(fields=fields, body=body, new_envelope=new_envelope)
 
+    def check_envelope_locally(self, state: ObjectState) -> ObjectState:
+        """Every verify level but none, without a request: the new envelope (already parsed back
+        from the bytes to be written, ``build_envelope``) is wrapped by the target key's ARN as
+        KMS named it, with the target wrap and exactly the context the target asks for."""
+        written, wrapped = state.new_envelope, state.wrapped
+        problem = None
+        if self.kms.pinned and wrapped.key_arn != self.kms.target_arn:
+            problem = f"KMS wrapped it under {wrapped.key_arn}, not the target key"
+        elif written.wrap is not self.kms.target_wrap(state.envelope):
+            problem = f"it names the wrap {written.wrap}, not {self.kms.target_wrap(state.envelope)}"
+        elif not self._ours_on_target(state) and written.context != self.kms.target_context(state.envelope):
+            problem = "its encryption context is not the one the target asks for"
+        if problem:
+            raise KmsError("verify-failed", f"the new envelope is not the one intended: {problem}")
+        return state
+
+    def sample_envelope(self, state: ObjectState) -> ObjectState:
+        """--verify sample: KMS opens the new envelope for the first object and, at random, a
+        share ``sample_rate`` of the others (``verify_envelope``); the rest rely on the local
+        check and on the unwrap's own proof of the data key."""
+        with self._sample_lock:
+            chosen = self._sampled == 0 or self._random.random() < self.options.sample_rate
+            self._sampled += chosen
+        return self.verify_envelope(state) if chosen else state
+
     def verify_envelope(self, state: ObjectState) -> ObjectState:
         """KMS opens the envelope exactly as it will be read back from the file."""
         written = state.new_envelope
@@ -369,25 +429,34 @@ class ObjectRewrapper:
                 etag = self.bucket.put(name, state.body, marker, if_none_match=True)
         except PreconditionFailed:
             etag = self._after_lost_condition(state)
-        return state.add(written=Written(name, etag, existing))
+        return state.add(written=Written(name, etag, existing, StoredFile(name, state.body, etag, marker)))
 
     def write_metadata(self, state: ObjectState) -> ObjectState:
         """Metadata mode: backups, then one conditional copy of the object onto itself with the
         new envelope in its metadata, read back; then the older instruction files go."""
         return self.cut_over.write_envelope(state)
 
-    def confirm_unchanged(self, state: ObjectState) -> ObjectState:
-        """After the write, the object must still be the one that was read."""
+    def _settle(self, written: Written | None, etag: str, result: ObjectResult, changed: bool | None) -> None:
+        """``Unconfirmed.settle``: after the write, the object must still be the one read
+        (``changed`` None: ask S3, a HEAD IfMatch). Otherwise our file would describe a data key
+        that no longer exists: put back what was there before, fail the object (retryable)."""
         try:
-            still_there = self.bucket.head(state.key, if_match=state.etag) is not None
+            if changed is None:
+                changed = not self._unchanged(result.key, etag)
+            if changed:
+                files.withdraw(self.bucket, written)
+                result.context_changed, result.reader_context = False, None
+                Verdict.failed(
+                    "object-changed", "the object changed during the migration; the new file was withdrawn", retryable=True
+                ).apply(result)
+        except ObjectError as error:
+            result.fail(error)
+
+    def _unchanged(self, key: str, etag: str) -> bool:
+        try:
+            return self.bucket.head(key, if_match=etag) is not None
         except PreconditionFailed:
-            still_there = False
-        if still_there:
-            return state
-        # The object was overwritten or deleted after we read it: our file would describe a data
-        # key that no longer exists. Put back what was there before.
-        files.withdraw(self.bucket, state.written)
-        raise Verdict.failed("object-changed", "the object changed during the migration; the new file was withdrawn", retryable=True)
+            return False
 
     # -- helpers ----------------------------------------------------------------------------
 

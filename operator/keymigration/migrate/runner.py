@@ -18,8 +18,10 @@ from keymigration.formats.source_keys import load_key_files
 from keymigration.formats.vocabulary import (
     BACKUP_SUFFIX,
     DEFAULT_INSTRUCTION_SUFFIX,
+    DEFAULT_SAMPLE_RATE,
     Mode,
     VerifyLevel,
+    check_sample_rate,
     check_target,
 )
 from keymigration.migrate.checkpoint import (
@@ -63,6 +65,7 @@ class RunOptions:
     concurrency: int = 16
     kms_rate: float | None = None
     verify: VerifyLevel = VerifyLevel.ENVELOPE
+    verify_sample_rate: float = DEFAULT_SAMPLE_RATE  # --verify sample: the share KMS opens
     checkpoint: str | None = None
     report: str | None = None
     max_failures: int | None = None
@@ -74,6 +77,8 @@ class RunOptions:
     # store and progress sink it hands to Migration; nothing here imports Kubernetes code.
     progress_resource: str | None = None
     checkpoint_interval: float = 2.0
+    # Writes are confirmed by re-listing a page of them: 1,000, or what gathered in this long.
+    confirm_interval: float = 2.0
     # A shard: only keys start_after < key <= end_key (docs/scale.md).
     start_after: str | None = None
     end_key: str | None = None
@@ -114,6 +119,7 @@ class Migration:
         self.options = options
         options.mode = check_target(options.mode, options.suffix)
         options.verify = VerifyLevel.parse(options.verify)
+        options.verify_sample_rate = check_sample_rate(options.verify_sample_rate)
         self.telemetry = Telemetry()
         self.s3, self.kms_client = clients or make_clients(options.clients, self.telemetry)
         self.source_keys = load_key_files(options.source_key_files)
@@ -207,8 +213,13 @@ class Migration:
             self.s3,
             self.kms,
             self.source_keys,
-            RewrapOptions(s.bucket, suffix=s.suffix, verify=s.verify, dry_run=s.dry_run, run_id=checkpoint.run_id, mode=s.mode),
+            RewrapOptions(
+                s.bucket, suffix=s.suffix, verify=s.verify, dry_run=s.dry_run, run_id=checkpoint.run_id, mode=s.mode,
+                sample_rate=s.verify_sample_rate,
+            ),
         )
+        # A listing is re-listed page by page to confirm the writes (an inventory: a HEAD each).
+        rewrapper.defer_confirmation = isinstance(self.source, ListingSource)
         process = process_factory(self) if process_factory else rewrapper.process
         report = ReportWriter.open(s.report)
         sinks = MultiProgress(_progress(s.progress, f"{description} s3://{s.bucket}/{s.prefix}"), self.extra_progress)
@@ -224,6 +235,7 @@ class Migration:
                 skip_suffixes=(BACKUP_SUFFIX,),
                 count_total=s.count_total and not s.inventory,
                 checkpoint_interval=s.checkpoint_interval,
+                confirm_interval=s.confirm_interval,
             ),
             checkpoint,
             # A dry run never moves a real checkpoint.

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 from keymigration.migrate.checkpoint import Checkpoint
-from keymigration.migrate.listing import list_keys, with_hints
+from keymigration.migrate.listing import changed_keys, list_keys, with_hints
 from keymigration.migrate.results import ListingHint
 
 
@@ -84,6 +84,11 @@ class ListingSource:
 
     def mark(self, checkpoint: Checkpoint, position: Any) -> None:
         checkpoint.after = position
+
+    def changed(self, expected: Mapping[str, str]) -> set[str]:
+        """Of these objects (key -> ETag read), the ones replaced or deleted since: one
+        re-listing of their keys (``listing.changed_keys``)."""
+        return changed_keys(self.s3, self.bucket, self.prefix, expected)
 
     def count(self, stop: threading.Event) -> int | None:
         n = 0

@@ -6,6 +6,13 @@ and counters keyed by reason code. Nothing per object is kept once it is reporte
 
 Checkpoints advance a low-water mark: the last key such that it and every key before it are
 finished. Objects finish out of order; the in-flight queue below records their order.
+
+An object whose write still has to be confirmed (its result carries ``unconfirmed``: the object
+must be unchanged after the write) is not finished yet: its result waits, and the mark stays
+before it, until a batch of them (``confirm_batch``, one listing page, or what gathered in
+``confirm_interval`` seconds) is confirmed with one re-listing of their keys
+(``source.changed``) instead of a HEAD each. A replaced object's write
+is withdrawn and the object retried (with a HEAD, since the listing's view is stale).
 """
 from __future__ import annotations
 
@@ -58,6 +65,8 @@ class WorkerOptions:
     file_suffixes: Sequence[str] = (".instruction",)
     skip_suffixes: Sequence[str] = ()
     count_total: bool = True
+    confirm_batch: int = 1000  # unconfirmed writes confirmed by one re-listing
+    confirm_interval: float = 2.0  # ... or once the oldest has waited this long (seconds)
 
 
 @dataclass
@@ -125,6 +134,9 @@ class PrefixWorker:
         self.listing_error: Exception | None = None
         self._lock = threading.Lock()
         self._inflight: deque[_InFlight] = deque()
+        self._unconfirmed: list[tuple[_InFlight, ObjectResult]] = []
+        self._unconfirmed_since = 0.0  # when the oldest waiting write finished
+        self._confirming = threading.Lock()
         self._last_checkpoint = 0.0
         self._last_progress = 0.0
         self._started = 0.0
@@ -164,12 +176,12 @@ class PrefixWorker:
             except Exception as exc:  # the listing failed: keep what is done, say why
                 self.listing_error = exc
                 self.request_stop(f"listing failed: {type(exc).__name__}: {exc}")
+        self._confirm(wait=True)  # the last writes, also when stopping: a listing is cheap
         return self._finish(interrupted=self.stop.is_set())
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _run_one(self, key: str, hint: ListingHint) -> ObjectResult:
-        attempt = 0
+    def _run_one(self, key: str, hint: ListingHint | None, attempt: int = 0) -> ObjectResult:
         while True:
             try:
                 result = self.process(key, hint)
@@ -190,6 +202,8 @@ class PrefixWorker:
             self.request_stop("could not record an outcome (see the log)")
         finally:
             slots.release()
+        if len(self._unconfirmed) >= self.options.confirm_batch:
+            self._confirm(wait=False)
         if self.options.max_failures is not None and self.completed.failed >= self.options.max_failures:
             self.request_stop(f"max failures ({self.options.max_failures}) reached")
 
@@ -199,28 +213,87 @@ class PrefixWorker:
         except BaseException as exc:  # cancelled at shutdown
             result = ObjectResult(entry.key, Outcome.FAILED, "internal-error", type(exc).__name__, retryable=True)
         with self._lock:
-            # A transient failure while stopping is not an outcome: the entry stays unfinished,
-            # so the mark never passes it and a resumed run processes the object again.
-            if not (result.retryable and self.stop.is_set()):
-                entry.result = result
-                self.completed.add(result)
-                if self.report:
-                    self.report.write(result)
-                # Failures always reach the log; other outcomes only at debug level (volume).
-                if result.outcome is Outcome.FAILED:
-                    log.warning("object failed: %s", result.reason, extra=self._log_fields(result))
-                elif log.isEnabledFor(logging.DEBUG):
-                    log.debug("object %s: %s", result.outcome, result.reason, extra=self._log_fields(result))
-                while self._inflight and self._inflight[0].result is not None:
-                    done = self._inflight.popleft()
-                    self.committed.add(done.result)
-                    self.source.mark(self.checkpoint, done.position)
+            if result.unconfirmed is not None:
+                if not self._unconfirmed:
+                    self._unconfirmed_since = time.monotonic()
+                self._unconfirmed.append((entry, result))
+            else:
+                self._finished(entry, result)
+
+    def _finished(self, entry: _InFlight, result: ObjectResult) -> None:
+        """Record one object's outcome and advance the mark (under ``self._lock``)."""
+        # A transient failure while stopping is not an outcome: the entry stays unfinished,
+        # so the mark never passes it and a resumed run processes the object again.
+        if not (result.retryable and self.stop.is_set()):
+            entry.result = result
+            self.completed.add(result)
+            if self.report:
+                self.report.write(result)
+            # Failures always reach the log; other outcomes only at debug level (volume).
+            if result.outcome is Outcome.FAILED:
+                log.warning("object failed: %s", result.reason, extra=self._log_fields(result))
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("object %s: %s", result.outcome, result.reason, extra=self._log_fields(result))
+            while self._inflight and self._inflight[0].result is not None:
+                done = self._inflight.popleft()
+                self.committed.add(done.result)
+                self.source.mark(self.checkpoint, done.position)
+
+    def _confirm(self, wait: bool) -> None:
+        """Settle the writes waiting for confirmation with one re-listing of their keys; a
+        replaced object is retried at once (with a HEAD). ``wait``: also when another thread is
+        confirming (the end of the run); else leave it to that thread."""
+        if not self._confirming.acquire(blocking=wait):
+            return
+        try:
+            with self._lock:
+                batch, self._unconfirmed = self._unconfirmed, []
+            if not batch:
+                return
+            changed = self._changed({r.key: r.unconfirmed.etag for _, r in batch if r.unconfirmed})
+            settled = [(entry, self._settle(result, changed)) for entry, result in batch]
+            with self._lock:
+                for entry, result in settled:
+                    self._finished(entry, result)
+        except Exception:  # e.g. the report's disk is full: stop cleanly; the mark stays before them
+            log.exception("could not confirm or record a batch of outcomes")
+            self.request_stop("could not record an outcome (see the log)")
+        finally:
+            self._confirming.release()
+
+    def _changed(self, expected: dict[str, str]) -> set[str] | None:
+        """The keys the source's re-listing shows replaced or gone; None when it cannot tell
+        (a source without a listing, or the listing failed): then each object is asked alone."""
+        relist = getattr(self.source, "changed", None)
+        if relist is None:
+            return None
+        try:
+            return relist(expected)
+        except Exception:
+            log.warning("re-listing %d objects failed; confirming them one by one", len(expected), exc_info=True)
+            return None
+
+    def _settle(self, result: ObjectResult, changed: set[str] | None, retry: bool = True) -> ObjectResult:
+        pending, result.unconfirmed = result.unconfirmed, None
+        assert pending is not None
+        try:
+            pending.settle(result, None if changed is None else result.key in changed)
+        except Exception as exc:  # a bug must not stop the other objects
+            log.exception("unexpected error confirming an object")
+            result = ObjectResult(result.key, Outcome.FAILED, "internal-error", f"{type(exc).__name__}", retryable=True)
+        if retry and result.retryable and not self.stop.is_set() and self.options.object_retries > 0:
+            result = self._run_one(result.key, None, attempt=1)  # no listing view now: a HEAD confirms
+            if result.unconfirmed is not None:
+                result = self._settle(result, None, retry=False)
+        return result
 
     def _log_fields(self, result: ObjectResult) -> dict:
         return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}
 
     def _tick(self, force: bool = False) -> None:
         now = time.monotonic()
+        if self._unconfirmed and now - self._unconfirmed_since >= self.options.confirm_interval:
+            self._confirm(wait=False)
         if self.store and (force or now - self._last_checkpoint >= self.options.checkpoint_interval):
             self._save_checkpoint()
             self._last_checkpoint = now
