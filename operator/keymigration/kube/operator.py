@@ -37,6 +37,7 @@ ACCOUNT_CHECK_SECONDS = 10.0  # how long a worker ServiceAccount lookup is trust
 WARNING_CHECK_SECONDS = 15.0  # how often the Events of one waiting Job or pod are read
 SUSPECT_AFTER_SECONDS = 5.0  # a Job or pod without a running pod this long has its Events read
 MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+PROGRESS_SPEC_KEYS = ("prefix", "planner", "shard", "startAfter", "endKey", "files")  # what a reconcile reads of a progress spec
 INDICES = ("migrations", "migration_jobs", "migration_progresses", "migration_pods")  # KopfView's order
 
 
@@ -229,7 +230,7 @@ class Reconciler:
         for name, patch in plan.progress_status.items():
             stored = await asyncio.to_thread(self.api.patch_progress_status, namespace, name, patch)
             if stored is not None:
-                self.overlay.wrote(uid, "KeyMigrationProgress", trimmed(stored, ("prefix",)))
+                self.overlay.wrote(uid, "KeyMigrationProgress", trimmed(stored, PROGRESS_SPEC_KEYS))
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
             self.overlay.deleted(uid, "Job", job, jobs.get(job))
@@ -352,7 +353,7 @@ def _register_indices(registry: kopf.OperatorRegistry) -> None:
     @kopf.index(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_progresses",
                 registry=registry)
     def migration_progresses(labels, body, **_):
-        return {labels[LABEL_MIGRATION_UID]: trimmed(body, ("prefix",))}
+        return {labels[LABEL_MIGRATION_UID]: trimmed(body, PROGRESS_SPEC_KEYS)}
 
     # The workers' pods: why a prefix cannot start (pending) or keeps failing at start-up (their
     # termination messages), when the worker could not write it to its progress object.
