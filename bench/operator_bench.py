@@ -142,8 +142,10 @@ def seed_shards(cluster: FakeCluster, km: dict, shards: int, finished: int) -> f
     return time.monotonic() - started
 
 
-def operator_requests(cluster: FakeCluster, since: int) -> list:
-    return [r for r in cluster.requests[since:] if r.headers.get("User-Agent") != TEST_USER_AGENT]
+def operator_requests(cluster: FakeCluster, before: set[int]) -> list:
+    """The operator's requests served since ``before`` (ids of the requests served until then:
+    the fake keeps the last 20,000, so an index would not do after seeding)."""
+    return [r for r in list(cluster.requests) if id(r) not in before and r.headers.get("User-Agent") != TEST_USER_AGENT]
 
 
 def main() -> int:
@@ -154,13 +156,16 @@ def main() -> int:
     parser.add_argument("--writes", type=int, default=12, help="progress writes per worker (every 5 s) before done")
     parser.add_argument("--shards", type=int, default=0, help="one prefix in this many shards (instead of --prefixes)")
     parser.add_argument("--finished", type=int, default=0, help="with --shards: shards already finished before the operator starts")
+    parser.add_argument("--operator-log-level", default="warning")
+    parser.add_argument("--operator-profile", metavar="FILE", help="run the operator under cProfile, its stats written to FILE")
+    parser.add_argument("--operator-log", help="keep the operator's log in this file (default: in the fake cluster's workdir)")
     parser.add_argument("--operator-pythonpath", help="run the operator from another source tree (e.g. an older release's "
                         "operator/ directory, unpacked with git archive), for a comparison")
     args = parser.parse_args()
 
     with FakeCluster(crds=CRDS, namespaces=[NS]) as cluster:
         cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": ACCOUNT, "namespace": NS}})
-        log = open(Path(cluster.workdir) / "operator.log", "wb")
+        log = open(args.operator_log or Path(cluster.workdir) / "operator.log", "wb")
         seeded = 0.0
         km = None
         if args.shards:  # the KeyMigration, its plan and its finished shards first: the operator starts on a run under way
@@ -168,7 +173,8 @@ def main() -> int:
             seeded = seed_shards(cluster, km, args.shards, args.finished)
         launched = time.monotonic()
         operator = subprocess.Popen(
-            [sys.executable, "-m", "keymigration.cli", "--log-format", "json", "--log-level", "warning", "operator", "-n", NS,
+            [sys.executable, *(["-m", "cProfile", "-o", args.operator_profile] if args.operator_profile else []),
+             "-m", "keymigration.cli", "--log-format", "json", "--log-level", args.operator_log_level, "operator", "-n", NS,
              "--liveness", f"http://127.0.0.1:{free_port()}/healthz", "--metrics-port", "0"],
             env={**os.environ, **cluster.env(), **({"PYTHONPATH": args.operator_pythonpath} if args.operator_pythonpath else {})},
             stdout=log, stderr=subprocess.STDOUT)
@@ -188,7 +194,8 @@ def main() -> int:
             since_launch = time.monotonic() - launched
             start_memory = memory_kib(operator.pid)
             time.sleep(WRITE_INTERVAL * 2)  # every worker writing
-            mark, writes_before, t0 = len(cluster.requests), workers.progress_writes, time.monotonic()
+            seen = list(cluster.requests)  # held: their ids stay theirs
+            mark, writes_before, t0 = {id(r) for r in seen}, workers.progress_writes, time.monotonic()
             cpu0 = cpu_seconds(operator.pid)
             time.sleep(args.seconds)
             elapsed = time.monotonic() - t0

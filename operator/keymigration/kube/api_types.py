@@ -175,7 +175,7 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "maxJobs": {"type": "integer", "minimum": 1, "maximum": 100, "default": 4, "description": "Worker Jobs at once."},
+                "maxJobs": {"type": "integer", "minimum": 1, "maximum": 500, "default": 4, "description": "Worker Jobs at once."},
                 "perJob": {"type": "integer", "minimum": 1, "maximum": 256, "default": 16, "description": "Objects in flight per Job."},
             },
         },
