@@ -357,15 +357,15 @@ PROGRESS_SCHEMA: dict[str, Any] = {
         "spec": {
             "type": "object",
             "properties": {
-                "migration": {"type": "string"},
-                "bucket": {"type": "string"},
-                "prefix": {"type": "string"},
-                "job": {"type": "string"},
+                "migration": {"type": "string", "maxLength": 253},
+                "bucket": {"type": "string", "maxLength": 63},
+                "prefix": {"type": "string", "maxLength": 1024},
+                "job": {"type": "string", "maxLength": 63},
                 "planner": {"type": "boolean", "description": "this object records the shard plan of its prefix"},
                 "shard": {"type": "integer"},
-                "startAfter": {"type": "string", "description": "the shard holds the keys after this one"},
-                "endKey": {"type": "string", "description": "... up to and including this one"},
-                "files": {"type": "string", "description": "the inventory's data files of this unit, I/N"},
+                "startAfter": {"type": "string", "maxLength": 1024, "description": "the shard holds the keys after this one"},
+                "endKey": {"type": "string", "maxLength": 1024, "description": "... up to and including this one"},
+                "files": {"type": "string", "maxLength": 32, "description": "the inventory's data files of this unit, I/N"},
             },
             "x-kubernetes-validations": [
                 {"rule": "self == oldSelf", "message": "a progress object's spec (its unit: prefix, shard boundaries, files) is immutable"},
@@ -383,8 +383,10 @@ PROGRESS_SCHEMA: dict[str, Any] = {
                     "description": "the prefix's shards, recorded once by its planner Job: boundaries b1 < ... < bk give the "
                     "shards (none, b1], (b1, b2], ..., (bk, none]",
                     "properties": {
-                        "boundaries": {"type": "array", "items": {"type": "string"}},
-                        "estimates": {"type": "array", "items": {"type": "integer"}, "description": "estimated objects per shard"},
+                        # Bounded, so the API server's CEL cost estimate of the immutability rule fits its budget.
+                        "boundaries": {"type": "array", "maxItems": MAX_SHARDS_PER_PREFIX - 1, "items": {"type": "string", "maxLength": 1024}},
+                        "estimates": {"type": "array", "maxItems": MAX_SHARDS_PER_PREFIX, "items": {"type": "integer"},
+                                      "description": "estimated objects per shard"},
                         "estimatedObjects": {"type": "integer"},
                         "exact": {"type": "boolean"},
                         "listRequests": {"type": "integer"},
