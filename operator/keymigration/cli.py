@@ -278,11 +278,41 @@ def _add_shard(parser: argparse.ArgumentParser) -> None:
     count.add_argument("--objects-per-shard", type=_positive_int, metavar="N", help="ranges of about N objects each")
     parser.add_argument("--max-requests", type=_positive_int, default=None,
                         help="ListObjectsV2 requests the sampling may make (default 200 + 20 per shard)")
+    parser.add_argument("--progress-resource", metavar="NAMESPACE/NAME",
+                        help="record the boundaries in this KeyMigrationProgress object, once (what the operator's planner "
+                        "Jobs do): a plan already recorded there is kept and printed, never replaced")
     _add_aws(parser)
 
 
 def run_shard_command(args: argparse.Namespace) -> int:
-    """One JSON object per line: {"start_after", "end_key", "estimated_objects"}; a summary on stderr."""
+    """One JSON object per line: {"start_after", "end_key", "estimated_objects"}; a summary on stderr.
+    With ``--progress-resource``, the plan is recorded there (once)."""
+    if not args.progress_resource:
+        _plan_and_print(args)
+        return EXIT_OK
+    from keymigration.kube import KubernetesProgress
+
+    store: KubernetesProgress | None = None
+    try:
+        store = KubernetesProgress(args.progress_resource)
+        recorded = store.shard_plan()
+        if recorded is not None:
+            log.info("a shard plan is already recorded in %s (%d shards): kept", args.progress_resource,
+                     len(recorded.get("boundaries") or ()) + 1)
+            return EXIT_OK
+        plan = _plan_and_print(args)
+        bounds = [shard.key_range.end_key for shard in plan.shards[:-1]]
+        store.record_shard_plan(bounds, [s.estimated_objects for s in plan.shards], plan.estimated_objects, plan.exact, plan.requests)
+    except SetupError as error:
+        log.error("%s", error)
+        return _failed_to_start(error, EXIT_CONFIG, {"extra_progress": store} if store else {})
+    except Unavailable as error:
+        log.error("cannot plan yet: %s", error)
+        return _failed_to_start(error, EXIT_RETRY, {"extra_progress": store} if store else {})
+    return EXIT_OK
+
+
+def _plan_and_print(args: argparse.Namespace):
     from keymigration.aws import make_clients
 
     s3, _ = make_clients(_client_options(args, concurrency=1))
@@ -300,7 +330,7 @@ def run_shard_command(args: argparse.Namespace) -> int:
     summary = {"event": "shard-plan", "shards": len(plan.shards), "estimated_objects": plan.estimated_objects,
                "exact": plan.exact, "list_requests": plan.requests}
     sys.stderr.write(json.dumps(summary) + "\n")
-    return EXIT_OK
+    return plan
 
 
 def _client_options(args: argparse.Namespace, concurrency: int) -> ClientOptions:
@@ -483,6 +513,10 @@ def _finish_message(text: str) -> None:
 
 def _run_migration(args: argparse.Namespace, settings: RunOptions, channel: dict) -> int:
     migration = Migration(settings, **channel)
+    store = channel.get("store")
+    if store is not None and migration.kms_budget.adaptive is not None:
+        # The operator's share of the migration's KMS budget, read back from the progress object.
+        store.on_kms_rate = migration.kms_budget.set_cap
     if args.command == "verify":
         suffix = settings.suffix if args.lookup == "explicit" else None
         summary = migration.run(lambda m: verify_process(m, suffix), description="verifying")

@@ -622,3 +622,89 @@ def test_a_keymigration_naming_an_endpoint_is_refused(cluster, operator):
     message = condition(obj, "Stalled")["message"]
     assert "spec.aws.kmsEndpointUrl: spec.aws is no longer honoured: endpoints, region and addressing come from the operator's installation" in message
     assert cluster.list("batch/v1", "Job", NS) == []
+
+
+def test_shards_of_one_prefix_migrate_every_object_exactly_once(cluster, env, operator, runner):
+    """Issue 16 item 3: `shards: {count: 3}` on one prefix. A planner Job (`keymigration shard
+    --progress-resource`) records the boundaries in the prefix's progress object; three shard Jobs
+    (`run --start-after/--end-key`) each record their range, immutable, in their own progress
+    object and migrate it; every object is migrated exactly once (an overlap would count the
+    second visit as skipped, a gap would leave an object unmigrated: the totals are exact)."""
+    # One KMS budget (item 4): 12 requests/s, 3 at start per Job (12 / maxJobs); once the three
+    # shards run and nothing waits, the operator hands each 12 / 3 = 4 (then more as they finish).
+    apply_example(cluster, prefixes=["2019/"], shards={"count": 3}, concurrency={"maxJobs": 4, "perJob": 4}, kmsRequestsPerSecond=12)
+    wait_condition(cluster, "Ready", "True", timeout=240)
+    status = km(cluster)["status"]
+    expected = env.expected_totals(["2019/"])
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == expected
+    assert status["prefixCounts"] == {"total": 3, "pending": 0, "running": 0, "suspended": 0, "completed": 3, "failed": 0, "planning": 0}
+    assert status["prefixesDone"] == "3/3" and status["prefixes"] == []
+    # The plan, recorded by the planner in the prefix's progress object.
+    planner = cluster.get(*KMP, NS, child_name(NAME, "2019/"))
+    plan = planner["status"]["shardPlan"]
+    boundaries = plan["boundaries"]
+    assert len(boundaries) == 2 and boundaries == sorted(boundaries) and all(b.startswith("2019/") for b in boundaries)
+    assert plan["exact"] is True and sum(plan["estimates"]) == plan["estimatedObjects"] == expected["scanned"]
+    assert status["planning"] == {"prefixes": 1, "planned": 1, "shards": 3, "estimatedObjects": expected["scanned"]}
+    # Each shard: its range in its progress object's spec, its own counters, its outcome recorded.
+    keys = [None, *boundaries, None]
+    counted = {"scanned": 0, "migrated": 0, "skipped": 0, "failed": 0}
+    for index in range(3):
+        name = child_name(NAME, f"2019/\0shard\0{index}")
+        progress = cluster.get(*KMP, NS, name)
+        spec = progress["spec"]
+        assert (spec["shard"], spec.get("startAfter"), spec.get("endKey")) == (index, keys[index], keys[index + 1])
+        assert progress["status"]["state"] == "Completed"
+        for k in counted:
+            counted[k] += progress["status"]["counters"][k]
+        args = cluster.get("batch/v1", "Job", NS, name)["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [a for a in args if a.startswith(("--start-after=", "--end-key="))] == (
+            ([f"--start-after={keys[index]}"] if keys[index] else []) + ([f"--end-key={keys[index + 1]}"] if keys[index + 1] else []))
+        assert 0 < progress["status"]["counters"]["scanned"] < expected["scanned"]
+    assert counted == expected
+    shard_names = [child_name(NAME, f"2019/\0shard\0{index}") for index in range(3)]
+    for name in shard_names:
+        assert "--kms-rate" in (args := cluster.get("batch/v1", "Job", NS, name)["spec"]["template"]["spec"]["containers"][0]["args"])
+        assert args[args.index("--kms-rate") + 1] == "3"
+        shares = [v["status"]["kmsRate"] for v in cluster.history(*KMP, NS, name) if v and "kmsRate" in (v.get("status") or {})]
+        assert shares and shares[0] == 4 and shares == sorted(shares) and set(shares) <= {4, 6, 12}
+    # The workers took their share into their KMS limiter (read back with a progress write).
+    assert any("KMS rate cap set to" in runner.output(name, namespace=NS) for name in shard_names)
+    assert status["plan"]["objects"] == expected["scanned"] and status["plan"]["kmsRequestsPerSecond"] == 12
+    planner_job = cluster.get("batch/v1", "Job", NS, child_name(NAME, "2019/"))
+    assert planner_job["spec"]["template"]["spec"]["containers"][0]["args"][2] == "shard"
+    env.assert_readable(["2019/"])
+    # Events: the planner's Job; no Event per shard for what went as planned (there may be thousands).
+    events = cluster.events(NS, involved_name=NAME)
+    assert [e["message"] for e in events if e["reason"] == "JobCreated"] == [
+        f"Job {child_name(NAME, '2019/')} started for prefix '2019/' (planning shards)"]
+    assert {"Validated", "Succeeded"} <= {e["reason"] for e in events}
+
+
+def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(cluster, env, operator, runner):
+    """`inventory: {manifest, files: 2}` instead of prefixes: two Jobs, data files 0/2 and 1/2,
+    the objects of 2019/ and 2020/ that the inventory lists (not 2021/, which it does not)."""
+    from tests.support.inventory import Row, write_inventory
+
+    listed = [k for p in ("2019/", "2020/") for k in sorted(set(env.seeded[p].encrypted) | set(env.seeded[p].plaintext))]
+    rows = [Row(k) for k in listed]
+    env.s3.create_bucket(Bucket=env.bucket + "-inv")
+    url = write_inventory(env.s3, env.bucket + "-inv", env.bucket, [rows[i::3] for i in range(3)])
+    unlisted = listing(env, "2021/")
+    doc = json.loads(json.dumps(EXAMPLE))
+    del doc["spec"]["prefixes"]
+    doc["spec"]["inventory"] = {"manifest": url, "files": 2}
+    cluster.create(doc)
+    wait_condition(cluster, "Ready", "True", timeout=240)
+    status = km(cluster)["status"]
+    assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals(["2019/", "2020/"])
+    assert status["prefixesDone"] == "2/2" and status["prefixes"] == []
+    slices = sorted(p["spec"]["files"] for p in cluster.list(*KMP, NS))
+    assert slices == ["0/2", "1/2"]
+    env.assert_readable(["2019/", "2020/"])
+    assert listing(env, "2021/") == unlisted  # not in the inventory: not one object or file written
+
+
+def listing(env, prefix):
+    return {o["Key"]: o["ETag"] for page in env.s3.get_paginator("list_objects_v2").paginate(Bucket=env.bucket, Prefix=prefix)
+            for o in page.get("Contents", ())}

@@ -126,3 +126,70 @@ def test_the_api_server_refuses_a_keymigration_naming_an_endpoint(aws):
     assert not bool(program.evaluate({"self": celpy.json_to_cel(aws)}))
     assert "come from the operator's installation" in rule["message"]
     assert bool(program.evaluate({"self": celpy.json_to_cel({})}))
+
+
+def rules_at(*path):
+    """The CEL rules of a node of the KeyMigration (or, with "progress" first, the progress) schema."""
+    node = crd.progress_crd() if path and path[0] == "progress" else crd.keymigration_crd()
+    node = node["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for name in path[1:] if path and path[0] == "progress" else path:
+        node = node["properties"][name]
+    return node.get("x-kubernetes-validations", [])
+
+
+def broken(rules, old, new):
+    env = celpy.Environment()
+    failed = []
+    for rule in rules:
+        program = env.program(env.compile(rule["rule"]), functions=K8S_CEL_FUNCTIONS)
+        activation = {"self": celpy.json_to_cel(new)} | ({"oldSelf": celpy.json_to_cel(old)} if old is not None else {})
+        if not bool(program.evaluate(activation)):
+            failed.append(rule["message"])
+    return failed
+
+
+INVENTORY = {"manifest": "s3://inventory-bucket/payments-archive/daily/manifest.json", "files": 4}
+NO_PREFIXES = {k: v for k, v in BASE.items() if k != "prefixes"}
+
+
+@pytest.mark.parametrize("old,new,messages", [
+    (BASE, {**BASE, "shards": {"count": 3}}, ["shards are immutable"]),
+    ({**BASE, "shards": {"count": 3}}, {**BASE, "shards": {"count": 4}}, ["shards are immutable"]),
+    ({**BASE, "shards": {"count": 3}}, BASE, ["shards are immutable"]),
+    ({**NO_PREFIXES, "inventory": INVENTORY}, {**NO_PREFIXES, "inventory": {**INVENTORY, "files": 8}}, ["inventory is immutable"]),
+    (BASE, {**NO_PREFIXES, "inventory": INVENTORY}, ["prefixes are immutable", "inventory is immutable"]),
+    (BASE, NO_PREFIXES, ["give exactly one of prefixes and inventory", "prefixes are immutable"]),
+    (BASE, {**BASE, "inventory": INVENTORY}, ["give exactly one of prefixes and inventory", "inventory is immutable"]),
+    ({**NO_PREFIXES, "inventory": INVENTORY}, {**NO_PREFIXES, "inventory": INVENTORY, "shards": {"count": 2}},
+     ["shards split prefixes; an inventory is split by inventory.files", "shards are immutable"]),
+])
+def test_cel_rules_of_prefixes_inventory_and_shards(old, new, messages):
+    assert violations(old, new) == messages
+
+
+def test_cel_allows_a_sharded_or_inventory_keymigration_to_be_edited_where_it_may():
+    for spec in ({**BASE, "shards": {"objectsPerShard": 100000}}, {**NO_PREFIXES, "inventory": INVENTORY}):
+        assert violations(spec, {**spec, "suspend": True, "kmsRequestsPerSecond": 9}) == []
+
+
+def test_cel_shards_need_exactly_one_of_count_and_objects_per_shard():
+    rules = rules_at("spec", "shards")
+    assert broken(rules, None, {"count": 3}) == [] and broken(rules, None, {"objectsPerShard": 5000}) == []
+    assert broken(rules, None, {}) == broken(rules, None, {"count": 3, "objectsPerShard": 5000}) == [
+        "shards: give exactly one of count and objectsPerShard"]
+
+
+def test_cel_a_progress_objects_unit_and_a_recorded_shard_plan_are_immutable():
+    """Boundaries recorded once never change: a shard's key range lives in its progress object's
+    spec, the plan in its prefix's progress object's status; neither can be rewritten."""
+    spec_rules = rules_at("progress", "spec")
+    shard = {"migration": "m", "prefix": "a/", "job": "m-1", "shard": 1, "startAfter": "a/k1", "endKey": "a/k2"}
+    assert broken(spec_rules, shard, dict(shard)) == []
+    assert broken(spec_rules, shard, {**shard, "endKey": "a/k3"}) == [
+        "a progress object's spec (its unit: prefix, shard boundaries, files) is immutable"]
+    status_rules = rules_at("progress", "status")
+    plan = {"shardPlan": {"boundaries": ["a/k1", "a/k2"], "estimatedObjects": 30}}
+    assert broken(status_rules, {}, plan) == []  # recorded the first time
+    assert broken(status_rules, plan, {**plan, "counters": {"scanned": 1}, "state": "Failed"}) == []
+    assert broken(status_rules, plan, {"shardPlan": {"boundaries": ["a/k0"], "estimatedObjects": 30}}) == ["a recorded shard plan is immutable"]
+    assert broken(status_rules, plan, {"counters": {}}) == ["a recorded shard plan is immutable"]

@@ -53,6 +53,12 @@ AWS_FIELDS_REFUSED = (
 # Spec plus status must stay well under etcd's 1.5 MiB per object: the prefixes' total (they are
 # repeated in up to 200 status rows) is bounded, as are the rows' other strings (kube/reconcile.py).
 MAX_PREFIX_BYTES = 256 * 1024
+# Shards of one prefix, and the bytes their boundaries may take in that prefix's progress object
+# (kube/progress_store.py records them there; etcd holds at most 1.5 MiB per object).
+MAX_SHARDS_PER_PREFIX = 10000
+MAX_BOUNDARY_BYTES = 1000 * 1000
+MAX_INVENTORY_FILES = 10000
+INVENTORY_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$"
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}, "maxProperties": 32}
 
@@ -66,8 +72,9 @@ def _immutable(field_name: str, message: str) -> dict:
 
 KEYMIGRATION_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "What to migrate and how. bucket, prefixes, source keys, target, suffix and mode are immutable.",
-    "required": ["bucket", "prefixes", "target"],
+    "description": "What to migrate and how. bucket, prefixes or inventory, shards, source keys, target, suffix and mode "
+    "are immutable.",
+    "required": ["bucket", "target"],
     "additionalProperties": False,
     "properties": {
         "bucket": {"type": "string", "description": "S3 bucket name.", "pattern": BUCKET_PATTERN, "maxLength": 63},
@@ -77,6 +84,32 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "minItems": 1,
             "maxItems": 1000,
             "items": {"type": "string", "maxLength": 1024},
+        },
+        "shards": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Split each prefix into key ranges, one worker Job each, planned at start by a planner Job per "
+            "prefix (keymigration shard) and recorded in the prefix's KeyMigrationProgress. Give count or objectsPerShard.",
+            "properties": {
+                "count": {"type": "integer", "minimum": 1, "maximum": MAX_SHARDS_PER_PREFIX, "description": "Shards per prefix."},
+                "objectsPerShard": {"type": "integer", "minimum": 1000, "description": "Shards of about this many objects."},
+            },
+            "x-kubernetes-validations": [
+                {"rule": "has(self.count) != has(self.objectsPerShard)", "message": "shards: give exactly one of count and objectsPerShard"},
+            ],
+        },
+        "inventory": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["manifest"],
+            "description": "Migrate the objects an S3 Inventory (CSV) lists instead of listing prefixes: its data files are "
+            "split over 'files' worker Jobs (keymigration run --inventory-files I/N).",
+            "properties": {
+                "manifest": {"type": "string", "pattern": INVENTORY_URL_PATTERN, "maxLength": 2048,
+                             "description": "s3://BUCKET/PATH/manifest.json"},
+                "files": {"type": "integer", "minimum": 1, "maximum": MAX_INVENTORY_FILES, "default": 1,
+                          "description": "Work units: unit I of N takes data files I, I+N, I+2N, ..."},
+            },
         },
         "sourceKeys": {
             "type": "array",
@@ -144,7 +177,7 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "maxJobs": {"type": "integer", "minimum": 1, "maximum": 100, "default": 4, "description": "Worker Jobs at once."},
+                "maxJobs": {"type": "integer", "minimum": 1, "maximum": 500, "default": 4, "description": "Worker Jobs at once."},
                 "perJob": {"type": "integer", "minimum": 1, "maximum": 256, "default": 16, "description": "Objects in flight per Job."},
             },
         },
@@ -152,7 +185,8 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
             "type": "integer",
             "minimum": 1,
             "maximum": 1000000,
-            "description": "Cap on KMS requests per second for the whole migration (split evenly over maxJobs).",
+            "description": "Cap on KMS requests per second for the whole migration, shared by the running Jobs and "
+            "handed to the others as Jobs finish.",
         },
         "verify": {
             "type": "string",
@@ -233,9 +267,13 @@ KEYMIGRATION_SCHEMA: dict[str, Any] = {
     },
     "x-kubernetes-validations": [
         {"rule": "self.bucket == oldSelf.bucket", "message": "bucket is immutable"},
-        {"rule": "self.prefixes == oldSelf.prefixes", "message": "prefixes are immutable"},
+        {"rule": "has(self.prefixes) != has(self.inventory)", "message": "give exactly one of prefixes and inventory"},
+        {"rule": "!has(self.shards) || has(self.prefixes)", "message": "shards split prefixes; an inventory is split by inventory.files"},
+        _immutable("prefixes", "prefixes are immutable"),
+        _immutable("inventory", "inventory is immutable"),
+        _immutable("shards", "shards are immutable"),
         {
-            "rule": f"self.prefixes.map(p, size(bytes(p))).sum() <= {MAX_PREFIX_BYTES}",
+            "rule": f"!has(self.prefixes) || self.prefixes.map(p, size(bytes(p))).sum() <= {MAX_PREFIX_BYTES}",
             "message": f"prefixes may hold at most {MAX_PREFIX_BYTES} bytes (UTF-8) in all",
         },
         _immutable("sourceKeys", "sourceKeys are immutable"),
@@ -277,19 +315,33 @@ STATUS_SCHEMA: dict[str, Any] = {
         "phase": {"type": "string", "description": "Convenience for printer columns; use conditions."},
         "startTime": {"type": "string", "format": "date-time"},
         "completionTime": {"type": "string", "format": "date-time"},
-        "prefixesDone": {"type": "string", "description": "completed/total, for kubectl get"},
+        "prefixesDone": {"type": "string", "description": "completed/total work units (prefixes, shards or inventory slices), "
+                         "for kubectl get"},
         "prefixCounts": {
             "type": "object",
-            "properties": {n: {"type": "integer"} for n in ("total", "pending", "running", "completed", "failed", "suspended")},
+            "description": "work units by state: prefixes, or shards and inventory slices (a prefix still being planned "
+            "counts as one unit)",
+            "properties": {n: {"type": "integer"} for n in ("total", "pending", "running", "completed", "failed", "suspended",
+                                                            "planning")},
+        },
+        "planning": {
+            "type": "object",
+            "description": "shard planning: prefixes whose boundaries are recorded, and the objects the planners estimated",
+            "properties": {n: {"type": "integer"} for n in ("prefixes", "planned", "shards", "estimatedObjects")},
         },
         "totals": _COUNTERS,
         "prefixes": {
             "type": "array",
-            "description": "Per-prefix progress (at most 200 entries, unfinished first; all of it lives in KeyMigrationProgress objects).",
+            "description": "Per-unit progress (at most 200 entries, unfinished first; with shards or an inventory only the "
+            "unfinished and failed ones; all of it lives in KeyMigrationProgress objects).",
             "items": {
                 "type": "object",
                 "properties": {
                     "prefix": {"type": "string"},
+                    "shard": {"type": "integer"},
+                    "startAfter": {"type": "string"},
+                    "endKey": {"type": "string"},
+                    "files": {"type": "string", "description": "the inventory's data files of this unit, I/N"},
                     "job": {"type": "string"},
                     "state": {"type": "string"},
                     "counters": _COUNTERS,
@@ -302,6 +354,17 @@ STATUS_SCHEMA: dict[str, Any] = {
             },
         },
         "prefixesTruncated": {"type": "boolean"},
+        "plan": {
+            "type": "object",
+            "description": "the expected duration: objects (the shard plan's estimate, else the workers' counts), the KMS "
+            "budget and the per-worker rate (the running workers' mean, else the measured default)",
+            "properties": {
+                **{n: {"type": "integer"} for n in ("objects", "workers", "kmsRequestsPerSecond", "kmsRequestsPerObject",
+                                                    "kmsPerWorker", "expectedSeconds", "remainingSeconds")},
+                "workerObjectsPerSecond": {"type": "number"},
+                **{n: {"type": "string"} for n in ("objectsFrom", "workerRateFrom", "boundBy", "summary")},
+            },
+        },
         "retryGeneration": {"type": "string", "description": "last keymigration.io/retry annotation value acted on"},
     },
 }
@@ -312,15 +375,44 @@ PROGRESS_SCHEMA: dict[str, Any] = {
         "spec": {
             "type": "object",
             "properties": {
-                "migration": {"type": "string"},
-                "bucket": {"type": "string"},
-                "prefix": {"type": "string"},
-                "job": {"type": "string"},
+                "migration": {"type": "string", "maxLength": 253},
+                "bucket": {"type": "string", "maxLength": 63},
+                "prefix": {"type": "string", "maxLength": 1024},
+                "job": {"type": "string", "maxLength": 63},
+                "planner": {"type": "boolean", "description": "this object records the shard plan of its prefix"},
+                "shard": {"type": "integer"},
+                "startAfter": {"type": "string", "maxLength": 1024, "description": "the shard holds the keys after this one"},
+                "endKey": {"type": "string", "maxLength": 1024, "description": "... up to and including this one"},
+                "files": {"type": "string", "maxLength": 32, "description": "the inventory's data files of this unit, I/N"},
             },
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "a progress object's spec (its unit: prefix, shard boundaries, files) is immutable"},
+            ],
         },
         "status": {
             "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "!has(oldSelf.shardPlan) || (has(self.shardPlan) && self.shardPlan == oldSelf.shardPlan)",
+                 "message": "a recorded shard plan is immutable"},
+            ],
             "properties": {
+                "shardPlan": {
+                    "type": "object",
+                    "description": "the prefix's shards, recorded once by its planner Job: boundaries b1 < ... < bk give the "
+                    "shards (none, b1], (b1, b2], ..., (bk, none]",
+                    "properties": {
+                        # Bounded, so the API server's CEL cost estimate of the immutability rule fits its budget.
+                        "boundaries": {"type": "array", "maxItems": MAX_SHARDS_PER_PREFIX - 1, "items": {"type": "string", "maxLength": 1024}},
+                        "estimates": {"type": "array", "maxItems": MAX_SHARDS_PER_PREFIX, "items": {"type": "integer"},
+                                      "description": "estimated objects per shard"},
+                        "estimatedObjects": {"type": "integer"},
+                        "exact": {"type": "boolean"},
+                        "listRequests": {"type": "integer"},
+                        "plannedAt": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "kmsRate": {"type": "number", "description": "this unit's share of the migration's KMS budget (requests/s), "
+                            "written by the operator, read by the worker"},
                 "checkpoint": {"type": "string", "description": "the worker's checkpoint (JSON, docs/worker.md#checkpoints)"},
                 "counters": _COUNTERS,
                 "total": {"type": "integer"},
@@ -356,11 +448,108 @@ def _prefix_problems(prefixes: tuple[str, ...]) -> list[str]:
     return problems
 
 
+def _unit_problems(fields: dict) -> list[str]:
+    """What the CEL rules say about prefixes, inventory and shards, for an API server without
+    them (and the operator's own check)."""
+    problems = []
+    if bool(fields.get("prefixes")) == bool(fields.get("inventory")):
+        problems.append("spec: give exactly one of prefixes and inventory")
+    shards = fields.get("shards")
+    if shards is not None and ("count" in shards) == ("objectsPerShard" in shards):
+        problems.append("spec.shards: give exactly one of count and objectsPerShard")
+    if shards is not None and fields.get("inventory"):
+        problems.append("spec.shards: shards split prefixes; an inventory is split by inventory.files")
+    return problems
+
+
 def _aws_problems(fields: dict) -> list[str]:
     """A KeyMigration written before endpoints became the installer's keeps its aws fields (they
     are declared, so not pruned): it is refused, never run against an endpoint it names."""
     aws = fields.get("aws") or {}
     return [f"spec.aws.{name}: {AWS_FIELDS_REFUSED}" for name in AWS_FIELDS if name in aws]
+
+
+@dataclass(frozen=True)
+class ShardRequest:
+    """``spec.shards``: a count per prefix, or about this many objects per shard."""
+
+    count: int | None = None
+    objects_per_shard: int | None = None
+
+    def planner_args(self) -> list[str]:
+        return ["--shards", str(self.count)] if self.count else ["--objects-per-shard", str(self.objects_per_shard)]
+
+
+@dataclass(frozen=True)
+class InventoryRef:
+    """``spec.inventory``: an S3 Inventory manifest, its data files split over ``files`` units."""
+
+    manifest: str
+    files: int = 1
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One Job's worth of a KeyMigration: a prefix, one key range of a sharded prefix, the planner
+    of a sharded prefix (its Job plans, records the boundaries and migrates nothing), or a slice
+    of an inventory's data files. ``identity`` names its Job and progress object."""
+
+    prefix: str
+    shard: int | None = None
+    start_after: str | None = None
+    end_key: str | None = None
+    files: str | None = None  # inventory slice, I/N
+    planner: bool = False
+
+    @property
+    def identity(self) -> str:
+        if self.files is not None:
+            return f"\0inventory\0{self.files}"
+        if self.shard is not None:
+            return f"{self.prefix}\0shard\0{self.shard}"
+        return self.prefix  # a prefix, or its planner (which records the plan in the prefix's progress object)
+
+    def describe(self) -> str:
+        if self.files is not None:
+            return f"inventory files {self.files}"
+        if self.shard is not None:
+            return f"prefix {self.prefix!r} shard {self.shard}"
+        return f"prefix {self.prefix!r}" + (" (planning shards)" if self.planner else "")
+
+    def spec_fields(self) -> dict:
+        """What the unit's progress object's spec records (immutable there: a CEL rule)."""
+        fields: dict = {}
+        if self.planner:
+            fields["planner"] = True
+        if self.shard is not None:
+            fields["shard"] = self.shard
+            fields.update({k: v for k, v in (("startAfter", self.start_after), ("endKey", self.end_key)) if v is not None})
+        if self.files is not None:
+            fields["files"] = self.files
+        return fields
+
+
+def shard_units(prefix: str, boundaries: list[str]) -> list[WorkUnit]:
+    """The shards boundaries b1 < ... < bk give: (None, b1], (b1, b2], ..., (bk, None]; every key of
+    the prefix in exactly one whatever the boundaries are."""
+    keys: list[str | None] = [None, *boundaries, None]
+    return [WorkUnit(prefix, index, keys[index], keys[index + 1]) for index in range(len(keys) - 1)]
+
+
+def check_boundaries(boundaries: object) -> list[str]:
+    """The problems of a recorded shard plan's boundaries (a list of strictly increasing keys,
+    in UTF-8 order, at most MAX_SHARDS_PER_PREFIX - 1 of them and MAX_BOUNDARY_BYTES in all)."""
+    if not isinstance(boundaries, list) or not all(isinstance(b, str) for b in boundaries):
+        return ["the boundaries are not a list of keys"]
+    problems = []
+    if len(boundaries) >= MAX_SHARDS_PER_PREFIX:
+        problems.append(f"{len(boundaries) + 1} shards, more than {MAX_SHARDS_PER_PREFIX} per prefix")
+    size = len(json.dumps(boundaries, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_BOUNDARY_BYTES:
+        problems.append(f"the boundaries take {size} bytes, more than the {MAX_BOUNDARY_BYTES} one progress object may hold")
+    if any(b.encode("utf-8") >= a.encode("utf-8") for b, a in zip(boundaries, boundaries[1:])):
+        problems.append("the boundaries are not strictly increasing")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -390,6 +579,8 @@ class KeyMigration:
     suspend: bool = False
     max_failed_objects: int | None = None
     worker: dict = field(default_factory=dict)
+    shards: ShardRequest | None = None
+    inventory: InventoryRef | None = None
 
     @classmethod
     def from_fields(cls, fields: dict | None) -> "KeyMigration":
@@ -401,8 +592,8 @@ class KeyMigration:
         )
         if problems:
             raise InvalidKeyMigration(problems)
-        prefixes = tuple(fields["prefixes"])
-        problems = _prefix_problems(prefixes) + _aws_problems(fields)
+        prefixes = tuple(fields.get("prefixes") or ())
+        problems = _prefix_problems(prefixes) + _aws_problems(fields) + _unit_problems(fields)
         if not fields.get("sourceKeys") and not fields.get("sourceKmsKeyIds"):
             problems.append("spec: give sourceKeys (AES/RSA Secrets) and/or sourceKmsKeyIds")
         suffix = fields.get("instructionFileSuffix", DEFAULT_INSTRUCTION_SUFFIX)
@@ -438,7 +629,16 @@ class KeyMigration:
             suspend=bool(fields.get("suspend", False)),
             max_failed_objects=fields.get("maxFailedObjects"),
             worker=dict(fields.get("worker") or {}),
+            shards=ShardRequest(fields["shards"].get("count"), fields["shards"].get("objectsPerShard")) if fields.get("shards") else None,
+            inventory=InventoryRef(fields["inventory"]["manifest"], fields["inventory"].get("files", 1)) if fields.get("inventory") else None,
         )
+
+    def units(self) -> list[WorkUnit]:
+        """The units known from the spec alone: each prefix (its planner when sharded), or the
+        inventory's slices. A sharded prefix's shards come from its recorded plan."""
+        if self.inventory is not None:
+            return [WorkUnit("", files=f"{i}/{self.inventory.files}") for i in range(self.inventory.files)]
+        return [WorkUnit(prefix, planner=self.shards is not None) for prefix in self.prefixes]
 
     # -- the Job's view -----------------------------------------------------------------------
 
@@ -464,9 +664,28 @@ class KeyMigration:
             args += ["--grant-token", token]
         return args
 
-    def worker_args(self, prefix: str, progress_resource: str | None = None, max_failures: int | None = None) -> list[str]:
-        """The exact ``keymigration run`` arguments of the Job for ``prefix``."""
-        args = ["--log-format", "json", "run", "--bucket", self.bucket, "--prefix", prefix]
+    def planner_args(self, prefix: str, progress_resource: str) -> list[str]:
+        """The exact ``keymigration shard`` arguments of the planner Job of a sharded prefix: it
+        records the boundaries in ``progress_resource`` (once: a recorded plan is kept)."""
+        assert self.shards is not None
+        return ["--log-format", "json", "shard", "--bucket", self.bucket, f"--prefix={prefix}", "--suffix", self.suffix,
+                *self.shards.planner_args(), "--progress-resource", progress_resource]
+
+    def _where(self, unit: WorkUnit) -> list[str]:
+        """A unit's objects as ``run`` options (``--opt=KEY``: a key may start with '-')."""
+        args = []
+        if self.inventory is not None:
+            args += ["--inventory", self.inventory.manifest, "--inventory-files", unit.files or "0/1"]
+        for option, value in (("--start-after", unit.start_after), ("--end-key", unit.end_key)):
+            if value is not None:
+                args.append(f"{option}={value}")
+        return args
+
+    def worker_args(self, prefix: str | WorkUnit, progress_resource: str | None = None, max_failures: int | None = None) -> list[str]:
+        """The exact ``keymigration run`` arguments of the Job for a unit (a prefix, a shard, an
+        inventory slice)."""
+        unit = prefix if isinstance(prefix, WorkUnit) else WorkUnit(prefix)
+        args = ["--log-format", "json", "run", "--bucket", self.bucket, f"--prefix={unit.prefix}", *self._where(unit)]
         for index, ref in enumerate(self.source_keys):
             path = self.key_file(index)
             if ref.materials_description is not None:

@@ -10,6 +10,7 @@ from keymigration.kube.api_types import (
     PROGRESS_KIND,
     VERSION,
     KeyMigration,
+    WorkUnit,
 )
 from keymigration.migrate.worker import (
     EXIT_CONFIG,
@@ -23,6 +24,7 @@ LABEL_PREFIX_HASH = f"{GROUP}/prefix-hash"
 ANNOTATION_MIGRATION = f"{GROUP}/migration"  # the KeyMigration's full name (on pods too)
 ANNOTATION_PREFIX = f"{GROUP}/prefix"
 ANNOTATION_RETRY = f"{GROUP}/retry"
+ANNOTATION_UNIT = f"{GROUP}/unit"  # which shard or inventory slice, for people (the spec of its progress object says it too)
 MANAGED_BY = ("app.kubernetes.io/managed-by", "keymigration-operator")
 CONTAINER = "worker"
 TERMINATION_LOG = "/dev/termination-log"
@@ -141,12 +143,27 @@ def labels(km: dict, prefix: str) -> dict[str, str]:
     }
 
 
-def annotations(km: dict, prefix: str) -> dict[str, str]:
-    return {ANNOTATION_MIGRATION: km["metadata"]["name"], ANNOTATION_PREFIX: prefix}
+def _unit(unit: str | WorkUnit) -> WorkUnit:
+    return unit if isinstance(unit, WorkUnit) else WorkUnit(unit)
 
 
-def progress_manifest(km: dict, migration: KeyMigration, prefix: str) -> dict:
-    name = child_name(km["metadata"]["name"], prefix)
+def unit_name(migration: str, unit: WorkUnit) -> str:
+    """The Job and progress object of a unit (a prefix keeps the name it always had)."""
+    return child_name(migration, unit.identity)
+
+
+def annotations(km: dict, unit: str | WorkUnit) -> dict[str, str]:
+    unit = _unit(unit)
+    found = {ANNOTATION_MIGRATION: km["metadata"]["name"], ANNOTATION_PREFIX: unit.prefix}
+    if unit.shard is not None or unit.files is not None or unit.planner:
+        found[ANNOTATION_UNIT] = unit.describe()[:1024]
+    return found
+
+
+def progress_manifest(km: dict, migration: KeyMigration, unit: str | WorkUnit) -> dict:
+    unit = _unit(unit)
+    prefix = unit.prefix
+    name = unit_name(km["metadata"]["name"], unit)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": PROGRESS_KIND,
@@ -154,16 +171,25 @@ def progress_manifest(km: dict, migration: KeyMigration, prefix: str) -> dict:
             "name": name,
             "namespace": km["metadata"]["namespace"],
             "labels": labels(km, prefix),
-            "annotations": annotations(km, prefix),
+            "annotations": annotations(km, unit),
             "ownerReferences": [owner_reference(km)],
         },
-        "spec": {"migration": km["metadata"]["name"], "bucket": migration.bucket, "prefix": prefix, "job": name},
+        "spec": {"migration": km["metadata"]["name"], "bucket": migration.bucket, "prefix": prefix, "job": name, **unit.spec_fields()},
     }
 
 
-def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: InstallConfig, max_failures: int | None = None) -> dict:
+def container_args(migration: KeyMigration, unit: WorkUnit, resource: str, max_failures: int | None) -> list[str]:
+    """The worker's arguments for a unit: ``keymigration shard`` for a planner, ``run`` else."""
+    if unit.planner:
+        return migration.planner_args(unit.prefix, resource)
+    return migration.worker_args(unit, progress_resource=resource, max_failures=max_failures)
+
+
+def job_manifest(km: dict, migration: KeyMigration, unit: str | WorkUnit, config: InstallConfig, max_failures: int | None = None) -> dict:
+    unit = _unit(unit)
+    prefix = unit.prefix
     meta = km["metadata"]
-    name = child_name(meta["name"], prefix)
+    name = unit_name(meta["name"], unit)
     namespace = meta["namespace"]
     pod_labels = labels(km, prefix)
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -190,7 +216,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
         "name": CONTAINER,
         "image": config.worker_image,
         "imagePullPolicy": config.image_pull_policy,
-        "args": [kubelet_literal(arg) for arg in migration.worker_args(prefix, progress_resource=f"{namespace}/{name}", max_failures=max_failures)]
+        "args": [kubelet_literal(arg) for arg in container_args(migration, unit, f"{namespace}/{name}", max_failures)]
         + (["--path-style"] if aws.path_style else []),
         "env": env,
         **({"envFrom": env_from} if env_from else {}),
@@ -248,7 +274,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
             ]
         },
         "suspend": False,
-        "template": {"metadata": {"labels": pod_labels, "annotations": annotations(km, prefix)}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations(km, unit)}, "spec": pod_spec},
     }
     if config.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
@@ -261,7 +287,7 @@ def job_manifest(km: dict, migration: KeyMigration, prefix: str, config: Install
             "name": name,
             "namespace": namespace,
             "labels": pod_labels,
-            "annotations": annotations(km, prefix),
+            "annotations": annotations(km, unit),
             "ownerReferences": [owner_reference(km)],
         },
         "spec": job_spec,

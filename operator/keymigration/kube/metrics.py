@@ -103,9 +103,9 @@ class MigrationMetrics:
             for outcome in OUTCOMES:
                 objects.add_metric(base + [outcome], float(totals.get(outcome, 0)))
             expected.add_metric(base, float(totals.get("expected", 0)))
-            for entry in item.running_prefixes:
+            for prefix, counters in _by_prefix(item.running_prefixes).items():  # a prefix's running shards summed
                 for outcome in OUTCOMES:
-                    prefix_objects.add_metric(base + [entry["prefix"], outcome], float((entry.get("counters") or {}).get(outcome, 0)))
+                    prefix_objects.add_metric(base + [prefix, outcome], float(counters.get(outcome, 0)))
             counts = item.status.get("prefixCounts") or {}
             for state in PREFIX_STATES:
                 prefixes.add_metric(base + [state], float(counts.get(state, 0)))
@@ -118,6 +118,15 @@ class MigrationMetrics:
                 faults.add_metric(base + [kind], float(item.faults.get(kind, 0)))
             rate.add_metric(base, item.rate)
         yield from (objects, expected, prefix_objects, prefixes, phase, ready, progress, stalled, faults, rate)
+
+
+def _by_prefix(rows: list[dict]) -> dict[str, dict[str, int]]:
+    summed: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counters = summed.setdefault(row["prefix"], {})
+        for outcome, value in (row.get("counters") or {}).items():
+            counters[outcome] = counters.get(outcome, 0) + int(value or 0)
+    return summed
 
 
 class OperatorMetrics:

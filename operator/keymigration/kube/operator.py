@@ -37,6 +37,7 @@ ACCOUNT_CHECK_SECONDS = 10.0  # how long a worker ServiceAccount lookup is trust
 WARNING_CHECK_SECONDS = 15.0  # how often the Events of one waiting Job or pod are read
 SUSPECT_AFTER_SECONDS = 5.0  # a Job or pod without a running pod this long has its Events read
 MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+PROGRESS_SPEC_KEYS = ("prefix", "planner", "shard", "startAfter", "endKey", "files")  # what a reconcile reads of a progress spec
 INDICES = ("migrations", "migration_jobs", "migration_progresses", "migration_pods")  # KopfView's order
 
 
@@ -229,7 +230,7 @@ class Reconciler:
         for name, patch in plan.progress_status.items():
             stored = await asyncio.to_thread(self.api.patch_progress_status, namespace, name, patch)
             if stored is not None:
-                self.overlay.wrote(uid, "KeyMigrationProgress", trimmed(stored, ("prefix",)))
+                self.overlay.wrote(uid, "KeyMigrationProgress", trimmed(stored, PROGRESS_SPEC_KEYS))
         for job in plan.delete_jobs:
             await asyncio.to_thread(self.api.delete_job, namespace, job)
             self.overlay.deleted(uid, "Job", job, jobs.get(job))
@@ -352,7 +353,7 @@ def _register_indices(registry: kopf.OperatorRegistry) -> None:
     @kopf.index(GROUP, VERSION, PROGRESS_PLURAL, labels={LABEL_MIGRATION_UID: kopf.PRESENT}, id="migration_progresses",
                 registry=registry)
     def migration_progresses(labels, body, **_):
-        return {labels[LABEL_MIGRATION_UID]: trimmed(body, ("prefix",))}
+        return {labels[LABEL_MIGRATION_UID]: trimmed(body, PROGRESS_SPEC_KEYS)}
 
     # The workers' pods: why a prefix cannot start (pending) or keeps failing at start-up (their
     # termination messages), when the worker could not write it to its progress object.
@@ -389,8 +390,50 @@ def _enqueue_owner(reconciler: Reconciler, namespace: str, body) -> None:
         reconciler.enqueue(namespace, name)
 
 
+def quiet_toggle_sets() -> None:
+    """Make kopf's index start-up linear in the objects it indexes.
+
+    kopf (1.45, and upstream as of this writing) holds back every handler until the indices hold
+    the initial listing: each listed object of an indexed kind adds a toggle to one ``ToggleSet``,
+    indexes itself, drops its toggle and waits for the set to be on; every add and every drop
+    wakes *every* waiter (``notify_all``). With n objects that is about n^2 / 2 wake-ups: an
+    operator restarting with 2,000 finished shards' progress objects spent 90 s before its first
+    reconcile, 30,000 (Jobs, pods and progress objects of 10,000 shards) would take hours
+    (bench/operator_bench.py --shards, docs/scale.md). A waiter waits for the set's state, which
+    an add or a drop changes only when it flips: notifying then only is the same for every
+    waiter, and n wake-ups in all."""
+    from kopf._cogs.aiokits import aiotoggles
+
+    toggle_set = aiotoggles.ToggleSet
+    if getattr(toggle_set, "_keymigration_quiet", False):
+        return
+
+    async def changed(self, change) -> None:
+        async with self._condition:
+            before = self.is_on()
+            change(self._toggles)
+            if self.is_on() != before:
+                self._condition.notify_all()
+
+    async def make_toggle(self, __val: bool = False, *, name: str | None = None):
+        toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
+        await changed(self, lambda toggles: toggles.add(toggle))
+        return toggle
+
+    async def drop_toggle(self, toggle) -> None:
+        await changed(self, lambda toggles: toggles.discard(toggle))
+
+    async def drop_toggles(self, toggles) -> None:
+        dropped = list(toggles)
+        await changed(self, lambda present: present.difference_update(dropped))
+
+    toggle_set.make_toggle, toggle_set.drop_toggle, toggle_set.drop_toggles = make_toggle, drop_toggle, drop_toggles
+    toggle_set._keymigration_quiet = True
+
+
 def build_registry(settings: OperatorOptions, api_factory=KubeApi) -> tuple[kopf.OperatorRegistry, dict]:
     """A fresh kopf registry with the operator's handlers (tests build one per operator)."""
+    quiet_toggle_sets()
     registry = kopf.OperatorRegistry()
     state: dict = {}
 

@@ -12,10 +12,11 @@ import json
 import logging
 import threading
 import time
+from typing import Callable
 
 from keymigration.clock import utc_timestamp
-from keymigration.errors import CheckpointError, Unavailable
-from keymigration.kube.api_types import GROUP, PROGRESS_PLURAL, VERSION
+from keymigration.errors import CheckpointError, ConfigurationError, Unavailable
+from keymigration.kube.api_types import GROUP, PROGRESS_PLURAL, VERSION, check_boundaries
 from keymigration.kube.kubeconfig import load_client_config
 from keymigration.migrate.checkpoint import Checkpoint
 
@@ -75,18 +76,71 @@ class KubernetesProgress:
         self._last_live = 0.0
         self._lock = threading.Lock()
         self.sleep = time.sleep
+        # The operator's share of the migration's KMS budget for this worker (status.kmsRate), read
+        # back from the object at start and with every progress write (no request of its own);
+        # the CLI points this at the KMS limiter's set_cap.
+        self.on_kms_rate: Callable[[float], None] | None = None
+        self._kms_rate: float | None = None
+
+    def _saw(self, obj: object) -> None:
+        rate = ((obj or {}).get("status") or {}).get("kmsRate") if isinstance(obj, dict) else None
+        if self.on_kms_rate is None or not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0 or rate == self._kms_rate:
+            return
+        self._kms_rate = float(rate)
+        try:
+            self.on_kms_rate(float(rate))
+        except ValueError as error:
+            log.warning("ignoring the KMS share %s: %s", rate, error)
 
     def _patch(self, status: dict, pauses=RETRY_PAUSES[:2]) -> bool:
         status = {**status, "updatedAt": _now()}
         with self._lock:
             try:
-                with_retries(lambda: self.api.patch_namespaced_custom_object_status(
+                stored = with_retries(lambda: self.api.patch_namespaced_custom_object_status(
                     GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name, {"status": status}
                 ), pauses, self.sleep)
-                return True
             except Exception as error:  # the API being away must not stop the migration
                 log.warning("could not update progress %s/%s: %s", self.namespace, self.name, type(error).__name__)
                 return False
+        self._saw(stored)
+        return True
+
+    def _read(self) -> dict:
+        """The progress object (retried); ``Unavailable`` when the API server cannot be asked,
+        ``CheckpointError`` when it is missing or may not be read."""
+        try:
+            return with_retries(
+                lambda: self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name),
+                sleep=self.sleep,
+            ) or {}
+        except Exception as error:
+            what = f"progress object {self.namespace}/{self.name}"
+            if _transient(error):
+                raise Unavailable(f"cannot read {what}: {_describe(error)}") from None
+            raise CheckpointError(f"cannot read {what}: {_describe(error)}") from None
+
+    # The shard plan of a prefix (its planner Job's output)
+    def shard_plan(self) -> dict | None:
+        """The shard plan recorded in this progress object, if one is."""
+        return (self._read().get("status") or {}).get("shardPlan")
+
+    def record_shard_plan(self, boundaries: list[str], estimates: list[int], estimated_objects: int, exact: bool,
+                          requests: int) -> None:
+        """Record the plan, once: ``ConfigurationError`` if it cannot be kept in one object (too
+        many shards or bytes), ``Unavailable`` if the API server does not take it."""
+        problems = check_boundaries(boundaries)
+        if problems:
+            raise ConfigurationError(
+                f"the shard plan of {self.namespace}/{self.name} cannot be recorded: " + "; ".join(problems)
+                + ": ask for fewer shards (spec.shards.count) or more objects per shard (spec.shards.objectsPerShard)")
+        plan = {"boundaries": boundaries, "estimates": estimates, "estimatedObjects": estimated_objects, "exact": exact,
+                "listRequests": requests, "plannedAt": _now()}
+        try:
+            with_retries(lambda: self.api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, PROGRESS_PLURAL, self.name, {"status": {"shardPlan": plan, "updatedAt": _now()}}
+            ), sleep=self.sleep)
+        except Exception as error:
+            raise Unavailable(f"cannot record the shard plan in {self.namespace}/{self.name}: {_describe(error)}") from None
 
     # CheckpointStore
     def load(self) -> Checkpoint | None:
@@ -102,6 +156,7 @@ class KubernetesProgress:
             if _transient(error):
                 raise Unavailable(f"cannot read the checkpoint in {what}: {_describe(error)}") from None
             raise CheckpointError(f"cannot read the checkpoint in {what}: {_describe(error)}") from None
+        self._saw(obj)
         text = ((obj or {}).get("status") or {}).get("checkpoint")
         if not text:
             return None

@@ -21,17 +21,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Callable
 
 from keymigration.clock import utc_timestamp
 from keymigration.errors import InvalidKeyMigration
-from keymigration.kube.api_types import KeyMigration
+from keymigration.kube.api_types import KeyMigration, WorkUnit, check_boundaries, shard_units
 from keymigration.kube.jobs import (
     ANNOTATION_RETRY,
     InstallConfig,
-    child_name,
     job_manifest,
     progress_manifest,
+    unit_name,
 )
 from keymigration.kube.policy import not_allowed
 from keymigration.kube.units import (
@@ -49,11 +50,13 @@ from keymigration.kube.units import (
     job_active,
     observe_unit,
 )
+from keymigration.migrate import DurationEstimate, human_duration
 
 MAX_STATUS_PREFIXES = 200
 MAX_ROW_CHECKPOINT = 128  # characters of a row's checkpoint key (a key may have 1024 bytes)
 MAX_ROW_ERROR = 256  # characters of a row's last error
 MAX_MESSAGE = 4096  # characters of a condition message
+PLAN_GRACE_SECONDS = 60.0  # a planner Job complete this long with no plan recorded has failed
 
 
 def clip(text: str | None, limit: int) -> str | None:
@@ -176,9 +179,21 @@ class Observed:
     def finished(self) -> bool:
         return self.done + self.counts[FAILED] == len(self.views)
 
+    @property
+    def noun(self) -> str:
+        """What the units are, for messages: prefixes, shards or inventory slices."""
+        if self.migration.inventory is not None:
+            return "inventory slices"
+        return "shards" if self.migration.shards is not None else "prefixes"
+
+    @property
+    def planning(self) -> int:
+        return sum(1 for v in self.views if v.unit.planner and v.state not in FINISHED)
+
     def summary(self) -> str:
+        planning = f" ({self.planning} prefixes still planning their shards)" if self.planning else ""
         return (
-            f"{self.done}/{len(self.views)} prefixes done, {self.counts[RUNNING]} running, {self.counts[PENDING]} queued; "
+            f"{self.done}/{len(self.views)} {self.noun} done{planning}, {self.counts[RUNNING]} running, {self.counts[PENDING]} queued; "
             f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed" + self.retrying()
         )
 
@@ -187,10 +202,16 @@ class Observed:
         retried = [v for v in self.views if v.state == RUNNING and v.failed_attempts]
         if not retried:
             return ""
-        shown = "; ".join(f"{v.prefix!r} after {v.failed_attempts} failed attempt(s): {clip(v.last_error, MAX_ROW_ERROR)}"
+        shown = "; ".join(f"{_label(v)} after {v.failed_attempts} failed attempt(s): {clip(v.last_error, MAX_ROW_ERROR)}"
                           for v in retried[:3])
         more = f" (and {len(retried) - 3} more)" if len(retried) > 3 else ""
         return f"; retrying {shown}{more}"
+
+
+def _label(view: UnitView) -> str:
+    """A unit in a message: the prefix as before (quoted), or which shard or slice."""
+    unit = view.unit
+    return repr(unit.prefix) if unit.shard is None and unit.files is None and not unit.planner else unit.describe()
 
 
 def _totals(views: list[UnitView]) -> dict:
@@ -217,9 +238,35 @@ class Scene:
     stamp: str
     surroundings: Surroundings = field(default_factory=Surroundings)
 
-    @property
+    plans: dict[str, dict] = field(default_factory=dict)  # planner name -> its recorded, valid shard plan
+
+    @cached_property
     def previous_rows(self) -> dict[str, dict]:
-        return {p.get("prefix"): p for p in self.previous.get("prefixes") or ()}
+        """The previous status rows, by Job (unique per unit; a prefix's row names its Job too)."""
+        return {p.get("job"): p for p in self.previous.get("prefixes") or ()}
+
+    def name_of(self, unit: WorkUnit) -> str:
+        return unit_name(self.km["metadata"]["name"], unit)
+
+    def units(self) -> tuple[list[WorkUnit], dict[str, str]]:
+        """Every unit of the migration: the spec's, with each sharded prefix whose plan is
+        recorded replaced by its shards; and why a recorded plan is refused (by planner name)."""
+        units: list[WorkUnit] = []
+        refused: dict[str, str] = {}
+        for unit in self.migration.units():
+            name = self.name_of(unit)
+            plan = ((self.progresses.get(name) or {}).get("status") or {}).get("shardPlan") if unit.planner else None
+            if plan is None:
+                units.append(unit)
+                continue
+            problems = check_boundaries(plan.get("boundaries"))
+            if problems:
+                refused[name] = "shard plan refused: " + "; ".join(problems)
+                units.append(unit)
+            else:
+                self.plans[name] = plan
+                units += shard_units(unit.prefix, plan["boundaries"])
+        return units, refused
 
     @property
     def retry(self) -> str | None:
@@ -230,15 +277,56 @@ class Scene:
         return self.retry is not None and self.retry != self.previous.get("retryGeneration")
 
 
+def _planner_state(view: UnitView, job: dict | None, refused: str | None, now: datetime) -> None:
+    """A planner without a usable plan: its Job's completion is not the prefix's (its shards
+    are). A plan the operator refuses fails it; a Job complete with no plan in sight waits for
+    the progress object's watch event a while, then fails."""
+    if refused is not None:
+        view.state, view.last_error = FAILED, refused
+        return
+    if view.state not in (COMPLETED, COMPLETED_WITH_FAILURES):
+        return
+    completed = ((job or {}).get("status") or {}).get("completionTime")
+    waited = (now - datetime.fromisoformat(completed.replace("Z", "+00:00"))).total_seconds() if completed else 0.0
+    if waited < PLAN_GRACE_SECONDS:
+        view.state, view.waiting = RUNNING, True
+    else:
+        view.state, view.last_error = FAILED, "the planner Job completed without recording a shard plan"
+
+
+def _boundaries_moved(unit: WorkUnit, progress: dict | None) -> str | None:
+    """A shard's progress object records the range it was started with (immutable there): one
+    that differs from the recorded plan's is never run, so no key is migrated by two shards."""
+    spec = (progress or {}).get("spec") or {}
+    if unit.shard is None or progress is None:
+        return None
+    if (spec.get("shard"), spec.get("startAfter"), spec.get("endKey")) == (unit.shard, unit.start_after, unit.end_key):
+        return None
+    return f"{unit.describe()}: its progress object records other boundaries than the shard plan; not run"
+
+
+def _observe_one(scene: Scene, unit: WorkUnit, refused: dict[str, str], watch: Watch, now: datetime) -> UnitView:
+    name = scene.name_of(unit)
+    progress = scene.progresses.get(name)
+    view = observe_unit(unit.prefix, name, scene.jobs.get(name), progress, scene.previous_rows.get(name),
+                        scene.surroundings.pods.get(name), watch)
+    view.unit = unit
+    if unit.planner:
+        _planner_state(view, scene.jobs.get(name), refused.get(name), now)
+    moved = _boundaries_moved(unit, progress)
+    if moved is not None and view.state not in FINISHED:
+        view.state, view.last_error = FAILED, moved
+    return view
+
+
 def _observe_all(scene: Scene, plan: Plan, now: datetime) -> list[UnitView]:
-    rows = scene.previous_rows
     retry_requested = scene.retry_requested
     watch = Watch(scene.surroundings.warnings, now, scene.surroundings.stuck_after)
+    units, refused = scene.units()
     views = []
-    for prefix in scene.migration.prefixes:
-        name = child_name(scene.km["metadata"]["name"], prefix)
-        view = observe_unit(prefix, name, scene.jobs.get(name), scene.progresses.get(name), rows.get(prefix),
-                            scene.surroundings.pods.get(name), watch)
+    for unit in units:
+        view = _observe_one(scene, unit, refused, watch, now)
+        name = view.name
         if view.state == FAILED and retry_requested:
             if name in scene.jobs:
                 plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
@@ -280,11 +368,12 @@ def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
         if view.state != PENDING or view.name in plan.delete_jobs:
             continue
         if view.name not in scene.progresses:
-            plan.create.append(progress_manifest(scene.km, migration, view.prefix))
-        plan.create.append(job_manifest(scene.km, migration, view.prefix, scene.config, max_failures=remaining))
+            plan.create.append(progress_manifest(scene.km, migration, view.unit))
+        plan.create.append(job_manifest(scene.km, migration, view.unit, scene.config, max_failures=remaining))
         view.state, view.start = RUNNING, view.start or scene.stamp
         running += 1
-        plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for prefix {view.prefix!r}"))
+        if not _quiet(view):
+            plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for {view.unit.describe()}"))
 
 
 def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
@@ -306,22 +395,30 @@ def _record_outcomes(views: list[UnitView], scene: Scene, plan: Plan) -> None:
             continue
         view.completion = view.completion or scene.stamp
         if view.name not in scene.progresses:  # nowhere to record it: the status row remembers
-            if rows.get(view.prefix, {}).get("state") != view.state:
-                plan.events.append(_outcome_event(view))
+            if rows.get(view.name, {}).get("state") != view.state:
+                _outcome_event(view, plan)
             continue
         record = {"state": view.state, "completionTime": view.completion}
         if view.state == FAILED:
             record["lastError"] = view.last_error or "Job failed"
         plan.progress_status[view.name] = record
-        plan.events.append(_outcome_event(view))
+        _outcome_event(view, plan)
 
 
-def _outcome_event(view: UnitView) -> Event:
-    if view.state == COMPLETED:
-        return Event("Normal", "PrefixCompleted", f"prefix {view.prefix!r}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped")
-    if view.state == COMPLETED_WITH_FAILURES:
-        return Event("Warning", "PrefixCompletedWithFailures", f"prefix {view.prefix!r}: {view.counters['failed']} objects failed (see the Job's report)")
-    return Event("Warning", "PrefixFailed", f"prefix {view.prefix!r}: {view.last_error or 'Job failed'}"[:1024])
+def _quiet(view: UnitView) -> bool:
+    """Shards and inventory slices (up to thousands) post no Event for what goes as planned:
+    their Jobs' creation and completion; failures, yes."""
+    return view.unit.shard is not None or view.unit.files is not None
+
+
+def _outcome_event(view: UnitView, plan: Plan) -> None:
+    what = f"prefix {view.prefix!r}" if not _quiet(view) and not view.unit.planner else view.unit.describe()
+    if view.state == COMPLETED and not _quiet(view):
+        plan.events.append(Event("Normal", "PrefixCompleted", f"{what}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped"))
+    elif view.state == COMPLETED_WITH_FAILURES:
+        plan.events.append(Event("Warning", "PrefixCompletedWithFailures", f"{what}: {view.counters['failed']} objects failed (see the Job's report)"))
+    elif view.state == FAILED:
+        plan.events.append(Event("Warning", "PrefixFailed", f"{what}: {view.last_error or 'Job failed'}"[:1024]))
 
 
 # -- verdicts: first match wins ---------------------------------------------------------------
@@ -347,7 +444,7 @@ def workers_stuck(o: Observed) -> Verdict | None:
     stuck = [v for v in o.views if v.state == RUNNING and v.stuck]
     if not stuck:
         return None
-    message = "; ".join(f"prefix {v.prefix!r}: {clip(v.stuck, MAX_ROW_ERROR)}" for v in stuck[:3]) + (f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else "")
+    message = "; ".join(f"{v.unit.describe()}: {clip(v.stuck, MAX_ROW_ERROR)}" for v in stuck[:3]) + (f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else "")
     return Verdict.stall("Stalled", "WorkerStuck", message, o.summary(), event=Event("Warning", "WorkerStuck", message[:1024]))
 
 
@@ -375,9 +472,10 @@ def suspended_by_spec(o: Observed) -> Verdict | None:
 def prefixes_failed(o: Observed) -> Verdict | None:
     if not (o.finished and o.counts[FAILED]):
         return None
-    failed = [v.prefix for v in o.views if v.state == FAILED]
+    failed = [_label(v) for v in o.views if v.state == FAILED]
+    kind = {"prefixes": "prefix", "shards": "shard", "inventory slices": "inventory slice"}[o.noun]
     message = (
-        f"{o.counts[FAILED]} prefix Jobs failed ({', '.join(repr(p) for p in failed[:5])}); "
+        f"{o.counts[FAILED]} {kind} Jobs failed ({', '.join(failed[:5])}); "
         f"annotate {ANNOTATION_RETRY}=<new value> to retry"
     )
     return Verdict.stall("Failed", "PrefixFailed", message, o.summary())
@@ -393,7 +491,7 @@ def objects_failed(o: Observed) -> Verdict | None:
 def succeeded(o: Observed) -> Verdict | None:
     if not o.finished:
         return None
-    message = f"all {len(o.views)} prefixes migrated: {o.totals['migrated']} objects migrated, {o.totals['skipped']} skipped"
+    message = f"all {len(o.views)} {o.noun} migrated: {o.totals['migrated']} objects migrated, {o.totals['skipped']} skipped"
     return Verdict(
         "Succeeded",
         ready=Condition(True, "Succeeded", message),
@@ -445,7 +543,9 @@ def _phase_events(previous: dict, verdict: Verdict, observed: Observed) -> list[
     old_phase = previous.get("phase")
     events = []
     if old_phase in (None, "Invalid"):
-        events.append(Event("Normal", "Validated", f"spec accepted: {len(observed.views)} prefixes of s3://{migration.bucket} to {migration.target_key_id}"))
+        what = (f"the inventory {migration.inventory.manifest} in {migration.inventory.files} slices" if migration.inventory
+                else f"{len(migration.prefixes)} prefixes" + (" in shards" if migration.shards else ""))
+        events.append(Event("Normal", "Validated", f"spec accepted: {what} of s3://{migration.bucket} to {migration.target_key_id}"))
     entered = old_phase != verdict.phase or _stalled_reason(previous) != (verdict.stalled.reason if verdict.stalled.status else None)
     if verdict.event is not None and entered:
         events.append(verdict.event)
@@ -465,7 +565,10 @@ def _phase_events(previous: dict, verdict: Verdict, observed: Observed) -> list[
 
 def _row(view: UnitView) -> dict:
     entry = {"prefix": view.prefix, "job": view.name, "state": view.state, "counters": view.counters}
-    for key, value in (("total", view.total), ("checkpoint", clip(view.checkpoint, MAX_ROW_CHECKPOINT)),
+    unit = view.unit
+    for key, value in (("shard", unit.shard), ("startAfter", clip(unit.start_after, MAX_ROW_CHECKPOINT)),
+                       ("endKey", clip(unit.end_key, MAX_ROW_CHECKPOINT)), ("files", unit.files),
+                       ("total", view.total), ("checkpoint", clip(view.checkpoint, MAX_ROW_CHECKPOINT)),
                        ("lastError", clip(view.last_error, MAX_ROW_ERROR)),
                        ("startTime", view.start), ("completionTime", view.completion)):
         if value is not None:
@@ -476,8 +579,13 @@ def _row(view: UnitView) -> dict:
 def status_of(scene: Scene, observed: Observed, verdict: Verdict) -> dict:
     generation = scene.km["metadata"].get("generation", 1)
     previous = scene.previous
-    order = {prefix: index for index, prefix in enumerate(observed.migration.prefixes)}
-    ordered = sorted(observed.views, key=lambda v: (v.state in FINISHED, order[v.prefix]))
+    # Unfinished first, in the units' order; with shards or an inventory (thousands of units) only
+    # the unfinished and failed ones: the counts say the rest.
+    ordered = [v for v in observed.views if v.state not in FINISHED]
+    if observed.noun == "prefixes":
+        ordered += [v for v in observed.views if v.state in FINISHED]
+    else:
+        ordered += [v for v in observed.views if v.state == FAILED]
     counts = observed.counts
     status = {
         "observedGeneration": generation,
@@ -495,13 +603,95 @@ def status_of(scene: Scene, observed: Observed, verdict: Verdict) -> dict:
         },
         "totals": observed.totals,
         "prefixes": [_row(view) for view in ordered[:MAX_STATUS_PREFIXES]],
-        "prefixesTruncated": len(observed.views) > MAX_STATUS_PREFIXES,
+        "prefixesTruncated": len(ordered) > MAX_STATUS_PREFIXES,
     }
+    if observed.migration.shards is not None:
+        status["prefixCounts"]["planning"] = observed.planning
+        status["planning"] = _planning(scene)
     if observed.finished:
         status["completionTime"] = previous.get("completionTime") or scene.stamp
     if scene.retry is not None:
         status["retryGeneration"] = scene.retry
     return status
+
+
+# -- the KMS budget, shared ---------------------------------------------------------------------
+
+
+def _uses_kms(view: UnitView) -> bool:
+    return view.state == RUNNING and not view.unit.planner
+
+
+def kms_share(migration: KeyMigration, views: list[UnitView]) -> int | None:
+    """Each running worker's share of ``kmsRequestsPerSecond``. While units wait to start (or
+    prefixes to be planned), ``maxJobs`` of them will run: the budget over ``maxJobs``, what a
+    new Job starts with. Once every unit has started, the running ones share the whole budget,
+    and each share grows as units finish; the sum never exceeds the budget (shares only grow
+    while the number running only falls)."""
+    budget = migration.kms_requests_per_second
+    if not budget:
+        return None
+    if any(v.state == PENDING or v.unit.planner for v in views):
+        return migration.per_job_kms_rate()
+    return max(1, budget // max(1, sum(1 for v in views if _uses_kms(v))))
+
+
+def _hand_out_kms(scene: Scene, observed: Observed, plan: Plan) -> int | None:
+    """Write each running worker's share into its progress object, when it changed; the worker
+    reads it back with its next progress write and moves its limiter's cap (``set_cap``)."""
+    share = kms_share(observed.migration, observed.views)
+    if share is None:
+        return None
+    for view in observed.views:
+        progress = scene.progresses.get(view.name)
+        if _uses_kms(view) and progress is not None and (progress.get("status") or {}).get("kmsRate") != share:
+            plan.progress_status.setdefault(view.name, {})["kmsRate"] = share
+    return share
+
+
+def _measured_rate(scene: Scene, observed: Observed) -> float | None:
+    """The running workers' mean rate (objects/s, from their progress objects), if any reported one."""
+    rates = [float(((scene.progresses.get(v.name) or {}).get("status") or {}).get("rate") or 0) for v in observed.views if _uses_kms(v)]
+    rates = [r for r in rates if r > 0]
+    return sum(rates) / len(rates) if rates else None
+
+
+def _plan_summary(scene: Scene, observed: Observed, share: int | None) -> dict | None:
+    """The expected duration: objects (the planners' estimate, else the workers' counts), the
+    KMS budget, and the measured per-worker rate (else the measured default, docs/scale.md)."""
+    migration = observed.migration
+    objects = sum(int(p.get("estimatedObjects") or 0) for p in scene.plans.values()) or observed.totals["expected"]
+    if not objects:
+        return None
+    workers = max(1, min(migration.max_jobs, len(observed.views)))
+    rate = _measured_rate(scene, observed)
+    estimate = DurationEstimate(objects, migration.verify, workers, rate, migration.kms_requests_per_second)
+    whole = estimate.as_dict()
+    remaining = DurationEstimate(max(0, objects - observed.totals["scanned"]), migration.verify, workers, rate,
+                                 migration.kms_requests_per_second).as_dict()
+    return {
+        "objects": objects,
+        "objectsFrom": "shard plan" if scene.plans else "workers' counts",
+        "workers": workers,
+        "workerObjectsPerSecond": round(estimate.rate_per_worker, 1),
+        "workerRateFrom": "running workers" if rate else "measured default (docs/scale.md)",
+        "kmsRequestsPerSecond": migration.kms_requests_per_second,
+        "kmsRequestsPerObject": whole["kms_requests_per_object"],
+        "kmsPerWorker": share,
+        "expectedSeconds": int(whole["expected_seconds"]),
+        "remainingSeconds": int(remaining["expected_seconds"]),
+        "boundBy": whole["bound_by"],
+        "summary": f"{human_duration(whole['expected_seconds'])} for {objects} objects ({workers} worker(s) at "
+                   f"{estimate.rate_per_worker:.1f} objects/s; KMS {migration.kms_requests_per_second or 'unlimited'}/s; "
+                   f"bound by {whole['bound_by']}); {human_duration(remaining['expected_seconds'])} remaining",
+    }
+
+
+def _planning(scene: Scene) -> dict:
+    """How far shard planning got: prefixes planned, their shards and estimated objects."""
+    plans = scene.plans.values()
+    return {"prefixes": len(scene.migration.prefixes), "planned": len(scene.plans), "shards": sum(len(p["boundaries"]) + 1 for p in plans),
+            "estimatedObjects": sum(int(p.get("estimatedObjects") or 0) for p in plans)}
 
 
 def _refused(km: dict, event: Event, now: str) -> Plan:
@@ -553,10 +743,14 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
     observed = Observed(migration, views, totals, too_many, scene.surroundings)
     schedule(scene, observed, plan)
     _record_outcomes(views, scene, plan)
+    share = _hand_out_kms(scene, observed, plan)
     observed.count()
     verdict = decide(observed)
     plan.events += _phase_events(scene.previous, verdict, observed)
     plan.status = status_of(scene, observed, verdict)
+    summary = _plan_summary(scene, observed, share)
+    if summary is not None:
+        plan.status["plan"] = summary
     plan.recheck = _recheck(scene, observed)
     return plan
 

@@ -7,8 +7,10 @@ holds for the unit (its Job, its progress object, its pods) and its previous sta
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+
+from keymigration.kube.api_types import WorkUnit
 
 PENDING, RUNNING, SUSPENDED = "Pending", "Running", "Suspended"
 COMPLETED, COMPLETED_WITH_FAILURES, FAILED = "Completed", "CompletedWithFailures", "Failed"
@@ -34,6 +36,7 @@ class UnitView:
     stuck: str | None = None  # why its Job has had no running pod for a while, if it has not
     waiting: bool = False  # its Job has no running pod yet: look again before it counts as stuck
     recorded: str | None = None  # the terminal state the operator recorded in its progress object
+    unit: WorkUnit = field(default_factory=lambda: WorkUnit(""))  # which unit (set by the reconcile)
 
 
 def job_condition(job: dict, kind: str) -> dict | None:
