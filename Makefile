@@ -21,7 +21,8 @@ system-deps:
 	./scripts/system-deps.sh
 
 test: setup system-deps lint
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m tests.support.warm
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 # The architecture (import layers), style and complexity (ruff, C901 <= 10), and strict types
 # for the pure formats layer. Part of `make test`, so CI runs them.
