@@ -48,6 +48,21 @@ def put_with_headers(aws, key, fmt="v2", wrap=W.AES_GCM, cek=e.GCM, master=AES, 
     return body, enc
 
 
+def metadata_backup(aws, key, step=1):
+    """The backup record of what a cut-over took out of the object's metadata: carried by the
+    object's instruction file (the cut-over's default), else in ``<key>.keymigration-backup``."""
+    from keymigration.aws.s3 import StoredFile
+    from keymigration.formats.vocabulary import backup_name
+    from keymigration.migrate.cutover import file_backup, read_backup_record
+
+    bucket = Bucket(aws.s3, aws.bucket)
+    stored = bucket.get_small(backup_name(key, step))
+    if stored is None:
+        carrier = bucket.get_small(key + ".instruction")
+        stored = file_backup(carrier) if carrier is not None else None
+    return read_backup_record(stored.body) if isinstance(stored, StoredFile) else None
+
+
 def default_read(aws, key):
     return read_object(Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key), key, None)
 
@@ -74,8 +89,10 @@ def test_cut_over_keeps_everything_but_the_envelope(aws, fmt, wrap, cek, master)
     tags = aws.s3.get_object_tagging(Bucket=aws.bucket, Key="k")["TagSet"]
     assert sorted((t["Key"], t["Value"]) for t in tags) == [("project", "blue"), ("tier", "gold")]
     assert default_read(aws, "k") == body  # a default-lookup reader finds the KMS envelope
-    backup = aws.s3.get_object(Bucket=aws.bucket, Key="k.keymigration-backup")["Body"].read()
-    assert b'"envelope"' in backup
+    # The old envelope is kept, on the instruction file the cut-over wrote (no extra PUT).
+    assert "k.keymigration-backup" not in aws.keys()
+    assert metadata_backup(aws, "k")["envelope"] == {k: v for k, v in before["Metadata"].items() if k in e.REPLACEABLE_KEYS}
+    assert metadata_backup(aws, "k")["copy"] == mark
 
 
 def test_cut_over_is_idempotent_and_resumes_after_instruction_file_mode(aws):
@@ -316,11 +333,15 @@ def test_rollback_restores_old_envelopes_then_prune(aws):
     aws.s3.copy_object(Bucket=aws.bucket, Key="meta", CopySource={"Bucket": aws.bucket, "Key": "meta"},
                        Metadata=originals["meta"], MetadataDirective="REPLACE")
     assert prune.process("meta").reason == "not-migrated"
-    assert "meta.keymigration-backup" in aws.keys()
+    assert metadata_backup(aws, "meta") is not None  # (on meta.instruction)
     assert cutover(aws).process("meta").reason == "cut-over"  # (the same backup, taken over)
-    assert Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False).process("meta").reason == "would-prune"
-    assert prune.process("meta").reason == "pruned"
     assert "meta.keymigration-backup" not in aws.keys()
+    assert Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=False).process("meta").reason == "would-prune"
+    pruned = prune.process("meta")
+    assert (pruned.reason, pruned.message) == ("pruned", "1 backups of 1 migration steps")
+    assert "meta.keymigration-backup" not in aws.keys() and metadata_backup(aws, "meta") is None
+    assert default_read(aws, "meta") == bodies["meta"]  # the file's bytes unchanged, its backup gone
+    assert rollback.process("meta").reason == "nothing-to-roll-back"
 
 
 @pytest.mark.parametrize("versioned", [False, True])
@@ -355,7 +376,7 @@ def test_a_lost_copy_response_is_recognised_as_our_copy(aws, monkeypatch):
     monkeypatch.setattr(worker.rewriter, "rewrite", lost)
     result = worker.process("k")
     assert result.reason == "cut-over", result
-    assert "k.keymigration-backup" in aws.keys()  # the backup is kept
+    assert metadata_backup(aws, "k") is not None  # the backup is kept
     assert default_read(aws, "k") == body
 
 
@@ -469,3 +490,88 @@ def test_a_foreign_same_length_write_at_the_copy_is_never_taken_for_ours(aws, mo
     after_rollback = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
     assert after_rollback.reason == "nothing-to-roll-back"
     assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == lookalike
+
+
+def test_a_backup_too_large_for_the_file_is_stored_on_its_own(aws):
+    """S3 keeps 2 KB of user metadata per object: a metadata envelope whose backup record would
+    not fit beside the instruction file's own marks goes to ``<key>.keymigration-backup`` as
+    before, and rollback reads it from there."""
+    body = os.urandom(100)
+    matdesc = {"purpose": "x" * 900}  # part of the envelope that leaves the metadata
+    master = aes(label="described", matdesc=matdesc)
+    enc = encrypt_object(body, fmt="v1", wrap=W.LEGACY, master=master, matdesc=matdesc)
+    aws.s3.put_object(Bucket=aws.bucket, Key="big", Body=enc.body, Metadata=enc.fields)
+    original = aws.s3.head_object(Bucket=aws.bucket, Key="big")["Metadata"]
+    assert cutover(aws, keys=(master,)).process("big").reason == "cut-over"
+    assert "big.keymigration-backup" in aws.keys()
+    assert "keymigration-metadata-backup" not in aws.s3.head_object(Bucket=aws.bucket, Key="big.instruction")["Metadata"]
+    assert default_read(aws, "big") == body
+    undone = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("big")
+    assert undone.outcome is Outcome.ROLLED_BACK, undone
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="big")["Metadata"] == original
+    assert "big.keymigration-backup" not in aws.keys()
+
+
+def test_an_object_rewritten_since_its_file_gets_a_backup_object_too(aws):
+    """The file's backup names the ETag of the object it was written for. The same bytes and
+    metadata uploaded again in parts (another ETag) after a stopped cut-over: the cut-over then
+    stores a backup object of its own, rollback undoes it from there, and the file's backup is
+    dropped with it."""
+    body, enc = put_with_headers(aws, "k")
+    original = aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]
+    plain = cutover(aws)
+    plain.cut_over = None  # stop after the instruction file (as a kill before the copy would)
+    assert plain.process("k").reason == "migrated"
+    carried = metadata_backup(aws, "k")
+    raw = aws.s3.get_object(Bucket=aws.bucket, Key="k")["Body"].read()
+    upload = aws.s3.create_multipart_upload(Bucket=aws.bucket, Key="k", Metadata=original)
+    part = aws.s3.upload_part(Bucket=aws.bucket, Key="k", UploadId=upload["UploadId"], PartNumber=1, Body=raw)
+    aws.s3.complete_multipart_upload(Bucket=aws.bucket, Key="k", UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["ETag"] != carried["etag"]
+
+    assert cutover(aws).process("k").reason == "cut-over"
+    own = metadata_backup(aws, "k")  # the backup object now
+    assert "k.keymigration-backup" in aws.keys() and own["etag"] != carried["etag"] and own["copy"] != carried["copy"]
+    assert default_read(aws, "k") == body
+    undone = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
+    assert undone.outcome is Outcome.ROLLED_BACK, undone
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == original
+    assert "k.keymigration-backup" not in aws.keys()
+    assert "keymigration-metadata-backup" not in aws.s3.head_object(Bucket=aws.bucket, Key="k.instruction")["Metadata"]
+
+
+def test_rollback_restores_a_replaced_file_that_carried_the_backup(aws):
+    """The object had its envelope in metadata and someone's own ``.instruction`` beside it:
+    the cut-over backs that file up and replaces it with the KMS file carrying the metadata
+    backup. Rollback puts both back: the metadata from the carried record, then the original
+    file byte for byte (which takes the carried backup with it)."""
+    body, _ = put_with_headers(aws, "k")
+    original = aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]
+    foreign = b'{"note": "not an envelope of ours"}'
+    aws.s3.put_object(Bucket=aws.bucket, Key="k.instruction", Body=foreign, Metadata={"x-amz-crypto-instr-file": ""})
+    assert cutover(aws).process("k").reason == "cut-over"
+    assert metadata_backup(aws, "k") is not None and "k.instruction.keymigration-backup" in aws.keys()
+    undone = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
+    assert undone.outcome is Outcome.ROLLED_BACK, undone
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == original
+    assert aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")["Body"].read() == foreign
+    assert not [k for k in aws.keys() if "keymigration-backup" in k]
+    assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").reason == "nothing-to-roll-back"
+
+
+@pytest.mark.parametrize("tampered", ["not base64!", "e30=", ""])
+def test_a_carried_backup_that_does_not_parse_is_not_used(aws, tampered):
+    """A file whose carried backup was altered (not base64, not a backup record, emptied): the
+    cut-over does not take it for the backup and stores one of its own before the copy."""
+    body, _ = put_with_headers(aws, "k")
+    plain = cutover(aws)
+    plain.cut_over = None
+    assert plain.process("k").reason == "migrated"
+    stored = aws.s3.get_object(Bucket=aws.bucket, Key="k.instruction")
+    metadata = {**stored["Metadata"], "keymigration-metadata-backup": tampered}
+    aws.s3.put_object(Bucket=aws.bucket, Key="k.instruction", Body=stored["Body"].read(), Metadata=metadata)
+    assert cutover(aws).process("k").reason == "cut-over"
+    assert "k.keymigration-backup" in aws.keys()
+    assert default_read(aws, "k") == body
+    assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").outcome is Outcome.ROLLED_BACK

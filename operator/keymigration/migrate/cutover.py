@@ -28,6 +28,8 @@ SDK's retry) reads the object again (``_our_copy_landed``).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import uuid
 from dataclasses import dataclass, field, replace
@@ -41,7 +43,14 @@ from keymigration.formats import envelope as env_mod
 from keymigration.formats.envelope import Envelope
 from keymigration.formats.vocabulary import DEFAULT_INSTRUCTION_SUFFIX, VerifyLevel, backup_name
 from keymigration.migrate import files
-from keymigration.migrate.files import MARKER_COPY, MARKER_TARGET, OBJECT_MARKERS, source_fingerprint, withdraw
+from keymigration.migrate.files import (
+    MARKER_COPY,
+    MARKER_TARGET,
+    METADATA_BACKUP,
+    OBJECT_MARKERS,
+    source_fingerprint,
+    withdraw,
+)
 from keymigration.migrate.results import Outcome
 from keymigration.migrate.state import ObjectState, Verdict, run_stages
 
@@ -76,6 +85,14 @@ def leaving(metadata: Mapping[str, str], new_metadata: Mapping[str, str]) -> dic
     md = env_mod.lower_keys(metadata)
     replaced = set(REMOVED_KEYS) | set(OBJECT_MARKERS)
     return {k: v for k, v in md.items() if k in replaced or new_metadata.get(k) != v}
+
+
+def cut_over_metadata(metadata: Mapping[str, str], copy_mark: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The cut-over's rewrite of ``metadata``: the metadata the copy writes (the envelope and
+    our marks gone, ``keymigration-copy`` set to ``copy_mark``) and what leaves it (for the
+    backup). What leaves does not depend on ``copy_mark``."""
+    new_metadata = {**stripped_metadata(metadata), MARKER_COPY: copy_mark}
+    return new_metadata, leaving(metadata, new_metadata)
 
 
 def restored_metadata(current: Mapping[str, str], backup: Mapping[str, str]) -> dict[str, str]:
@@ -115,11 +132,13 @@ def size_refusal(new_metadata: Mapping[str, str]) -> CutOverRefused | None:
     return None
 
 
-def backup_body(key: str, head: dict, removed: dict[str, str], step: int = 1, copy: str | None = None) -> bytes:
+def backup_body(key: str | None, head: dict, removed: dict[str, str], step: int = 1, copy: str | None = None) -> bytes:
+    """The backup record of what leaves an object's metadata (``key`` None: the record rides
+    on the object's own instruction file, whose name says whose it is)."""
     data = {
         "keymigration-backup": 1,
         "source": "object-metadata",
-        "key": key,
+        **({"key": key} if key is not None else {}),
         "etag": head["ETag"],
         "length": head.get("ContentLength"),
         "version_id": head.get("VersionId"),
@@ -143,6 +162,46 @@ def read_backup_record(stored_body: bytes) -> dict:
 
 def read_metadata_backup(stored_body: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in read_backup_record(stored_body)["envelope"].items()}
+
+
+# What the cut-over's instruction file may carry beside its own marks: S3 limits the whole user
+# metadata to 2 KB, and a later rotation's byte-exact backup of the file adds two more entries.
+FILE_BACKUP_ROOM = env_mod.USER_METADATA_LIMIT - 256
+
+
+def with_file_backup(file_metadata: Mapping[str, str], head: dict, step: int) -> dict[str, str]:
+    """The cut-over's instruction-file metadata, carrying the backup of the envelope the
+    cut-over will take out of the object's metadata (a fresh ``keymigration-copy`` value in
+    it): the file's own PUT stores the backup, which saves a PutObject per object. Unchanged
+    when the record does not fit (the cut-over then stores ``<key>.keymigration-backup``)."""
+    metadata = head.get("Metadata", {})
+    if not envelope_in_metadata(metadata):
+        return dict(file_metadata)
+    _, removed = cut_over_metadata(metadata, "")
+    record = backup_body(None, head, removed, step, uuid.uuid4().hex)
+    carried = {**file_metadata, METADATA_BACKUP: base64.b64encode(record).decode()}
+    return carried if env_mod.user_metadata_size(carried) <= FILE_BACKUP_ROOM else dict(file_metadata)
+
+
+def file_backup(stored: StoredFile) -> StoredFile | None:
+    """The metadata backup an instruction file carries (``with_file_backup``), as a backup
+    record named after the file; None if it carries none (or one that does not parse)."""
+    value = stored.metadata.get(METADATA_BACKUP)
+    if not value:
+        return None
+    try:
+        body = base64.b64decode(value, validate=True)
+        read_backup_record(body)
+    except (binascii.Error, ValueError):
+        return None
+    return StoredFile(stored.key, body, stored.etag, {})
+
+
+def without_file_backup(bucket: Bucket, stored: StoredFile) -> None:
+    """Drop the backup an instruction file carries (rollback done, or pruned): the same bytes
+    written again without it, only over exactly that file."""
+    kept = {k: v for k, v in stored.metadata.items() if k != METADATA_BACKUP}
+    bucket.put(stored.key, stored.body, kept, content_type=stored.content_type, if_match=stored.etag)
 
 
 def store_metadata_backup(bucket: Bucket, key: str, head: dict, removed: dict[str, str], step: int, copy: str) -> str:
@@ -193,6 +252,8 @@ class CutOverState:
     new_envelope: Envelope | None = None  # the envelope readers will use after the cut-over
     # refuse: the object's Object Lock settings, which the copy carries onto the new version
     lock: dict = field(default_factory=dict, repr=False)
+    # adopt_file_backup: the instruction file carries the metadata backup (and the copy value)
+    backup_in_file: bool = False
     # store_backup, back_up_files: the backups this call stored (taken back if the object changed)
     backup_etag: str | None = None
     file_backups: tuple[tuple[str, str], ...] = ()
@@ -224,6 +285,7 @@ class CutOver:
         self.stages = (
             self.read_new_file,
             self.check_ready,
+            self.adopt_file_backup,
             self.plan_dry_run,
             self.recheck_earlier_write,
             self.refuse,
@@ -263,11 +325,11 @@ class CutOver:
         """The cut-over of an object the re-wrap ended with ``verdict``; returns its verdict."""
         metadata = state.head["Metadata"] if state.head else {}
         copy_mark = uuid.uuid4().hex
-        new_metadata = {**stripped_metadata(metadata), MARKER_COPY: copy_mark}
+        new_metadata, removed = cut_over_metadata(metadata, copy_mark)
         start = CutOverState(
             state,
             earlier=verdict.reason == "already-migrated",
-            removed=leaving(metadata, new_metadata),
+            removed=removed,
             new_metadata=new_metadata,
             copy_mark=copy_mark,
         )
@@ -319,6 +381,21 @@ class CutOver:
             raise Verdict.failed("cut-over-not-ready", f"{name!r} was written for another version of the object")
         return replace(state, step=files.step_of(stored.metadata))
 
+    def adopt_file_backup(self, state: CutOverState) -> CutOverState:
+        """The instruction file carries the backup of exactly what leaves the metadata, of
+        this object (its ETag) and step (``with_file_backup``): the copy takes that record's
+        ``keymigration-copy`` value and no separate backup is stored."""
+        assert state.new_file is not None
+        carried = file_backup(state.new_file)
+        if carried is None:
+            return state
+        record = read_backup_record(carried.body)
+        same = (record.get("etag"), record.get("step"), record["envelope"]) == (state.head["ETag"], state.step, state.removed)
+        if not same or not isinstance(record.get("copy"), str) or not record["copy"]:
+            return state
+        new_metadata = {**state.new_metadata, MARKER_COPY: record["copy"]}
+        return replace(state, copy_mark=record["copy"], new_metadata=new_metadata, backup_in_file=True)
+
     def plan_dry_run(self, state: CutOverState) -> CutOverState:
         if not self.dry_run:
             return state
@@ -343,6 +420,8 @@ class CutOver:
         return replace(state, lock=self.rewriter.object_lock(state.key, head))
 
     def store_backup(self, state: CutOverState) -> CutOverState:
+        if state.backup_in_file:
+            return state
         etag = store_metadata_backup(self.bucket, state.key, state.head, state.removed, state.step, state.copy_mark)
         return replace(state, backup_etag=etag)
 

@@ -36,6 +36,9 @@ MARKER_STEP = "keymigration-step"
 MARKER_COPY = "keymigration-copy"  # object metadata only
 # What keymigration may put into an object's metadata besides the envelope.
 OBJECT_MARKERS = (MARKER_TARGET, MARKER_STEP, MARKER_COPY, MARKER_RUN)
+# On a cut-over's instruction file: the backup of the metadata envelope the cut-over removes
+# (``migrate/cutover.py`` ``file_backup``). Not ``keymigration-backup-*``: a restored file keeps it.
+METADATA_BACKUP = "keymigration-metadata-backup"
 BACKUP_OF = "keymigration-backup-of"
 BACKUP_ETAG = "keymigration-backup-etag"
 

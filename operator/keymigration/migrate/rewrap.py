@@ -420,6 +420,8 @@ class ObjectRewrapper:
     def write_file(self, state: ObjectState) -> ObjectState:
         """A conditional PUT of ``<key><suffix>``, after a byte-exact backup of a file it replaces."""
         marker = files.instruction_file_metadata(self.kms.target_arn, state.fingerprint, self.options.run_id, state.step)
+        if self.options.mode is Mode.CUTOVER:
+            marker = cutover.with_file_backup(marker, state.head, state.step)  # for the cut-over that follows
         existing, name = state.existing, state.target_name
         try:
             if existing is not None:

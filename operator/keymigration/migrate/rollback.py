@@ -27,7 +27,13 @@ from keymigration.errors import EnvelopeError, NotReadable, ObjectError, Precond
 from keymigration.formats import envelope as env_mod
 from keymigration.formats.vocabulary import DEFAULT_INSTRUCTION_SUFFIX, backup_name
 from keymigration.migrate import files
-from keymigration.migrate.cutover import envelope_in_metadata, read_backup_record, restored_metadata
+from keymigration.migrate.cutover import (
+    envelope_in_metadata,
+    file_backup,
+    read_backup_record,
+    restored_metadata,
+    without_file_backup,
+)
 from keymigration.migrate.files import MARKER_COPY, MARKER_TARGET
 from keymigration.migrate.reader import locate
 from keymigration.migrate.results import ObjectResult, Outcome
@@ -48,15 +54,33 @@ def _ours(stored) -> bool:
 
 @dataclass(frozen=True)
 class Step:
-    """The backups one migration step of an object left: of its metadata, and of its files."""
+    """The backups one migration step of an object left: of its metadata, and of its files.
+    A cut-over's metadata backup may ride on its instruction file (``carrier``) instead of
+    being an object of its own (``cutover.with_file_backup``)."""
 
     number: int
     metadata: StoredFile | None = None
     files: Mapping[str, StoredFile] = field(default_factory=dict)
+    carrier: StoredFile | None = None
 
     @property
     def backups(self) -> list[StoredFile]:
-        return [b for b in (self.metadata, *self.files.values()) if b is not None]
+        """The backup objects (deleted once the step is undone or pruned)."""
+        carried = self.carrier is not None and self.metadata is not None and self.metadata.key == self.carrier.key
+        return [b for b in (None if carried else self.metadata, *self.files.values()) if b is not None]
+
+    @property
+    def kept(self) -> int:
+        """How many backups the step left: its objects, and one carried by a file."""
+        return len(self.backups) + (self.carrier is not None)
+
+    def drop(self, bucket: Bucket, gone: tuple[str, ...] = ()) -> None:
+        """Delete the step's backups: its backup objects, and the backup its carrier file holds
+        (unless that file is among ``gone``, removed already)."""
+        for backup in self.backups:
+            bucket.delete(backup.key, if_match=backup.etag)
+        if self.carrier is not None and self.carrier.key not in gone:
+            without_file_backup(bucket, self.carrier)
 
 
 class Chain:
@@ -73,9 +97,15 @@ class Chain:
     def read_files(self, key: str) -> dict[str, StoredFile | None]:
         return {name: self.bucket.get_small(name) for name in self.file_names(key)}
 
-    def step(self, key: str, number: int) -> Step:
+    def step(self, key: str, number: int, current: Mapping[str, StoredFile | None]) -> Step:
         files_ = {name: self.bucket.get_small(backup_name(name, number)) for name in self.file_names(key)}
-        return Step(number, self.bucket.get_small(backup_name(key, number)), {k: v for k, v in files_.items() if v})
+        found = {k: v for k, v in files_.items() if v}
+        metadata = self.bucket.get_small(backup_name(key, number))
+        # A backup object is newer than one its file carries: stored by a cut-over that could
+        # not use the carried one (the object had been rewritten since the file was).
+        carrier = current.get(key + DEFAULT_INSTRUCTION_SUFFIX)
+        carried = file_backup(carrier) if _ours(carrier) and files.step_of(carrier.metadata) == number else None
+        return Step(number, metadata or carried, found, carrier if carried is not None else None)
 
     def last(self, key: str, metadata: Mapping[str, str], current: Mapping[str, StoredFile | None]) -> Step:
         """The last step: the highest step number marked on what keymigration wrote, or the
@@ -83,19 +113,19 @@ class Chain:
         number = marked_step(metadata, current.values())
         found = None
         while True:
-            above = self.step(key, number + 1)
-            if not above.backups:
+            above = self.step(key, number + 1, current)
+            if not above.kept:
                 break
             found, number = above, number + 1
         if found is not None:
             return found
-        return self.step(key, number) if number else Step(0)
+        return self.step(key, number, current) if number else Step(0)
 
     def all_steps(self, key: str, metadata: Mapping[str, str], current: Mapping[str, StoredFile | None]) -> list[Step]:
         last = self.last(key, metadata, current)
         if not last.number:
             return []
-        return [self.step(key, n) for n in range(1, last.number)] + [last]
+        return [self.step(key, n, current) for n in range(1, last.number)] + [last]
 
 
 def marked_step(metadata: Mapping[str, str], current) -> int:
@@ -122,6 +152,7 @@ class RollbackState:
     current: Mapping[str, StoredFile | None] = field(default_factory=dict, repr=False)  # read_files
     step: Step | None = None  # find_step: the step being undone
     done: tuple[str, ...] = ()  # what was (or, in a dry run, would be) put back so far
+    gone: tuple[str, ...] = ()  # files of ours this rollback deleted or wrote over
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -224,7 +255,8 @@ class Rollback:
                 original = {k: v for k, v in backup.metadata.items() if not k.startswith("keymigration-backup")}
                 condition = {"if_match": current.etag} if current is not None else {"if_none_match": True}
                 self.bucket.put(name, backup.body, original, content_type=backup.content_type, **condition)
-            state = state.did(f"step {state.step.number}: instruction file {name[len(state.key):]} restored")
+            restored = state.did(f"step {state.step.number}: instruction file {name[len(state.key):]} restored")
+            state = replace(restored, gone=state.gone + (name,))
         return state
 
     def remove_created_files(self, state: RollbackState) -> RollbackState:
@@ -250,7 +282,7 @@ class Rollback:
                 continue
             if not self.options.dry_run:
                 self.bucket.delete(name, if_match=current.etag)
-            state = state.did(f"step {step.number}: KMS instruction file {name[len(state.key):]} removed")
+            state = replace(state.did(f"step {step.number}: KMS instruction file {name[len(state.key):]} removed"), gone=state.gone + (name,))
         return state
 
     def delete_backups(self, state: RollbackState) -> RollbackState:
@@ -259,9 +291,8 @@ class Rollback:
         assert state.step is not None
         if self.options.dry_run:
             return state
-        for backup in state.step.backups:
-            self.bucket.delete(backup.key, if_match=backup.etag)
-        if state.step.backups and not state.done:
+        state.step.drop(self.bucket, state.gone)
+        if state.step.kept and not state.done:
             state = state.did(f"step {state.step.number}: already undone; its backups removed")
         return state
 
@@ -307,8 +338,8 @@ class Prune:
             result.reason = "object-deleted"
             return result
         steps = self.chain.all_steps(key, head.get("Metadata", {}), self.chain.read_files(key))
-        backups = [b for step in steps for b in step.backups]
-        if not backups:
+        kept = sum(step.kept for step in steps)
+        if not kept:
             return result
         last = steps[-1].metadata
         replaced = last is not None and step_applies(head, last) is False
@@ -324,14 +355,14 @@ class Prune:
         if not self.confirm:
             result.outcome, result.reason = Outcome.PLANNED, "would-prune"
             return result
-        for backup in backups:
+        for step in steps:
             try:
-                self.bucket.delete(backup.key, if_match=backup.etag)
+                step.drop(self.bucket)
             except PreconditionFailed:
                 result.outcome, result.reason = Outcome.FAILED, "backup-changed"
                 return result
         result.outcome, result.reason = Outcome.PRUNED, "pruned"
-        result.message = f"{len(backups)} backups of {len(steps)} migration steps" + (" of a replaced object" if replaced else "")
+        result.message = f"{kept} backups of {len(steps)} migration steps" + (" of a replaced object" if replaced else "")
         return result
 
     def _check_readable(self, key: str) -> None:
