@@ -2,13 +2,13 @@
 
 Like the S3 Encryption Client's materials objects handed from one keyring stage to the next,
 an ``ObjectState`` is a frozen value: each stage reads what the stages before it found and
-returns a new state with its own findings added (``dataclasses.replace``). A stage that decides
+returns a new state with its own findings added (``ObjectState.add``). A stage that decides
 the object's outcome early raises a ``Verdict`` instead; an ``ObjectError`` ends it as failed.
 ``run_stages`` runs a sequence of stages and returns the last state with the verdict, if any.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Callable, Sequence, TypeVar
 
 from keymigration.aws.kms import Wrapped
@@ -100,8 +100,16 @@ class ObjectState:
         return cls(key, hint, target_name)
 
     def add(self, **found) -> "ObjectState":
-        """This state with a stage's findings added."""
-        return replace(self, **found)
+        """This state with a stage's findings added. (``dataclasses.replace`` re-runs
+        ``__init__`` over all 25 fields: 13 us, a stage or more per object; this copies the
+        instance's dict, about 1 us, and still refuses a name that is not a field.)"""
+        unknown = found.keys() - _OBJECT_STATE_FIELDS
+        if unknown:
+            raise TypeError(f"ObjectState has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(ObjectState)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(found)
+        return new
 
     @property
     def data_key(self) -> DataKey | None:
@@ -130,6 +138,8 @@ class ObjectState:
             )
         return verdict.apply(result)
 
+
+_OBJECT_STATE_FIELDS = frozenset(f.name for f in fields(ObjectState))
 
 S = TypeVar("S")
 Stage = Callable[[S], S]
