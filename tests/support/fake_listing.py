@@ -10,6 +10,7 @@ class FakeListing:
     def __init__(self, keys):
         self.keys = sorted(set(keys))
         self.requests = 0
+        self.listed = 0  # keys returned, over all requests (what a client parses)
 
     def list_objects_v2(self, Bucket, Prefix="", MaxKeys=1000, StartAfter=None, ContinuationToken=None):
         self.requests += 1
@@ -22,6 +23,7 @@ class FakeListing:
         while i < len(self.keys) and len(out) < MaxKeys and self.keys[i].startswith(Prefix):
             out.append(self.keys[i])
             i += 1
+        self.listed += len(out)
         truncated = i < len(self.keys) and self.keys[i].startswith(Prefix)
         response = {"Contents": [{"Key": k, "ETag": '"e"', "Size": 1} for k in out], "IsTruncated": truncated}
         if truncated:

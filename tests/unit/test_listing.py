@@ -93,3 +93,21 @@ def test_changed_keys_from_one_relisting():
     assert changed_keys(listing, "b", "p/", expected) == {"p/2100", "p/2200.gone"}
     assert listing.requests == 1  # 800 keys: one page, from just below the first
     assert changed_keys(listing, "b", "p/", {}) == set()
+
+
+def test_a_small_batch_is_relisted_with_a_small_page():
+    """The worker confirms what finished in the last 2 s: often a few dozen objects. S3 would
+    send (and the client parse) a full page of 1,000 keys for them, most past the batch's end;
+    the first page is sized to the batch, and a range holding more keys than that takes pages
+    of 1,000 after it (one request more at most, and never a wrong answer)."""
+    etags = {f"p/{i:04d}": f'"{i}"' for i in range(5000)}
+    etags.update({f"p/{i:04d}.instruction": '"f"' for i in range(5000)})
+    listing = EtagListing(etags)
+    batch = {f"p/{i:04d}": f'"{i}"' for i in range(3000, 3020)}
+    batch["p/3010"] = '"old"'
+    assert changed_keys(listing, "b", "p/", batch) == {"p/3010"}
+    assert (listing.requests, listing.listed) == (1, 160)  # 40 of them needed; a page of 1,000 before
+    spread = {f"p/{i:04d}": f'"{i}"' for i in range(1000, 5000, 50)}  # 80 objects over 8,000 keys
+    spread["p/4950"] = '"old"'
+    assert changed_keys(listing, "b", "p/", spread) == {"p/4950"}
+    assert listing.requests == 1 + 9  # a page of 340 keys, then of 1,000 until past the last: 8 with 1,000 only
