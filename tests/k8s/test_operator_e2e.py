@@ -708,3 +708,65 @@ def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(clu
 def listing(env, prefix):
     return {o["Key"]: o["ETag"] for page in env.s3.get_paginator("list_objects_v2").paginate(Bucket=env.bucket, Prefix=prefix)
             for o in page.get("Contents", ())}
+
+
+
+def seed_long_keys(env, prefix: str, count: int, length: int) -> list[str]:
+    """``count`` S3EC objects (v2, AES-GCM master, metadata envelopes) whose keys are ``length``
+    bytes long: migratable, so a Job that ran would write instruction files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+    from keymigration.formats import envelope as e
+    from keymigration.formats.source_keys import load_key_files
+
+    aes, = load_key_files([str(env.keys.aes)])
+    keys = [f"{prefix}{i:06d}".ljust(length, "k") for i in range(count)]
+
+    def put(key):
+        put_encrypted(env.s3, env.bucket, key, encrypt_object(key[-3:].encode(), fmt="v2", wrap=e.WrapAlgorithm.AES_GCM,
+                                                               cek_alg=e.GCM, master=aes), location="metadata")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, keys))
+    return keys
+
+
+def test_a_shard_plan_too_large_to_record_is_refused_and_nothing_runs(cluster, env, operator, runner):
+    """Issue 16 item 3, the refusal: `shards: {count: 1000}` on a prefix of 1,000 objects whose
+    keys are 1,012 bytes long. The planner plans 1,000 shards exactly, and their 999 boundaries
+    take about 1.01 MB, more than the 1,000,000 bytes (MAX_BOUNDARY_BYTES) one progress object
+    may hold: it records nothing and says so. The user sees the KeyMigration Failed and Stalled
+    with reason ShardPlanRefused, the limit and what to do in the message (spec.shards cannot be
+    changed), a Warning Event naming the limit, the planner's Job and no other, and not one object
+    or instruction file written; it stays so (no retry loop). (MAX_SHARDS_PER_PREFIX cannot be
+    reached at this size: spec.shards.count is at most 10,000 and objectsPerShard at least 1,000,
+    so it would take 10 million objects; the unit tests cover it: tests/unit/test_shard_plan_store.py.)"""
+    seed_long_keys(env, "big/", 1000, 1012)
+    before = listing(env, "")
+    apply_example(cluster, prefixes=["big/"], shards={"count": 1000})
+    obj = wait_condition(cluster, "Stalled", "True", "ShardPlanRefused", timeout=120)
+    status = obj["status"]
+    message = condition(obj, "Stalled")["message"]
+    assert "the shard plan of prefix 'big/' was refused" in message, message
+    assert "more than the 1000000 one progress object may hold" in message and "bytes" in message, message
+    assert "spec.shards" in message and "create it again" in message and "retry" not in message, message
+    assert status["phase"] == "Failed" and condition(obj, "Ready")["reason"] == "ShardPlanRefused"
+    assert status["prefixCounts"] == {"total": 1, "pending": 0, "running": 0, "suspended": 0, "completed": 0, "failed": 1, "planning": 0}
+    assert status["planning"] == {"prefixes": 1, "planned": 0, "shards": 0, "estimatedObjects": 0}
+    row, = status["prefixes"]
+    assert row["state"] == "Failed" and "more than the 1000000" in row["lastError"] and not row["lastError"].endswith("…")
+    # The planner recorded why, and no plan; its Job is the only one.
+    planner = child_name(NAME, "big/")
+    progress, = cluster.list(*KMP, NS)
+    assert progress["metadata"]["name"] == planner and "shardPlan" not in progress["status"]
+    assert "more than the 1000000" in progress["status"]["shardPlanRefused"]
+    job, = cluster.list("batch/v1", "Job", NS)
+    assert job["metadata"]["name"] == planner and job["spec"]["template"]["spec"]["containers"][0]["args"][2] == "shard"
+    assert any("more than the 1000000" in m for m in warning_events(cluster, "PrefixFailed"))
+    # It stays so: the planner ran once, no Job is created again, nothing is written.
+    time.sleep(5)  # several status intervals and reconciles
+    assert len(runner.attempts(planner, namespace=NS)) == 1
+    assert [j["metadata"]["name"] for j in cluster.list("batch/v1", "Job", NS)] == [planner]
+    assert condition(km(cluster), "Stalled")["reason"] == "ShardPlanRefused"
+    assert listing(env, "") == before
