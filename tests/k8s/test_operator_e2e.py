@@ -681,9 +681,12 @@ def test_shards_of_one_prefix_migrate_every_object_exactly_once(cluster, env, op
     assert {"Validated", "Succeeded"} <= {e["reason"] for e in events}
 
 
-def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(cluster, env, operator, runner):
+@pytest.mark.parametrize("files", [2, 5])
+def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(cluster, env, operator, runner, files):
     """`inventory: {manifest, files: 2}` instead of prefixes: two Jobs, data files 0/2 and 1/2,
-    the objects of 2019/ and 2020/ that the inventory lists (not 2021/, which it does not)."""
+    the objects of 2019/ and 2020/ that the inventory lists (not 2021/, which it does not). With
+    `files: 5`, more slices than the inventory's 3 data files: slices 3/5 and 4/5 have nothing
+    to read and complete cleanly, and every data file is read by exactly one slice."""
     from tests.support.inventory import Row, write_inventory
 
     listed = [k for p in ("2019/", "2020/") for k in sorted(set(env.seeded[p].encrypted) | set(env.seeded[p].plaintext))]
@@ -693,14 +696,23 @@ def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(clu
     unlisted = listing(env, "2021/")
     doc = json.loads(json.dumps(EXAMPLE))
     del doc["spec"]["prefixes"]
-    doc["spec"]["inventory"] = {"manifest": url, "files": 2}
+    doc["spec"]["inventory"] = {"manifest": url, "files": files}
     cluster.create(doc)
     wait_condition(cluster, "Ready", "True", timeout=240)
     status = km(cluster)["status"]
     assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals(["2019/", "2020/"])
-    assert status["prefixesDone"] == "2/2" and status["prefixes"] == []
-    slices = sorted(p["spec"]["files"] for p in cluster.list(*KMP, NS))
-    assert slices == ["0/2", "1/2"]
+    assert status["prefixesDone"] == f"{files}/{files}" and status["prefixes"] == []
+    progresses = {p["spec"]["files"]: p for p in cluster.list(*KMP, NS)}
+    assert sorted(progresses) == [f"{i}/{files}" for i in range(files)]
+    assert {p["status"]["state"] for p in progresses.values()} == {"Completed"}
+    # Slice i reads data files i, i + files, ...: each of the 3 exactly once, and their rows only.
+    for i in range(files):
+        counters = progresses[f"{i}/{files}"]["status"]["counters"]
+        assert counters["scanned"] == sum(len(rows[j::3]) for j in range(i, 3, files)), (i, counters)
+        output = runner.output(progresses[f"{i}/{files}"]["metadata"]["name"], namespace=NS)
+        summary = json.loads(next(line for line in output.splitlines() if '"inventory_files"' in line))["summary"]
+        assert (summary["inventory_files"], summary["inventory_rows_read"], summary["exit_code"]) == (
+            len(range(i, 3, files)), counters["scanned"], 0), (i, summary)
     env.assert_readable(["2019/", "2020/"])
     assert listing(env, "2021/") == unlisted  # not in the inventory: not one object or file written
 
@@ -769,4 +781,30 @@ def test_a_shard_plan_too_large_to_record_is_refused_and_nothing_runs(cluster, e
     assert len(runner.attempts(planner, namespace=NS)) == 1
     assert [j["metadata"]["name"] for j in cluster.list("batch/v1", "Job", NS)] == [planner]
     assert condition(km(cluster), "Stalled")["reason"] == "ShardPlanRefused"
+    assert listing(env, "") == before
+
+
+def test_an_inventory_keymigration_with_shards_is_refused(cluster, env, operator, runner):
+    """Issue 16 item 3: an inventory is split by `inventory.files`, never by `shards` (which split
+    prefixes). A real API server refuses the pair at admission (a CEL rule, tests/unit/test_crd.py);
+    past one without the rule (this fake has no CEL), the operator refuses it: Invalid and Stalled
+    (InvalidSpec) with the rule's words, a Warning Event, no Job, no progress object, nothing
+    written."""
+    from tests.support.inventory import Row, write_inventory
+
+    env.s3.create_bucket(Bucket=env.bucket + "-inv")
+    rows = [Row(k) for k in sorted(env.seeded["2019/"].encrypted)]
+    url = write_inventory(env.s3, env.bucket + "-inv", env.bucket, [rows[i::3] for i in range(3)])
+    before = listing(env, "")
+    doc = json.loads(json.dumps(EXAMPLE))
+    del doc["spec"]["prefixes"]
+    doc["spec"].update(inventory={"manifest": url, "files": 3}, shards={"count": 2})
+    cluster.create(doc)
+    obj = wait_condition(cluster, "Stalled", "True", "InvalidSpec", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert "spec.shards: shards split prefixes; an inventory is split by inventory.files" in message, message
+    assert obj["status"]["phase"] == "Invalid" and condition(obj, "Ready")["reason"] == "InvalidSpec"
+    assert any("shards split prefixes" in m for m in warning_events(cluster, "InvalidSpec"))
+    time.sleep(3)  # a few reconciles later: still nothing
+    assert cluster.list("batch/v1", "Job", NS) == [] and cluster.list(*KMP, NS) == []
     assert listing(env, "") == before
