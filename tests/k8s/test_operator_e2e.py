@@ -739,7 +739,7 @@ def seed_long_keys(env, prefix: str, count: int, length: int) -> list[str]:
         put_encrypted(env.s3, env.bucket, key, encrypt_object(key[-3:].encode(), fmt="v2", wrap=e.WrapAlgorithm.AES_GCM,
                                                                cek_alg=e.GCM, master=aes), location="metadata")
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(10) as pool:  # boto3's connection pool holds 10
         list(pool.map(put, keys))
     return keys
 
