@@ -681,9 +681,12 @@ def test_shards_of_one_prefix_migrate_every_object_exactly_once(cluster, env, op
     assert {"Validated", "Succeeded"} <= {e["reason"] for e in events}
 
 
-def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(cluster, env, operator, runner):
+@pytest.mark.parametrize("files", [2, 5])
+def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(cluster, env, operator, runner, files):
     """`inventory: {manifest, files: 2}` instead of prefixes: two Jobs, data files 0/2 and 1/2,
-    the objects of 2019/ and 2020/ that the inventory lists (not 2021/, which it does not)."""
+    the objects of 2019/ and 2020/ that the inventory lists (not 2021/, which it does not). With
+    `files: 5`, more slices than the inventory's 3 data files: slices 3/5 and 4/5 have nothing
+    to read and complete cleanly, and every data file is read by exactly one slice."""
     from tests.support.inventory import Row, write_inventory
 
     listed = [k for p in ("2019/", "2020/") for k in sorted(set(env.seeded[p].encrypted) | set(env.seeded[p].plaintext))]
@@ -693,14 +696,23 @@ def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(clu
     unlisted = listing(env, "2021/")
     doc = json.loads(json.dumps(EXAMPLE))
     del doc["spec"]["prefixes"]
-    doc["spec"]["inventory"] = {"manifest": url, "files": 2}
+    doc["spec"]["inventory"] = {"manifest": url, "files": files}
     cluster.create(doc)
     wait_condition(cluster, "Ready", "True", timeout=240)
     status = km(cluster)["status"]
     assert {k: status["totals"][k] for k in ("scanned", "migrated", "skipped", "failed")} == env.expected_totals(["2019/", "2020/"])
-    assert status["prefixesDone"] == "2/2" and status["prefixes"] == []
-    slices = sorted(p["spec"]["files"] for p in cluster.list(*KMP, NS))
-    assert slices == ["0/2", "1/2"]
+    assert status["prefixesDone"] == f"{files}/{files}" and status["prefixes"] == []
+    progresses = {p["spec"]["files"]: p for p in cluster.list(*KMP, NS)}
+    assert sorted(progresses) == [f"{i}/{files}" for i in range(files)]
+    assert {p["status"]["state"] for p in progresses.values()} == {"Completed"}
+    # Slice i reads data files i, i + files, ...: each of the 3 exactly once, and their rows only.
+    for i in range(files):
+        counters = progresses[f"{i}/{files}"]["status"]["counters"]
+        assert counters["scanned"] == sum(len(rows[j::3]) for j in range(i, 3, files)), (i, counters)
+        output = runner.output(progresses[f"{i}/{files}"]["metadata"]["name"], namespace=NS)
+        summary = json.loads(next(line for line in output.splitlines() if '"inventory_files"' in line))["summary"]
+        assert (summary["inventory_files"], summary["inventory_rows_read"], summary["exit_code"]) == (
+            len(range(i, 3, files)), counters["scanned"], 0), (i, summary)
     env.assert_readable(["2019/", "2020/"])
     assert listing(env, "2021/") == unlisted  # not in the inventory: not one object or file written
 
@@ -708,3 +720,91 @@ def test_an_inventory_keymigration_migrates_exactly_what_the_inventory_lists(clu
 def listing(env, prefix):
     return {o["Key"]: o["ETag"] for page in env.s3.get_paginator("list_objects_v2").paginate(Bucket=env.bucket, Prefix=prefix)
             for o in page.get("Contents", ())}
+
+
+
+def seed_long_keys(env, prefix: str, count: int, length: int) -> list[str]:
+    """``count`` S3EC objects (v2, AES-GCM master, metadata envelopes) whose keys are ``length``
+    bytes long: migratable, so a Job that ran would write instruction files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keymigration.demo.legacy_writer import encrypt_object, put_encrypted
+    from keymigration.formats import envelope as e
+    from keymigration.formats.source_keys import load_key_files
+
+    aes, = load_key_files([str(env.keys.aes)])
+    keys = [f"{prefix}{i:06d}".ljust(length, "k") for i in range(count)]
+
+    def put(key):
+        put_encrypted(env.s3, env.bucket, key, encrypt_object(key[-3:].encode(), fmt="v2", wrap=e.WrapAlgorithm.AES_GCM,
+                                                               cek_alg=e.GCM, master=aes), location="metadata")
+
+    with ThreadPoolExecutor(10) as pool:  # boto3's connection pool holds 10
+        list(pool.map(put, keys))
+    return keys
+
+
+def test_a_shard_plan_too_large_to_record_is_refused_and_nothing_runs(cluster, env, operator, runner):
+    """Issue 16 item 3, the refusal: `shards: {count: 1000}` on a prefix of 1,000 objects whose
+    keys are 1,012 bytes long. The planner plans 1,000 shards exactly, and their 999 boundaries
+    take about 1.01 MB, more than the 1,000,000 bytes (MAX_BOUNDARY_BYTES) one progress object
+    may hold: it records nothing and says so. The user sees the KeyMigration Failed and Stalled
+    with reason ShardPlanRefused, the limit and what to do in the message (spec.shards cannot be
+    changed), a Warning Event naming the limit, the planner's Job and no other, and not one object
+    or instruction file written; it stays so (no retry loop). (MAX_SHARDS_PER_PREFIX cannot be
+    reached at this size: spec.shards.count is at most 10,000 and objectsPerShard at least 1,000,
+    so it would take 10 million objects; the unit tests cover it: tests/unit/test_shard_plan_store.py.)"""
+    seed_long_keys(env, "big/", 1000, 1012)
+    before = listing(env, "")
+    apply_example(cluster, prefixes=["big/"], shards={"count": 1000})
+    obj = wait_condition(cluster, "Stalled", "True", "ShardPlanRefused", timeout=120)
+    status = obj["status"]
+    message = condition(obj, "Stalled")["message"]
+    assert "the shard plan of prefix 'big/' was refused" in message, message
+    assert "more than the 1000000 one progress object may hold" in message and "bytes" in message, message
+    assert "spec.shards" in message and "create it again" in message and "retry" not in message, message
+    assert status["phase"] == "Failed" and condition(obj, "Ready")["reason"] == "ShardPlanRefused"
+    assert status["prefixCounts"] == {"total": 1, "pending": 0, "running": 0, "suspended": 0, "completed": 0, "failed": 1, "planning": 0}
+    assert status["planning"] == {"prefixes": 1, "planned": 0, "shards": 0, "estimatedObjects": 0}
+    row, = status["prefixes"]
+    assert row["state"] == "Failed" and "more than the 1000000" in row["lastError"] and not row["lastError"].endswith("…")
+    # The planner recorded why, and no plan; its Job is the only one.
+    planner = child_name(NAME, "big/")
+    progress, = cluster.list(*KMP, NS)
+    assert progress["metadata"]["name"] == planner and "shardPlan" not in progress["status"]
+    assert "more than the 1000000" in progress["status"]["shardPlanRefused"]
+    job, = cluster.list("batch/v1", "Job", NS)
+    assert job["metadata"]["name"] == planner and job["spec"]["template"]["spec"]["containers"][0]["args"][2] == "shard"
+    assert any("more than the 1000000" in m for m in warning_events(cluster, "PrefixFailed"))
+    # It stays so: the planner ran once, no Job is created again, nothing is written.
+    time.sleep(5)  # several status intervals and reconciles
+    assert len(runner.attempts(planner, namespace=NS)) == 1
+    assert [j["metadata"]["name"] for j in cluster.list("batch/v1", "Job", NS)] == [planner]
+    assert condition(km(cluster), "Stalled")["reason"] == "ShardPlanRefused"
+    assert listing(env, "") == before
+
+
+def test_an_inventory_keymigration_with_shards_is_refused(cluster, env, operator, runner):
+    """Issue 16 item 3: an inventory is split by `inventory.files`, never by `shards` (which split
+    prefixes). A real API server refuses the pair at admission (a CEL rule, tests/unit/test_crd.py);
+    past one without the rule (this fake has no CEL), the operator refuses it: Invalid and Stalled
+    (InvalidSpec) with the rule's words, a Warning Event, no Job, no progress object, nothing
+    written."""
+    from tests.support.inventory import Row, write_inventory
+
+    env.s3.create_bucket(Bucket=env.bucket + "-inv")
+    rows = [Row(k) for k in sorted(env.seeded["2019/"].encrypted)]
+    url = write_inventory(env.s3, env.bucket + "-inv", env.bucket, [rows[i::3] for i in range(3)])
+    before = listing(env, "")
+    doc = json.loads(json.dumps(EXAMPLE))
+    del doc["spec"]["prefixes"]
+    doc["spec"].update(inventory={"manifest": url, "files": 3}, shards={"count": 2})
+    cluster.create(doc)
+    obj = wait_condition(cluster, "Stalled", "True", "InvalidSpec", timeout=30)
+    message = condition(obj, "Stalled")["message"]
+    assert "spec.shards: shards split prefixes; an inventory is split by inventory.files" in message, message
+    assert obj["status"]["phase"] == "Invalid" and condition(obj, "Ready")["reason"] == "InvalidSpec"
+    assert any("shards split prefixes" in m for m in warning_events(cluster, "InvalidSpec"))
+    time.sleep(3)  # a few reconciles later: still nothing
+    assert cluster.list("batch/v1", "Job", NS) == [] and cluster.list(*KMP, NS) == []
+    assert listing(env, "") == before

@@ -184,9 +184,42 @@ def test_an_unusable_recorded_plan_fails_the_prefix_with_why(boundaries, needle)
     progress = planned("a/", [])
     progress["status"]["shardPlan"]["boundaries"] = boundaries
     plan = step(km(prefixes=("a/",)), [job(planner("a/"), complete=True)], [progress])
-    assert not plan.create and conditions(plan)["Stalled"] == ("True", "PrefixFailed")
-    assert needle in plan.status["prefixes"][0]["lastError"]
+    assert not plan.create and conditions(plan)["Stalled"] == ("True", "ShardPlanRefused")
+    assert needle in plan.status["prefixes"][0]["lastError"] and needle in messages(plan)["Stalled"]
     assert check_boundaries(boundaries)
+
+
+def messages(plan):
+    return {c["type"]: c["message"] for c in plan.status["conditions"]}
+
+
+def test_a_plan_the_planner_refused_fails_the_prefix_with_the_limit_and_the_way_out():
+    """The planner records why instead of a plan one object cannot hold (shardPlanRefused): the
+    migration is Failed and Stalled (ShardPlanRefused) once the other prefixes are done, naming
+    the limit; a retry would plan the same again, so the message says how to change spec.shards
+    (immutable: create the KeyMigration again). A retry still plans again, the refusal cleared."""
+    why = "the boundaries take 1014984 bytes, more than the 1000000 one progress object may hold"
+    no_plan = {"metadata": {"name": name(planner("a/"))}, "spec": {"prefix": "a/", "planner": True},
+               "status": {"shardPlanRefused": why, "lastError": f"shard plan refused: {why}: ask for fewer shards", "exitCode": 12}}
+    b_done = {"metadata": {"name": name(planner("b/"))}, "spec": {"prefix": "b/", "planner": True},
+              "status": {"shardPlan": {"boundaries": [], "estimatedObjects": 3}}}
+    b0 = shard("b/", 0, None, None)
+    running = step(km(), [job(planner("a/"), failed="PodFailurePolicy"), job(b0)], [no_plan, b_done, shard_progress(b0)])
+    assert conditions(running)["Reconciling"] == ("True", "Progressing") and not running.create  # b/ still migrating
+    plan = step(km(), [job(planner("a/"), failed="PodFailurePolicy")], [no_plan, b_done, shard_progress(b0, done=True, scanned=3, migrated=3)])
+    assert conditions(plan)["Stalled"] == ("True", "ShardPlanRefused") and conditions(plan)["Ready"] == ("False", "ShardPlanRefused")
+    assert plan.status["phase"] == "Failed" and not plan.create
+    message = messages(plan)["Stalled"]
+    assert message.startswith(f"the shard plan of prefix 'a/' was refused: {why}; nothing is migrated under it.")
+    assert "spec.shards.count" in message and "create it again" in message and "retry" not in message
+    row = next(r for r in plan.status["prefixes"] if r["prefix"] == "a/")
+    assert row["state"] == "Failed" and row["lastError"] == f"shard plan refused: {why}"
+    assert plan.progress_status[name(planner("a/"))] == {"state": "Failed", "completionTime": plan.status["completionTime"],
+                                                         "lastError": f"shard plan refused: {why}"}
+    recorded = dict(no_plan, status={**no_plan["status"], **plan.progress_status[name(planner("a/"))]})
+    retry = step(km(status=plan.status, annotations={ANNOTATION_RETRY: "1"}), [], [recorded, b_done, shard_progress(b0, done=True)])
+    assert [args_of(o)[2] for o in retry.create if o["kind"] == "Job"] == ["shard"]
+    assert retry.progress_status[name(planner("a/"))] == {"state": None, "completionTime": None, "lastError": None, "shardPlanRefused": None}
 
 
 def test_a_planner_job_complete_without_a_plan_waits_for_the_watch_then_fails():
@@ -204,10 +237,10 @@ def test_a_planner_job_complete_without_a_plan_waits_for_the_watch_then_fails():
 
 def test_a_planner_that_failed_fails_its_prefix_and_a_retry_plans_again():
     no_plan = {"metadata": {"name": name(planner("a/"))}, "spec": {"prefix": "a/", "planner": True},
-               "status": {"lastError": "the shard plan of ns/x cannot be recorded: 20001 shards", "exitCode": 12}}
+               "status": {"lastError": "cannot list s3://my-bucket/a/: AccessDenied", "exitCode": 12}}
     plan = step(km(prefixes=("a/",)), [job(planner("a/"), failed="PodFailurePolicy")], [no_plan])
     assert conditions(plan)["Stalled"] == ("True", "PrefixFailed") and plan.progress_status[name(planner("a/"))]["state"] == "Failed"
-    assert "cannot be recorded" in plan.status["prefixes"][0]["lastError"]
+    assert "AccessDenied" in plan.status["prefixes"][0]["lastError"]
     recorded = dict(no_plan, status={**no_plan["status"], **plan.progress_status[name(planner("a/"))]})
     retry = step(km(prefixes=("a/",), status=plan.status, annotations={ANNOTATION_RETRY: "1"}), [], [recorded])
     assert [o["kind"] for o in retry.create] == ["Job"] and args_of(retry.create[0])[2] == "shard"

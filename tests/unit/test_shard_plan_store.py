@@ -40,11 +40,13 @@ def test_the_plan_is_recorded_with_its_estimates():
 
 @pytest.mark.parametrize("boundaries,needle", [([f"k{i:05d}" for i in range(10000)], "10001 shards, more than 10000"),
                                                 ([f"{i:05d}" + "x" * 1000 for i in range(1000)], "bytes, more than the 1000000")])
-def test_a_plan_one_object_cannot_hold_is_refused_and_nothing_is_written(boundaries, needle):
+def test_a_plan_one_object_cannot_hold_is_refused_and_only_why_is_written(boundaries, needle):
     api = FakeApi()
     with pytest.raises(ConfigurationError, match=needle) as refused:
         KubernetesProgress("ns/p", api=api).record_shard_plan(boundaries, [], 0, False, 0)
-    assert "ask for fewer shards" in str(refused.value) and api.patches == []
+    assert str(refused.value).startswith("shard plan refused: ") and "ask for fewer shards" in str(refused.value)
+    assert [set(p["status"]) for p in api.patches] == [{"shardPlanRefused", "updatedAt"}]
+    assert needle in api.obj["status"]["shardPlanRefused"] and "shardPlan" not in api.obj["status"]
 
 
 def plan_of(*bounds):
@@ -73,4 +75,5 @@ def test_the_planner_says_why_it_refused_in_the_progress_object(monkeypatch):
     api = FakeApi()
     code, _ = shard_command(monkeypatch, api, plan_of(*[f"a/{i:05d}" + "x" * 1000 for i in range(1000)]))
     assert code == EXIT_CONFIG and "shardPlan" not in api.obj["status"]
-    assert "cannot be recorded" in api.obj["status"]["lastError"] and api.obj["status"]["exitCode"] == EXIT_CONFIG
+    assert api.obj["status"]["lastError"].startswith("shard plan refused: the boundaries take") and api.obj["status"]["exitCode"] == EXIT_CONFIG
+    assert "more than the 1000000" in api.obj["status"]["shardPlanRefused"]

@@ -411,6 +411,9 @@ PROGRESS_SCHEMA: dict[str, Any] = {
                         "plannedAt": {"type": "string", "format": "date-time"},
                     },
                 },
+                "shardPlanRefused": {"type": "string", "maxLength": 1024,
+                                     "description": "why the planner recorded no shard plan: the plan it made exceeds what one "
+                                     "object may hold (shards or bytes); the prefix fails and nothing is migrated under it"},
                 "kmsRate": {"type": "number", "description": "this unit's share of the migration's KMS budget (requests/s), "
                             "written by the operator, read by the worker"},
                 "checkpoint": {"type": "string", "description": "the worker's checkpoint (JSON, docs/worker.md#checkpoints)"},

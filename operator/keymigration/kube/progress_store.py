@@ -127,12 +127,13 @@ class KubernetesProgress:
     def record_shard_plan(self, boundaries: list[str], estimates: list[int], estimated_objects: int, exact: bool,
                           requests: int) -> None:
         """Record the plan, once: ``ConfigurationError`` if it cannot be kept in one object (too
-        many shards or bytes), ``Unavailable`` if the API server does not take it."""
+        many shards or bytes; why is recorded instead, in ``shardPlanRefused``, for the operator),
+        ``Unavailable`` if the API server does not take it."""
         problems = check_boundaries(boundaries)
         if problems:
-            raise ConfigurationError(
-                f"the shard plan of {self.namespace}/{self.name} cannot be recorded: " + "; ".join(problems)
-                + ": ask for fewer shards (spec.shards.count) or more objects per shard (spec.shards.objectsPerShard)")
+            why = "; ".join(problems)
+            self._patch({"shardPlanRefused": why[:1024]}, RETRY_PAUSES)
+            raise ConfigurationError(f"shard plan refused: {why}: ask for fewer shards or more objects per shard")
         plan = {"boundaries": boundaries, "estimates": estimates, "estimatedObjects": estimated_objects, "exact": exact,
                 "listRequests": requests, "plannedAt": _now()}
         try:

@@ -261,7 +261,7 @@ class Scene:
                 continue
             problems = check_boundaries(plan.get("boundaries"))
             if problems:
-                refused[name] = "shard plan refused: " + "; ".join(problems)
+                refused[name] = "; ".join(problems)
                 units.append(unit)
             else:
                 self.plans[name] = plan
@@ -279,10 +279,11 @@ class Scene:
 
 def _planner_state(view: UnitView, job: dict | None, refused: str | None, now: datetime) -> None:
     """A planner without a usable plan: its Job's completion is not the prefix's (its shards
-    are). A plan the operator refuses fails it; a Job complete with no plan in sight waits for
-    the progress object's watch event a while, then fails."""
-    if refused is not None:
-        view.state, view.last_error = FAILED, refused
+    are). A plan refused (by the planner, which then records why instead, or by the operator)
+    fails it; a Job complete with no plan in sight waits for the progress object's watch event
+    a while, then fails."""
+    if refused:
+        view.state, view.last_error, view.plan_refused = FAILED, f"shard plan refused: {refused}", refused
         return
     if view.state not in (COMPLETED, COMPLETED_WITH_FAILURES):
         return
@@ -312,7 +313,7 @@ def _observe_one(scene: Scene, unit: WorkUnit, refused: dict[str, str], watch: W
                         scene.surroundings.pods.get(name), watch)
     view.unit = unit
     if unit.planner:
-        _planner_state(view, scene.jobs.get(name), refused.get(name), now)
+        _planner_state(view, scene.jobs.get(name), refused.get(name) or ((progress or {}).get("status") or {}).get("shardPlanRefused"), now)
     moved = _boundaries_moved(unit, progress)
     if moved is not None and view.state not in FINISHED:
         view.state, view.last_error = FAILED, moved
@@ -330,9 +331,11 @@ def _observe_all(scene: Scene, plan: Plan, now: datetime) -> list[UnitView]:
         if view.state == FAILED and retry_requested:
             if name in scene.jobs:
                 plan.delete_jobs.append(name)  # same deterministic name: the new Job needs it free
-            if view.recorded:
+            if view.recorded or view.plan_refused:
                 plan.progress_status[name] = {"state": None, "completionTime": None, "lastError": None}
-            view.state, view.last_error, view.recorded = PENDING, None, None
+                if view.unit.planner:
+                    plan.progress_status[name]["shardPlanRefused"] = None  # planned again, and refused again if it must be
+            view.state, view.last_error, view.recorded, view.plan_refused = PENDING, None, None, None
         views.append(view)
     return views
 
@@ -469,6 +472,23 @@ def suspended_by_spec(o: Observed) -> Verdict | None:
     )
 
 
+def shard_plan_refused(o: Observed) -> Verdict | None:
+    """A refused shard plan is refused again by a retry (the same objects, the same spec.shards,
+    which cannot be changed): the message names the limit and the way out."""
+    refused = [v for v in o.views if v.state == FAILED and v.plan_refused]
+    if not (o.finished and refused):
+        return None
+    shown = "; ".join(f"the shard plan of prefix {v.prefix!r} was refused: {clip(v.plan_refused, MAX_ROW_ERROR)}" for v in refused[:3])
+    more = f" (and {len(refused) - 3} more prefixes)" if len(refused) > 3 else ""
+    others = o.counts[FAILED] - len(refused)
+    message = (
+        f"{shown}{more}; nothing is migrated under {'it' if len(refused) == 1 else 'them'}. spec.shards cannot be changed: "
+        "delete this KeyMigration and create it again with fewer shards (spec.shards.count) or more objects per shard "
+        "(spec.shards.objectsPerShard)" + (f"; {others} other {o.noun} failed" if others else "")
+    )
+    return Verdict.stall("Failed", "ShardPlanRefused", message, o.summary())
+
+
 def prefixes_failed(o: Observed) -> Verdict | None:
     if not (o.finished and o.counts[FAILED]):
         return None
@@ -516,6 +536,7 @@ VERDICTS: tuple[Callable[[Observed], Verdict | None], ...] = (
     too_many_failures,
     suspended_by_spec,
     workers_stuck,
+    shard_plan_refused,
     prefixes_failed,
     objects_failed,
     succeeded,

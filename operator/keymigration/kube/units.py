@@ -36,6 +36,7 @@ class UnitView:
     stuck: str | None = None  # why its Job has had no running pod for a while, if it has not
     waiting: bool = False  # its Job has no running pod yet: look again before it counts as stuck
     recorded: str | None = None  # the terminal state the operator recorded in its progress object
+    plan_refused: str | None = None  # a planner: why its shard plan was refused (too many shards or bytes)
     unit: WorkUnit = field(default_factory=lambda: WorkUnit(""))  # which unit (set by the reconcile)
 
 
