@@ -115,6 +115,8 @@ def test_failed_job_is_sticky_until_retry_annotation():
     progs = [progress("a/", scanned=2, migrated=2)] + [progress(p, done=True) for p in ("b/", "c/")]
     plan = step(km(), [job("a/", failed="PodFailurePolicy")], progs)
     assert conditions(plan)["Stalled"] == ("True", "PrefixFailed")
+    stalled = next(c["message"] for c in plan.status["conditions"] if c["type"] == "Stalled")
+    assert stalled.startswith("1 prefix Jobs failed ('a/'); 'a/': Job failed: PodFailurePolicy")  # why, in the condition
     assert "PrefixFailed" in [e.reason for e in plan.events]
     # The failed Job is removed by its TTL; the prefix stays failed, no new Job.
     plan2 = step(km(status=plan.status), [], progs)

@@ -55,6 +55,7 @@ from keymigration.migrate import DurationEstimate, human_duration
 MAX_STATUS_PREFIXES = 200
 MAX_ROW_CHECKPOINT = 128  # characters of a row's checkpoint key (a key may have 1024 bytes)
 MAX_ROW_ERROR = 256  # characters of a row's last error
+MAX_CONDITION_ERROR = 200  # characters of each failed unit's error in a condition's message
 MAX_MESSAGE = 4096  # characters of a condition message
 PLAN_GRACE_SECONDS = 60.0  # a planner Job complete this long with no plan recorded has failed
 
@@ -492,11 +493,14 @@ def shard_plan_refused(o: Observed) -> Verdict | None:
 def prefixes_failed(o: Observed) -> Verdict | None:
     if not (o.finished and o.counts[FAILED]):
         return None
-    failed = [_label(v) for v in o.views if v.state == FAILED]
+    failed = [v for v in o.views if v.state == FAILED]
     kind = {"prefixes": "prefix", "shards": "shard", "inventory slices": "inventory slice"}[o.noun]
+    # Why, in the condition itself (not only in the status rows): the first failures' errors.
+    why = "; ".join(f"{_label(v)}: {clip(v.last_error, MAX_CONDITION_ERROR)}" for v in failed[:3] if v.last_error)
     message = (
-        f"{o.counts[FAILED]} {kind} Jobs failed ({', '.join(failed[:5])}); "
-        f"annotate {ANNOTATION_RETRY}=<new value> to retry"
+        f"{o.counts[FAILED]} {kind} Jobs failed ({', '.join(_label(v) for v in failed[:5])}); "
+        + (f"{why}; " if why else "")
+        + f"annotate {ANNOTATION_RETRY}=<new value> to retry"
     )
     return Verdict.stall("Failed", "PrefixFailed", message, o.summary())
 
