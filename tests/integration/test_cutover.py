@@ -237,6 +237,11 @@ def test_refusals_change_nothing(aws, extra, reason):
     after = aws.s3.head_object(Bucket=aws.bucket, Key="k")
     assert after["ETag"] == before["ETag"] and after["Metadata"] == before["Metadata"]
     assert "k.keymigration-backup" not in aws.keys()
+    # No copy, so no backup: the instruction file written for it carries none either, and once
+    # the object is written again a rollback finds nothing of that step to restore.
+    assert metadata_backup(aws, "k") is None
+    put_with_headers(aws, "k", **extra)
+    assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").reason == "nothing-to-roll-back"
 
 
 def test_dry_run_plans_the_cut_over(aws):
@@ -575,3 +580,83 @@ def test_a_carried_backup_that_does_not_parse_is_not_used(aws, tampered):
     assert "k.keymigration-backup" in aws.keys()
     assert default_read(aws, "k") == body
     assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").outcome is Outcome.ROLLED_BACK
+
+
+def upload_in_parts(aws, key, metadata):
+    """The object's bytes uploaded again in one part: another ETag (a copy changes it too)."""
+    raw = aws.s3.get_object(Bucket=aws.bucket, Key=key)["Body"].read()
+    upload = aws.s3.create_multipart_upload(Bucket=aws.bucket, Key=key, Metadata=metadata)
+    part = aws.s3.upload_part(Bucket=aws.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=raw)
+    aws.s3.complete_multipart_upload(Bucket=aws.bucket, Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+
+
+def test_a_copy_that_landed_but_reported_an_error_keeps_the_file_and_its_backup(aws):
+    """Review finding: the copy of an object uploaded in parts lands (a new ETag) but the call
+    ends in an error (a timeout, a 5xx). Nothing written for the object may be taken back then:
+    the instruction file holds the only backup of the envelope the copy removed. Before the fix
+    the confirmation saw the new ETag and withdrew the file: no envelope anywhere."""
+    from keymigration.errors import S3Error
+
+    body, _ = put_with_headers(aws, "k")
+    original = aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]
+    upload_in_parts(aws, "k", original)
+    worker = cutover(aws)
+    real = worker.rewriter.rewrite
+
+    def landed_then_error(*args, **kwargs):
+        real(*args, **kwargs)
+        raise S3Error("s3-InternalError", "S3 COPY failed: InternalError", retryable=True)
+
+    worker.rewriter.rewrite = landed_then_error
+    result = worker.process("k")
+    assert (result.outcome, result.reason, result.retryable) == (Outcome.FAILED, "copy-unconfirmed", True)
+    assert not envelope_in_metadata(aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"])  # the copy landed
+    assert metadata_backup(aws, "k") is not None and default_read(aws, "k") == body
+    again = cutover(aws).process("k")  # what the worker's retry does (same run)
+    assert (again.outcome, again.reason, again.resumed) == (Outcome.MIGRATED, "migrated", True)
+    assert sorted(aws.keys()) == ["k", "k.instruction"]
+    assert Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k").outcome is Outcome.ROLLED_BACK
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == original
+
+
+def test_a_copy_that_did_not_land_and_reported_an_error_is_finished_by_a_rerun(aws):
+    from keymigration.errors import S3Error
+
+    body, _ = put_with_headers(aws, "k")
+    worker = cutover(aws)
+
+    def error(*args, **kwargs):
+        raise S3Error("s3-connection", "S3 COPY failed: ReadTimeoutError", retryable=True)
+
+    worker.rewriter.rewrite = error
+    assert worker.process("k").reason == "copy-unconfirmed"
+    assert envelope_in_metadata(aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"])
+    assert cutover(aws).process("k").reason == "cut-over"  # adopts the record its file carries
+    assert "k.keymigration-backup" not in aws.keys() and default_read(aws, "k") == body
+
+
+def test_rollback_uses_the_backup_whose_copy_the_object_carries(aws):
+    """Review finding: step 1 in metadata mode left ``k.keymigration-backup``; the application
+    then wrote the object again (old key, envelope in metadata), and a cut-over (step 1 again:
+    metadata mode leaves no file of ours) carried its backup on its file. Rollback must restore
+    from that record, not the backup object of the replaced object (it refused forever, and
+    prune then deleted both)."""
+    from tests.integration.test_metadata_mode import metadata_mode
+
+    put_with_headers(aws, "k")
+    assert metadata_mode(aws).process("k").outcome is Outcome.MIGRATED
+    assert "k.keymigration-backup" in aws.keys()
+    body, _ = put_with_headers(aws, "k")  # the application writes it again
+    replaced = aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"]
+    assert cutover(aws).process("k").reason == "cut-over"
+    assert default_read(aws, "k") == body
+    undone = Rollback(aws.s3, RollbackOptions(aws.bucket)).process("k")
+    assert undone.outcome is Outcome.ROLLED_BACK, undone
+    assert aws.s3.head_object(Bucket=aws.bucket, Key="k")["Metadata"] == replaced
+    assert "k.keymigration-backup" not in aws.keys()  # the replaced object's backup went with the step
+    # Again, then prune: the object opens with the target key; both backups go, the data stays.
+    assert cutover(aws).process("k").reason == "cut-over"
+    pruned = Prune(aws.s3, KmsKeys(aws.kms, aws.target_key), aws.bucket, confirm=True).process("k")
+    assert pruned.reason == "pruned", pruned
+    assert metadata_backup(aws, "k") is None and default_read(aws, "k") == body

@@ -9,14 +9,17 @@ Readers that find an envelope in object metadata use it and never look at the in
 only change by rewriting the object: a server-side CopyObject (``aws/copy.py``) onto itself with
 ``MetadataDirective=REPLACE`` and ``CopySourceIfMatch=<ETag read>``, which keeps the ciphertext
 bytes and fails if anyone wrote the object in between. Before that, what leaves the metadata is
-stored in ``<key>.keymigration-backup`` (``backup_name``, one per migration step) for rollback,
-with the value of ``keymigration-copy`` the copy writes: only this copy carries it, so the tool
-and the rollback tell keymigration's copy from anyone else's write.
+stored for rollback, with the value of ``keymigration-copy`` the copy writes (only this copy
+carries it, so the tool and the rollback tell keymigration's copy from anyone else's write): in
+the cut-over, on the instruction file the re-wrap wrote (its user metadata, the same PUT:
+``with_file_backup``); otherwise, or where it does not fit, in ``<key>.keymigration-backup``
+(``backup_name``, one per migration step).
 
 ``CutOver.run`` is the cut-over of one object as named stages over a ``CutOverState``, after the
 re-wrap stages (``migrate/rewrap.py``) wrote and verified the instruction file:
-read_new_file -> check_ready -> plan_dry_run -> recheck_earlier_write -> refuse -> store_backup
--> copy. ``CutOver.write_envelope`` is metadata mode's write stage, over the same state:
+read_new_file -> check_ready -> adopt_file_backup -> plan_dry_run -> recheck_earlier_write ->
+refuse -> store_backup -> copy. A copy whose outcome S3 does not report takes nothing back
+(``copy-unconfirmed``). ``CutOver.write_envelope`` is metadata mode's write stage, over the same state:
 refuse -> store_backup -> back_up_files -> copy -> retire_files.
 
 What is not re-read: the instruction file this call just wrote (its conditional PUT succeeded),
@@ -38,7 +41,7 @@ from typing import Mapping
 from keymigration.aws.copy import MetadataRewriter
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket, StoredFile
-from keymigration.errors import CutOverRefused, EnvelopeError, PreconditionFailed, S3Error
+from keymigration.errors import CutOverRefused, EnvelopeError, ObjectError, PreconditionFailed, S3Error
 from keymigration.formats import envelope as env_mod
 from keymigration.formats.envelope import Envelope
 from keymigration.formats.vocabulary import DEFAULT_INSTRUCTION_SUFFIX, VerifyLevel, backup_name
@@ -269,12 +272,24 @@ class CutOverState:
 
 
 CUT_OVER = Verdict(Outcome.MIGRATED, "cut-over", "metadata envelope removed; readers use .instruction")
+# A copy whose outcome S3 did not report: the object is either still the one read or our copy;
+# everything written for it stays (``rewrap._to_confirm`` leaves it alone), and a rerun finishes.
+COPY_UNCONFIRMED = "copy-unconfirmed"
+
+
+def _copy_unconfirmed() -> Verdict:
+    return Verdict.failed(
+        COPY_UNCONFIRMED,
+        "the metadata rewrite's outcome is unknown (S3 did not answer); the instruction file and backups are kept, a rerun finishes it",
+        retryable=True,
+    )
 
 
 class CutOver:
     """Rewrites an object's metadata envelope in place once the new KMS envelope is verified:
     strips it (cut-over, ``run``) or replaces it (metadata mode, ``write_envelope``). What
-    leaves the metadata goes to ``<key>.keymigration-backup`` first."""
+    leaves the metadata is backed up first: on the cut-over's instruction file, or in
+    ``<key>.keymigration-backup``."""
 
     def __init__(self, bucket: Bucket, kms: KmsKeys, verify: VerifyLevel, dry_run: bool):
         self.bucket = bucket
@@ -333,7 +348,9 @@ class CutOver:
             new_metadata=new_metadata,
             copy_mark=copy_mark,
         )
-        _, ending = run_stages(self.stages, start)
+        last, ending = run_stages(self.stages, start)
+        if ending is not None and ending.outcome is Outcome.FAILED and ending.reason not in (COPY_UNCONFIRMED, "object-changed"):
+            self._drop_unused_record(last)
         return ending or CUT_OVER
 
     def write_envelope(self, state: ObjectState) -> ObjectState:
@@ -441,13 +458,21 @@ class CutOver:
         try:
             self.rewriter.rewrite(state.key, state.head, state.new_metadata, state.lock)
         except PreconditionFailed:
-            if not self._our_copy_landed(state):
+            landed = self._our_copy_landed(state)
+            if landed is False:
                 self._take_back(state)
                 raise Verdict.failed(
                     "object-changed", "the object changed before its metadata was rewritten; nothing was changed", retryable=True
                 ) from None
+            if landed is None:
+                raise _copy_unconfirmed() from None
             # Our copy landed and only its response was lost (the SDK's retry then answers 412
             # because the copy changed the ETag): carry on and verify it.
+        except ObjectError:
+            # The copy may have landed (a timeout, a 5xx after S3 took it). Nothing written for
+            # the object may be taken back now: the instruction file may hold the only backup of
+            # the envelope the copy removed. A rerun reads the object again and finishes.
+            raise _copy_unconfirmed() from None
         return state
 
     def retire_files(self, state: CutOverState) -> CutOverState:
@@ -462,15 +487,30 @@ class CutOver:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _our_copy_landed(self, state: CutOverState) -> bool:
+    def _our_copy_landed(self, state: CutOverState) -> bool | None:
         """Only our copy writes ``copy_mark``: a write by anyone else, even of the same length
-        and metadata, is not taken for ours."""
-        now = self.bucket.head(state.key)
+        and metadata, is not taken for ours. None: S3 could not say."""
+        try:
+            now = self.bucket.head(state.key)
+        except ObjectError:
+            return None
         return (
             now is not None
             and env_mod.lower_keys(now.get("Metadata", {})) == state.new_metadata
             and now.get("ContentLength") == state.head.get("ContentLength")
         )
+
+    def _drop_unused_record(self, state: CutOverState) -> None:
+        """The cut-over ended before its copy (refused, or failed): the backup the instruction
+        file carries was never needed. It goes, as no backup object would have been stored, so
+        that a rollback after the object is written again does not take it for a step's
+        backup. Best effort: a record left behind only makes such a rollback refuse."""
+        if self.dry_run or not state.backup_in_file or state.new_file is None:
+            return
+        try:
+            without_file_backup(self.bucket, state.new_file)
+        except ObjectError:
+            pass
 
     def _take_back(self, state: CutOverState) -> None:
         """Someone wrote the object since we read it: nothing of ours landed. The backups just

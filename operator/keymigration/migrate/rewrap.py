@@ -51,7 +51,7 @@ from keymigration.formats.vocabulary import (
     check_target,
 )
 from keymigration.migrate import cutover, files
-from keymigration.migrate.cutover import CUT_OVER, CutOver
+from keymigration.migrate.cutover import COPY_UNCONFIRMED, CUT_OVER, CutOver
 from keymigration.migrate.files import Written
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome, Unconfirmed
 from keymigration.migrate.state import MIGRATED, ObjectState, Stage, Verdict, run_stages
@@ -160,11 +160,12 @@ class ObjectRewrapper:
     def _to_confirm(self, state: ObjectState, result: ObjectResult) -> bool:
         """This call wrote a file for the object, and nothing proved the object unchanged since
         it was read: a cut-over's copy (conditional on that ETag) proves it; a lost copy
-        condition already withdrew the file. Not with --verify none."""
+        condition already withdrew the file; after a copy of unknown outcome the file may hold
+        the only backup of the envelope the copy removed, and stays. Not with --verify none."""
         return (
             state.written is not None
             and self.options.verify is not VerifyLevel.NONE
-            and result.reason not in (CUT_OVER.reason, "object-changed")
+            and result.reason not in (CUT_OVER.reason, "object-changed", COPY_UNCONFIRMED)
         )
 
     # -- stages -----------------------------------------------------------------------------

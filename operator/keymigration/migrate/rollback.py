@@ -2,8 +2,9 @@
 
 Every migration of an object is a step of a chain (``migrate/files.py``): step n keeps what it
 replaced in backups named ``backup_name(name, n)``: ``<key>.keymigration-backup[.n]`` (what it
-took out of the object's metadata) and ``<file>.keymigration-backup[.n]`` (an instruction file it
-replaced or removed, byte for byte, with its own metadata).
+took out of the object's metadata; a cut-over keeps that record on its ``<key>.instruction``
+instead, ``cutover.with_file_backup``) and ``<file>.keymigration-backup[.n]`` (an instruction
+file it replaced or removed, byte for byte, with its own metadata).
 
 ``rollback`` undoes the last step of each object: what the step took out of the metadata goes
 back (a copy onto the object itself, only if the object is still the step's copy), the files
@@ -59,15 +60,16 @@ class Step:
     being an object of its own (``cutover.with_file_backup``)."""
 
     number: int
-    metadata: StoredFile | None = None
+    metadata: StoredFile | None = None  # the metadata backup a rollback restores from
     files: Mapping[str, StoredFile] = field(default_factory=dict)
-    carrier: StoredFile | None = None
+    carrier: StoredFile | None = None  # the instruction file carrying a record of this step
+    stale: tuple[StoredFile, ...] = ()  # backup objects of the step that fit no version of the object now
 
     @property
     def backups(self) -> list[StoredFile]:
         """The backup objects (deleted once the step is undone or pruned)."""
         carried = self.carrier is not None and self.metadata is not None and self.metadata.key == self.carrier.key
-        return [b for b in (None if carried else self.metadata, *self.files.values()) if b is not None]
+        return [b for b in (None if carried else self.metadata, *self.stale, *self.files.values()) if b is not None]
 
     @property
     def kept(self) -> int:
@@ -97,35 +99,51 @@ class Chain:
     def read_files(self, key: str) -> dict[str, StoredFile | None]:
         return {name: self.bucket.get_small(name) for name in self.file_names(key)}
 
-    def step(self, key: str, number: int, current: Mapping[str, StoredFile | None]) -> Step:
+    def step(self, key: str, number: int, current: Mapping[str, StoredFile | None], head: dict) -> Step:
         files_ = {name: self.bucket.get_small(backup_name(name, number)) for name in self.file_names(key)}
         found = {k: v for k, v in files_.items() if v}
-        metadata = self.bucket.get_small(backup_name(key, number))
-        # A backup object is newer than one its file carries: stored by a cut-over that could
-        # not use the carried one (the object had been rewritten since the file was).
+        own = self.bucket.get_small(backup_name(key, number))
         carrier = current.get(key + DEFAULT_INSTRUCTION_SUFFIX)
         carried = file_backup(carrier) if _ours(carrier) and files.step_of(carrier.metadata) == number else None
-        return Step(number, metadata or carried, found, carrier if carried is not None else None)
+        if carried is None:
+            return Step(number, own, found)
+        metadata, stale = pick_metadata_backup(head, own, carried)
+        return Step(number, metadata, found, carrier, stale)
 
-    def last(self, key: str, metadata: Mapping[str, str], current: Mapping[str, StoredFile | None]) -> Step:
+    def last(self, key: str, head: dict, current: Mapping[str, StoredFile | None]) -> Step:
         """The last step: the highest step number marked on what keymigration wrote, or the
         highest with backups (a rollback interrupted after restoring, before deleting them)."""
-        number = marked_step(metadata, current.values())
+        number = marked_step(head.get("Metadata", {}), current.values())
         found = None
         while True:
-            above = self.step(key, number + 1, current)
+            above = self.step(key, number + 1, current, head)
             if not above.kept:
                 break
             found, number = above, number + 1
         if found is not None:
             return found
-        return self.step(key, number, current) if number else Step(0)
+        return self.step(key, number, current, head) if number else Step(0)
 
-    def all_steps(self, key: str, metadata: Mapping[str, str], current: Mapping[str, StoredFile | None]) -> list[Step]:
-        last = self.last(key, metadata, current)
+    def all_steps(self, key: str, head: dict, current: Mapping[str, StoredFile | None]) -> list[Step]:
+        last = self.last(key, head, current)
         if not last.number:
             return []
-        return [self.step(key, n, current) for n in range(1, last.number)] + [last]
+        return [self.step(key, n, current, head) for n in range(1, last.number)] + [last]
+
+
+def pick_metadata_backup(head: dict, own: StoredFile | None, carried: StoredFile) -> tuple[StoredFile | None, tuple[StoredFile, ...]]:
+    """Which metadata backup of a step a rollback restores from, when the step's instruction
+    file carries one (``carried``) and a backup object may exist too (``own``); and the backup
+    objects that fit no version of the object (deleted with the step). The one whose copy the
+    object carries wins: a backup object may be older than the carried record (left by a step
+    of an object replaced since) or newer (stored by a cut-over that could not use the carried
+    one)."""
+    if own is None:
+        return carried, ()
+    fits = step_applies(head, carried)
+    if fits is True or (fits is None and step_applies(head, own) is False):
+        return carried, (own,)
+    return own, ()
 
 
 def marked_step(metadata: Mapping[str, str], current) -> int:
@@ -214,7 +232,8 @@ class Rollback:
         return replace(state, current=self.chain.read_files(state.key))
 
     def find_step(self, state: RollbackState) -> RollbackState:
-        step = self.chain.last(state.key, state.metadata, state.current)
+        assert state.head is not None
+        step = self.chain.last(state.key, state.head, state.current)
         if not step.number:
             raise Verdict.skipped("nothing-to-roll-back", "no migration of keymigration's found")
         return replace(state, step=step)
@@ -337,7 +356,7 @@ class Prune:
         if head is None:
             result.reason = "object-deleted"
             return result
-        steps = self.chain.all_steps(key, head.get("Metadata", {}), self.chain.read_files(key))
+        steps = self.chain.all_steps(key, head, self.chain.read_files(key))
         kept = sum(step.kept for step in steps)
         if not kept:
             return result
@@ -361,6 +380,8 @@ class Prune:
             except PreconditionFailed:
                 result.outcome, result.reason = Outcome.FAILED, "backup-changed"
                 return result
+            except ObjectError as error:  # e.g. no s3:PutObject on the instruction file carrying one
+                return result.fail(error)
         result.outcome, result.reason = Outcome.PRUNED, "pruned"
         result.message = f"{kept} backups of {len(steps)} migration steps" + (" of a replaced object" if replaced else "")
         return result
