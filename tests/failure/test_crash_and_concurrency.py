@@ -1,5 +1,5 @@
-"""kill -9 at random points of a 5,000-object migration (and of a metadata-mode migration, with
-every object checked readable after each kill), and two workers on one prefix."""
+"""kill -9 at random points of a 5,000-object migration (and of a metadata-mode and a cut-over
+migration, with every object checked readable after each kill), and two workers on one prefix."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from keymigration.aws.kms import KmsKeys
 from keymigration.aws.s3 import Bucket
@@ -143,24 +145,34 @@ def readable_with_old_or_new_key(aws, keys: KeySet, key: str, body: bytes) -> st
     return None
 
 
-def test_kill_9_during_a_metadata_mode_migration_leaves_every_object_readable(aws, tmp_path):
-    """#15 item 3: at any kill, every object opens with the old key or the new one (never
-    neither), through the proxy that enforces CopySourceIfMatch as S3 does; the resumed runs
-    finish with exact counters and no instruction file left."""
+# mode -> (objects, kills): the cut-over's suite is smaller (its copy path is the metadata
+# mode's; what it adds is the backup on the instruction file, and the rollback checked after).
+COPYING_MODES = {"metadata": (METADATA_OBJECTS, METADATA_KILLS), "cutover": (600, 6)}
+
+
+@pytest.mark.parametrize("mode", list(COPYING_MODES))
+def test_kill_9_during_a_copying_migration_leaves_every_object_readable(aws, tmp_path, mode):
+    """#15 item 3 (metadata mode) and the cut-over: at any kill, every object opens with the old
+    key or the new one (never neither), through the proxy that enforces CopySourceIfMatch as S3
+    does; the resumed runs finish with exact counters and exactly the expected files. After the
+    cut-over, a rollback puts every object's metadata back exactly (from the backups its
+    instruction files carry)."""
+    count, kill_target = COPYING_MODES[mode]
     keys = make_keys(aws, tmp_path / "keys")
-    seeded: Seeded = seed_mixed(aws, "meta/", METADATA_OBJECTS, keys, plaintext_every=25)
+    seeded: Seeded = seed_mixed(aws, "meta/", count, keys, plaintext_every=25)
     before = snapshot(aws, "meta/")
+    original = {k: aws.s3.head_object(Bucket=aws.bucket, Key=k)["Metadata"] for k in seeded.encrypted}
     proxy = FaultProxy(aws.server.endpoint).start()
     proxy.enforce_copy_source_if_match = True
     checkpoint = tmp_path / "cp.json"
-    args = cli("run", "--bucket", aws.bucket, "--prefix", "meta/", "--mode", "metadata", *keys.cli_args(),
+    args = cli("run", "--bucket", aws.bucket, "--prefix", "meta/", "--mode", mode, *keys.cli_args(),
                "--kms-key-id", aws.target_key, "--checkpoint", str(checkpoint), "--progress", "none", "--concurrency", "8",
                "--report", str(tmp_path / "r.jsonl"))
     env = {**os.environ, **aws.server.env(), "AWS_ENDPOINT_URL": proxy.endpoint}
     rng = random.Random(15)
     kills, checked, last, report = 0, 0, before, tmp_path / "r.jsonl"
     try:
-        while kills < METADATA_KILLS and start_and_kill(args, env, report, rng, kills, spread=1.5):
+        while kills < kill_target and start_and_kill(args, env, report, rng, kills, spread=1.5):
             kills += 1
             # Every object whose bytes, metadata, instruction file or backups changed since the
             # last kill (the others read as they did then); all of them by the end.
@@ -175,24 +187,35 @@ def test_kill_9_during_a_metadata_mode_migration_leaves_every_object_readable(aw
             assert not unreadable, f"after kill {kills}: {dict(list(unreadable.items())[:5])}"
             checked, last = checked + len(changed), now
             print(f"kill {kills} after {report_lines(report)} objects: {len(changed)} changed objects read with the old or new key")
-        assert kills == METADATA_KILLS, f"the migration finished after {kills} kills; make it longer"
+        assert kills == kill_target, f"the migration finished after {kills} kills; make it longer"
         final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     finally:
         proxy.stop()
     assert final.returncode == 0, final.stderr[-3000:]
     counters = FileCheckpointStore(checkpoint).load().counters
     assert (counters["scanned"], counters["migrated"], counters["skipped"], counters["failed"]) == (
-        METADATA_OBJECTS, len(seeded.encrypted), len(seeded.plaintext), 0)
+        count, len(seeded.encrypted), len(seeded.plaintext), 0)
     after = snapshot(aws, "meta/")
     had_file = {k[: -len(".instruction")] for k in before if k.endswith(".instruction")}
-    expected = (set(seeded.encrypted) | set(seeded.plaintext) | {k + ".keymigration-backup" for k in seeded.encrypted}
-                | {k + ".instruction.keymigration-backup" for k in had_file})
-    assert set(after) == expected  # every old .instruction retired (backed up), nothing else left
+    objects = set(seeded.encrypted) | set(seeded.plaintext)
+    if mode == "metadata":  # every old .instruction retired (backed up), nothing else left
+        expected = objects | {k + ".keymigration-backup" for k in seeded.encrypted} | {k + ".instruction.keymigration-backup" for k in had_file}
+    else:  # the KMS files (carrying the metadata backups: no backup objects), the old files' backups
+        expected = objects | {k + ".instruction" for k in seeded.encrypted} | {k + ".instruction.keymigration-backup" for k in had_file}
+    assert set(after) == expected
     bucket, kms = Bucket(aws.s3, aws.bucket), KmsKeys(aws.kms, aws.target_key)
     with ThreadPoolExecutor(8) as pool:
         reads = dict(zip(seeded.encrypted, pool.map(lambda key: read_object(bucket, kms, key, None), seeded.encrypted)))
     assert reads == seeded.encrypted  # every object, with only the new key
-    print(f"\nmetadata-mode crash suite: {METADATA_OBJECTS} objects, {kills} kill -9, {checked} reads of changed objects")
+    print(f"\n{mode} crash suite: {count} objects, {kills} kill -9, {checked} reads of changed objects")
+    if mode == "cutover":
+        undo = subprocess.run(cli("rollback", "--bucket", aws.bucket, "--prefix", "meta/", "--remove-instruction-files",
+                                  "--progress", "none"), env={**os.environ, **aws.server.env()},
+                              capture_output=True, text=True, timeout=600)
+        assert undo.returncode == 0, undo.stderr[-3000:]
+        restored = {k: aws.s3.head_object(Bucket=aws.bucket, Key=k)["Metadata"] for k in seeded.encrypted}
+        assert restored == original
+        assert snapshot(aws, "meta/") == before  # the old files back, byte for byte; nothing of ours left
 
 
 def test_two_workers_on_one_prefix_never_corrupt_anything(aws, tmp_path):
