@@ -186,18 +186,24 @@ def with_file_backup(file_metadata: Mapping[str, str], head: dict, step: int) ->
     return carried if env_mod.user_metadata_size(carried) <= FILE_BACKUP_ROOM else dict(file_metadata)
 
 
-def file_backup(stored: StoredFile) -> StoredFile | None:
-    """The metadata backup an instruction file carries (``with_file_backup``), as a backup
-    record named after the file; None if it carries none (or one that does not parse)."""
+def _carried(stored: StoredFile) -> tuple[bytes, dict] | None:
+    """The metadata backup an instruction file carries (``with_file_backup``): its bytes and
+    its record; None if it carries none (or one that does not parse)."""
     value = stored.metadata.get(METADATA_BACKUP)
     if not value:
         return None
     try:
         body = base64.b64decode(value, validate=True)
-        read_backup_record(body)
+        return body, read_backup_record(body)
     except (binascii.Error, ValueError):
         return None
-    return StoredFile(stored.key, body, stored.etag, {})
+
+
+def file_backup(stored: StoredFile) -> StoredFile | None:
+    """The metadata backup an instruction file carries, as a backup record named after the
+    file (what rollback reads); None if it carries none (or one that does not parse)."""
+    carried = _carried(stored)
+    return StoredFile(stored.key, carried[0], stored.etag, {}) if carried is not None else None
 
 
 def without_file_backup(bucket: Bucket, stored: StoredFile) -> None:
@@ -275,6 +281,9 @@ CUT_OVER = Verdict(Outcome.MIGRATED, "cut-over", "metadata envelope removed; rea
 # A copy whose outcome S3 did not report: the object is either still the one read or our copy;
 # everything written for it stays (``rewrap._to_confirm`` leaves it alone), and a rerun finishes.
 COPY_UNCONFIRMED = "copy-unconfirmed"
+# How the copy stage itself ends an object, having settled what was written for it: taken back
+# (the object changed before the copy), or kept on purpose (the copy's outcome is unknown).
+COPY_STAGE_ENDINGS = frozenset({"object-changed", COPY_UNCONFIRMED})
 
 
 def _copy_unconfirmed() -> Verdict:
@@ -349,7 +358,7 @@ class CutOver:
             copy_mark=copy_mark,
         )
         last, ending = run_stages(self.stages, start)
-        if ending is not None and ending.outcome is Outcome.FAILED and ending.reason not in (COPY_UNCONFIRMED, "object-changed"):
+        if ending is not None and ending.outcome is Outcome.FAILED and ending.reason not in COPY_STAGE_ENDINGS:
             self._drop_unused_record(last)
         return ending or CUT_OVER
 
@@ -403,10 +412,10 @@ class CutOver:
         this object (its ETag) and step (``with_file_backup``): the copy takes that record's
         ``keymigration-copy`` value and no separate backup is stored."""
         assert state.new_file is not None
-        carried = file_backup(state.new_file)
+        carried = _carried(state.new_file)
         if carried is None:
             return state
-        record = read_backup_record(carried.body)
+        record = carried[1]
         same = (record.get("etag"), record.get("step"), record["envelope"]) == (state.head["ETag"], state.step, state.removed)
         if not same or not isinstance(record.get("copy"), str) or not record["copy"]:
             return state

@@ -167,7 +167,7 @@ def start_after_for(key: str) -> str | None:
     return padded if len(padded.encode()) <= MAX_KEY_BYTES else start
 
 
-def changed_keys(s3, bucket: str, prefix: str, expected: Mapping[str, str], page_size: int | None = None) -> set[str]:
+def changed_keys(s3, bucket: str, prefix: str, expected: Mapping[str, str]) -> set[str]:
     """The keys of ``expected`` (key -> ETag read) that a listing now shows with another ETag, or
     not at all (deleted, or a delete marker on top). One ListObjectsV2 from just below the
     smallest key to past the largest: a request per 1,000 keys listed.
@@ -184,7 +184,7 @@ def changed_keys(s3, bucket: str, prefix: str, expected: Mapping[str, str], page
     last = max(wanted)
     seen: dict[str, str] = {}
     kwargs = {"Bucket": bucket, "Prefix": prefix, "StartAfter": start_after_for(min(wanted)),
-              "MaxKeys": page_size or relisting_page_size(len(wanted))}
+              "MaxKeys": relisting_page_size(len(wanted))}
     while True:
         page = s3.list_objects_v2(**kwargs)
         for item in page.get("Contents", ()):
@@ -194,7 +194,7 @@ def changed_keys(s3, bucket: str, prefix: str, expected: Mapping[str, str], page
                 seen[item["Key"]] = item.get("ETag", "").strip('"')
         else:
             if page.get("IsTruncated") and page.get("NextContinuationToken"):
-                kwargs.update(ContinuationToken=page["NextContinuationToken"], MaxKeys=page_size or 1000)
+                kwargs.update(ContinuationToken=page["NextContinuationToken"], MaxKeys=1000)
                 continue
         break
     return {key for key, etag in wanted.items() if seen.get(key) != etag}

@@ -51,7 +51,7 @@ from keymigration.formats.vocabulary import (
     check_target,
 )
 from keymigration.migrate import cutover, files
-from keymigration.migrate.cutover import COPY_UNCONFIRMED, CUT_OVER, CutOver
+from keymigration.migrate.cutover import COPY_STAGE_ENDINGS, CUT_OVER, CutOver
 from keymigration.migrate.files import Written
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome, Unconfirmed
 from keymigration.migrate.state import MIGRATED, ObjectState, Stage, Verdict, run_stages
@@ -165,7 +165,8 @@ class ObjectRewrapper:
         return (
             state.written is not None
             and self.options.verify is not VerifyLevel.NONE
-            and result.reason not in (CUT_OVER.reason, "object-changed", COPY_UNCONFIRMED)
+            and result.reason != CUT_OVER.reason
+            and result.reason not in COPY_STAGE_ENDINGS
         )
 
     # -- stages -----------------------------------------------------------------------------

@@ -177,8 +177,9 @@ class RollbackState:
         assert self.head is not None
         return env_mod.lower_keys(self.head.get("Metadata", {}))
 
-    def did(self, step: str) -> "RollbackState":
-        return replace(self, done=self.done + (step,))
+    def did(self, step: str, file: str | None = None) -> "RollbackState":
+        """``step`` done; ``file``: a file of ours it deleted or wrote over."""
+        return replace(self, done=self.done + (step,), gone=self.gone + ((file,) if file else ()))
 
 
 def _rollback_error(error: ObjectError) -> Verdict:
@@ -274,8 +275,7 @@ class Rollback:
                 original = {k: v for k, v in backup.metadata.items() if not k.startswith("keymigration-backup")}
                 condition = {"if_match": current.etag} if current is not None else {"if_none_match": True}
                 self.bucket.put(name, backup.body, original, content_type=backup.content_type, **condition)
-            restored = state.did(f"step {state.step.number}: instruction file {name[len(state.key):]} restored")
-            state = replace(restored, gone=state.gone + (name,))
+            state = state.did(f"step {state.step.number}: instruction file {name[len(state.key):]} restored", name)
         return state
 
     def remove_created_files(self, state: RollbackState) -> RollbackState:
@@ -301,7 +301,7 @@ class Rollback:
                 continue
             if not self.options.dry_run:
                 self.bucket.delete(name, if_match=current.etag)
-            state = replace(state.did(f"step {step.number}: KMS instruction file {name[len(state.key):]} removed"), gone=state.gone + (name,))
+            state = state.did(f"step {step.number}: KMS instruction file {name[len(state.key):]} removed", name)
         return state
 
     def delete_backups(self, state: RollbackState) -> RollbackState:
