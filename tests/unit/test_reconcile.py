@@ -532,3 +532,37 @@ def test_an_event_cuts_short_the_wait_for_a_recheck():
         return reconciler.calls
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_an_outcome_event_is_posted_with_the_outcome_even_when_the_status_write_waits():
+    """A prefix's outcome is recorded in its progress object at once, and the next reconcile
+    then sees it recorded and plans no Event for it. So its Event must go out with that record,
+    not with the status, whose writes are rate-limited: a PrefixCompleted planned while the
+    status write waited was lost (the e2e example test saw Succeeded without it)."""
+    import asyncio
+    import time
+
+    from keymigration.kube.operator import OperatorOptions, Reconciler
+
+    jobs = [job(p) for p in ("a/", "b/")]
+    running = step(km(), jobs, [progress(p, scanned=1, migrated=1) for p in ("a/", "b/")])
+    stored = km(status=running.status)
+    done = step(stored, jobs, [progress("a/", done=True, scanned=2, migrated=2), progress("b/", scanned=1, migrated=1)])
+    assert "PrefixCompleted" in [e.reason for e in done.events] and child_name("mig", "a/") in done.progress_status
+    posted, patched = [], []
+
+    class Api:
+        def post_event(self, km, type_, reason, message):
+            posted.append(reason)
+
+        def patch_status(self, *args):
+            patched.append(args)
+
+        def __getattr__(self, _):
+            return lambda *args, **kwargs: None
+
+    reconciler = Reconciler(Api(), OperatorOptions(metrics_port=None))
+    reconciler.last_status_write[("ns", "mig")] = time.monotonic()  # a status was just written
+    wait = asyncio.run(reconciler.apply(stored, done))
+    assert wait is not None and wait > 0 and not patched  # the status waits for its interval...
+    assert "PrefixCompleted" in posted  # ...the outcome's Event does not

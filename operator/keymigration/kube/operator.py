@@ -246,7 +246,7 @@ class Reconciler:
                 stored = await asyncio.to_thread(self.api.set_job_suspended, namespace, job, suspend)
                 self.overlay.wrote(uid, "Job", trimmed_job(stored))
         # Tied to an action taken now, not to a status transition: posted at once.
-        await self._post(km, [e for e in plan.events if e.reason == "JobCreated"])
+        await self._post(km, [e for e in plan.events if e.now])
 
     async def _create(self, km: dict, objects: list[dict]) -> None:
         """Create the planned children; a name taken by a foreign object is remembered (the next
@@ -286,7 +286,7 @@ class Reconciler:
         self.metrics.status_writes.inc()
         self.last_status_write[(namespace, name)] = time.monotonic()
         # Transitions: posted once, with the status that records them.
-        await self._post(km, [e for e in plan.events if e.reason != "JobCreated"])
+        await self._post(km, [e for e in plan.events if not e.now])
 
     async def _post(self, km: dict, events: list) -> None:
         for event in events:

@@ -72,6 +72,10 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+    # Tied to an action the plan takes now (a Job created, an outcome recorded in its progress
+    # object): posted with it. Else a status transition: posted with the status that records it
+    # (whose writes are rate-limited), so that it is posted once.
+    now: bool = False
 
 
 @dataclass
@@ -377,7 +381,7 @@ def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
         view.state, view.start = RUNNING, view.start or scene.stamp
         running += 1
         if not _quiet(view):
-            plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for {view.unit.describe()}"))
+            plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for {view.unit.describe()}", now=True))
 
 
 def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
@@ -392,7 +396,7 @@ def schedule(scene: Scene, observed: Observed, plan: Plan) -> None:
 def _record_outcomes(views: list[UnitView], scene: Scene, plan: Plan) -> None:
     """A unit that just finished (its worker said done, or its Job completed or failed) gets its
     outcome written into its progress object, where it outlives the Job's TTL and the 200 status
-    rows; its Event is posted once, then."""
+    rows; its Event is posted once, then, with the record (the next reconcile sees it recorded)."""
     rows = scene.previous_rows
     for view in views:
         if view.state not in FINISHED or view.recorded == view.state:
@@ -406,7 +410,7 @@ def _record_outcomes(views: list[UnitView], scene: Scene, plan: Plan) -> None:
         if view.state == FAILED:
             record["lastError"] = view.last_error or "Job failed"
         plan.progress_status[view.name] = record
-        _outcome_event(view, plan)
+        _outcome_event(view, plan, now=True)
 
 
 def _quiet(view: UnitView) -> bool:
@@ -415,14 +419,14 @@ def _quiet(view: UnitView) -> bool:
     return view.unit.shard is not None or view.unit.files is not None
 
 
-def _outcome_event(view: UnitView, plan: Plan) -> None:
+def _outcome_event(view: UnitView, plan: Plan, now: bool = False) -> None:
     what = f"prefix {view.prefix!r}" if not _quiet(view) and not view.unit.planner else view.unit.describe()
     if view.state == COMPLETED and not _quiet(view):
-        plan.events.append(Event("Normal", "PrefixCompleted", f"{what}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped"))
+        plan.events.append(Event("Normal", "PrefixCompleted", f"{what}: {view.counters['migrated']} migrated, {view.counters['skipped']} skipped", now))
     elif view.state == COMPLETED_WITH_FAILURES:
-        plan.events.append(Event("Warning", "PrefixCompletedWithFailures", f"{what}: {view.counters['failed']} objects failed (see the Job's report)"))
+        plan.events.append(Event("Warning", "PrefixCompletedWithFailures", f"{what}: {view.counters['failed']} objects failed (see the Job's report)", now))
     elif view.state == FAILED:
-        plan.events.append(Event("Warning", "PrefixFailed", f"{what}: {view.last_error or 'Job failed'}"[:1024]))
+        plan.events.append(Event("Warning", "PrefixFailed", f"{what}: {view.last_error or 'Job failed'}"[:1024], now))
 
 
 # -- verdicts: first match wins ---------------------------------------------------------------
