@@ -1,4 +1,5 @@
 """The worker's boto3 clients: the fast timestamp parser gives botocore's values exactly."""
+import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
@@ -54,6 +55,40 @@ def test_clients_parse_timestamps_with_the_fast_parser():
     s3, _ = make_clients(ClientOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
     parser = s3._endpoint._response_parser_factory.create_parser("rest-xml")
     assert parser._timestamp_parser is parse_timestamp
+
+
+def _sent_headers(client, call) -> dict:
+    """The headers ``call`` would put on the wire: the request is answered before it is sent."""
+    from botocore.awsrequest import AWSResponse
+
+    sent: dict = {}
+
+    class _Raw:
+        def stream(self, *_, **__):
+            yield b""
+
+    def answer(request, **_):
+        sent.update(request.headers)
+        return AWSResponse(request.url, 200, {}, _Raw())
+
+    client.meta.events.register_first("before-send", answer)
+    call()
+    return sent
+
+
+def test_a_small_put_does_not_wait_for_100_continue(monkeypatch):
+    """botocore asks for `100 Continue` before every PUT body; the worker's PUTs are a few
+    hundred bytes, for which that costs a round trip and client CPU. Large bodies still ask."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    s3, _ = make_clients(ClientOptions(region="eu-west-1", endpoint_url="http://127.0.0.1:9"))
+    small = _sent_headers(s3, lambda: s3.put_object(Bucket="b", Key="k.instruction", Body=b"{}" * 200, IfNoneMatch="*"))
+    assert "Expect" not in small and small["If-None-Match"] == b"*"
+    large = _sent_headers(s3, lambda: s3.put_object(Bucket="b", Key="big", Body=b"x" * (2 * 1024 * 1024)))
+    assert large["Expect"] == b"100-continue"
+    plain = boto3.session.Session(region_name="eu-west-1").client("s3", endpoint_url="http://127.0.0.1:9")
+    assert "Expect" in _sent_headers(plain, lambda: plain.put_object(Bucket="b", Key="k", Body=b"{}"))  # what it replaces
 
 
 class _Unreachable:

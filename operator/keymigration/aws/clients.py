@@ -15,10 +15,13 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 import boto3
+import botocore.handlers
 import botocore.session
 from botocore.config import Config
+from botocore.utils import determine_content_length
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
+from keymigration.aws.xml_lists import FastListParserFactory
 from keymigration.errors import ConfigurationError
 
 THROTTLING_CODES = {
@@ -113,6 +116,28 @@ def parse_timestamp(value):
     return botocore_parse_timestamp(value)
 
 
+# The AWS SDK for Go v2 asks for `100 Continue` only for bodies from 2 MiB
+# (s3.Options.ContinueHeaderThresholdBytes); botocore asks for every PUT body.
+EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
+
+
+def expect_continue_for_large_bodies(model, params, **_):
+    """botocore's ``add_expect_header`` with Go's threshold.
+
+    `Expect: 100-continue` saves sending a large body the server would refuse; for the worker's
+    small PUTs (instruction files, backups: well under 2 KB) it only costs a round trip per PUT
+    (the client waits for the `100` before the body) and, measured against moto, 12% of a PUT's
+    client CPU (botocore reads the interim response a byte at a time).
+    """
+    if model.http.get("method", "") not in ("PUT", "POST"):
+        return
+    body = params.get("body")
+    if hasattr(body, "read"):
+        length = determine_content_length(body)
+        if length is None or length >= EXPECT_CONTINUE_MIN_BYTES:
+            params["headers"]["Expect"] = "100-continue"
+
+
 def region_of(options: ClientOptions) -> str | None:
     """--region, else ``AWS_REGION`` (what EKS, Lambda and the other AWS SDKs set; botocore reads
     only ``AWS_DEFAULT_REGION``), else None: botocore's own chain (AWS_DEFAULT_REGION, config)."""
@@ -121,7 +146,9 @@ def region_of(options: ClientOptions) -> str | None:
 
 def make_clients(options: ClientOptions, telemetry: Telemetry | None = None):
     core = botocore.session.get_session()
-    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    parsers = FastListParserFactory()
+    parsers.set_parser_defaults(timestamp_parser=parse_timestamp)
+    core.register_component("response_parser_factory", parsers)
     session = boto3.session.Session(botocore_session=core, region_name=region_of(options))
     if not session.region_name:
         raise ConfigurationError("no AWS region: pass --region or set AWS_REGION / AWS_DEFAULT_REGION")
@@ -135,6 +162,8 @@ def make_clients(options: ClientOptions, telemetry: Telemetry | None = None):
     )
     s3 = session.client("s3", endpoint_url=options.s3_endpoint_url or options.endpoint_url, config=config)
     kms = session.client("kms", endpoint_url=options.kms_endpoint_url or options.endpoint_url, config=config)
+    s3.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+    s3.meta.events.register("before-call.s3", expect_continue_for_large_bodies)
     if telemetry is not None:
         telemetry.attach(s3)
         telemetry.attach(kms)
