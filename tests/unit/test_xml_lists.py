@@ -160,3 +160,20 @@ def test_an_acl_parses_as_botocore_parses_it():
     ours = _parse(FastListXMLParser, "GetObjectAcl", ACL)
     assert ours == _parse(RestXMLParser, "GetObjectAcl", ACL)
     assert [g["Grantee"]["Type"] for g in ours["Grants"]] == ["CanonicalUser", "Group", "AmazonCustomerByEmail"]
+
+
+OTHER_LISTS = {
+    # Every other S3 answer with a list of structures that the worker reads.
+    "GetObjectTagging": f"""<Tagging{NS}><TagSet><Tag><Key>a&amp;b</Key><Value></Value></Tag>
+<Tag><Key>team</Key><Value>€ pay</Value></Tag></TagSet></Tagging>""",
+    "GetBucketOwnershipControls": f"""<OwnershipControls{NS}><Rule><ObjectOwnership>BucketOwnerEnforced</ObjectOwnership>
+</Rule></OwnershipControls>""",
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OTHER_LISTS))
+def test_other_lists_the_worker_reads_parse_as_botocore_parses_them(operation):
+    body = OTHER_LISTS[operation].encode()
+    ours = _parse(FastListXMLParser, operation, body)
+    assert ours == _parse(RestXMLParser, operation, body)
+    assert ours.get("TagSet") or ours.get("OwnershipControls")
