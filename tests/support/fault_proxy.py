@@ -83,6 +83,10 @@ def operation_of(method: str, query: str, headers) -> str:
     return {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}.get(method, method)
 
 
+class _IncompleteBody(Exception):
+    """The connection ended before the request body its Content-Length announced."""
+
+
 class FaultProxy:
     def __init__(self, upstream: str, seed: int = 1234):
         parsed = urllib.parse.urlparse(upstream)
@@ -145,17 +149,29 @@ class FaultProxy:
                 pass
 
             def _body(self) -> bytes:
+                """The whole request body, or _IncompleteBody when the client went away first
+                (killed between its headers and its body, or during it): S3 never stores the
+                part of a body that arrived, and neither may the proxy forward it."""
                 length = int(self.headers.get("Content-Length") or 0)
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     data = b""
                     while True:
-                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        line = self.rfile.readline()
+                        if not line.endswith(b"\n"):
+                            raise _IncompleteBody
+                        size = int(line.strip() or b"0", 16)
                         if size == 0:
                             self.rfile.readline()
                             return data
-                        data += self.rfile.read(size)
+                        chunk = self.rfile.read(size)
+                        if len(chunk) < size:
+                            raise _IncompleteBody
+                        data += chunk
                         self.rfile.readline()
-                return self.rfile.read(length) if length else b""
+                data = self.rfile.read(length) if length else b""
+                if len(data) < length:
+                    raise _IncompleteBody
+                return data
 
             def _reply(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
@@ -232,7 +248,12 @@ class FaultProxy:
                 return response.status == 200 and current is not None and current.strip('"') != expected.strip('"')
 
             def handle_one(self) -> None:
-                body = self._body()
+                try:
+                    body = self._body()
+                except _IncompleteBody:
+                    proxy._count("incomplete-body")
+                    self.close_connection = True
+                    return
                 if proxy.log_requests:
                     path, _, query = self.path.partition("?")
                     request = Request(
