@@ -67,6 +67,15 @@ class Counters:
         return Counters.from_dict(self.as_dict())
 
 
+def _ends_mid_line(path: str) -> bool:
+    with open(path, "rb") as existing:
+        existing.seek(0, 2)
+        if existing.tell() == 0:
+            return False
+        existing.seek(-1, 2)
+        return existing.read(1) != b"\n"
+
+
 class ReportWriter:
     """JSON lines, one per object, then one summary line. Appends, so a resumed run continues
     the same report; where a key appears twice, its last line is the outcome."""
@@ -81,7 +90,12 @@ class ReportWriter:
             return None
         if path == "-":
             return cls(sys.stdout, owns=False)
-        return cls(open(path, "a", encoding="utf-8"), owns=True)
+        stream = open(path, "a", encoding="utf-8")
+        if _ends_mid_line(path):
+            # A run killed while writing a line left it torn: end it, so that this run's first
+            # line stays whole (a reader skips the torn one) instead of joining it.
+            stream.write("\n")
+        return cls(stream, owns=True)
 
     def write(self, result: ObjectResult) -> None:
         self.stream.write(json.dumps(result.record(), ensure_ascii=False) + "\n")
