@@ -18,6 +18,7 @@ botocore's dict for dict (tests/unit/test_xml_lists.py compares them over genera
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from botocore.parsers import ResponseParserFactory, RestXMLParser
@@ -27,14 +28,15 @@ _LIST = "list"  # a flattened list of scalars (an Object's ChecksumAlgorithm)
 _DELEGATE = "delegate"  # botocore's _parse_shape for the element
 
 # One plan per structure shape: element name -> (member name, kind, member shape); None where
-# the fast path does not apply. Shapes live as long as their client's service model.
-_plans: dict[int, tuple[Any, dict | None]] = {}
+# the fast path does not apply. Weak: a plan goes with its client's service model.
+_plans: weakref.WeakKeyDictionary[Any, dict | None] = weakref.WeakKeyDictionary()
 
 
 def _plan(parser: RestXMLParser, shape) -> dict | None:
-    cached = _plans.get(id(shape))
-    if cached is not None and cached[0] is shape:
-        return cached[1]
+    try:
+        return _plans[shape]
+    except KeyError:
+        pass
     plan: dict | None = {}
     if shape.metadata.get("exception") or getattr(shape, "is_tagged_union", False):
         plan = None
@@ -61,7 +63,7 @@ def _plan(parser: RestXMLParser, shape) -> dict | None:
             else:
                 kind = _DELEGATE
             plan[xml_name] = (name, kind, member)
-    _plans[id(shape)] = (shape, plan)
+    _plans[shape] = plan
     return plan
 
 
