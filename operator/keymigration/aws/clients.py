@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.utils import determine_content_length
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
-from keymigration.aws.xml_lists import FastListParserFactory
+from keymigration.aws.fast_parser import FastParserFactory
 from keymigration.errors import ConfigurationError
 
 THROTTLING_CODES = {
@@ -146,7 +146,7 @@ def region_of(options: ClientOptions) -> str | None:
 
 def make_clients(options: ClientOptions, telemetry: Telemetry | None = None):
     core = botocore.session.get_session()
-    parsers = FastListParserFactory()
+    parsers = FastParserFactory()
     parsers.set_parser_defaults(timestamp_parser=parse_timestamp)
     core.register_component("response_parser_factory", parsers)
     session = boto3.session.Session(botocore_session=core, region_name=region_of(options))
