@@ -200,3 +200,21 @@ def test_no_region_at_all_is_a_configuration_error(monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     with pytest.raises(ConfigurationError, match="AWS_REGION"):
         make_clients(ClientOptions(endpoint_url="http://127.0.0.1:9"))
+
+
+def test_telemetry_counts_throttles_and_server_errors_also_in_a_200s_body():
+    from types import SimpleNamespace
+
+    from keymigration.aws.clients import Telemetry
+
+    telemetry = Telemetry()
+    answers = [
+        (200, {"ETag": '"e"'}), (204, {}), (200, None),  # successes: nothing counted
+        (200, {"Error": {"Code": "SlowDown"}}),  # S3's error in a 200 body (a copy)
+        (503, {"Error": {"Code": "SlowDown"}}), (400, {"Error": {"Code": "ThrottlingException"}}),
+        (500, {"Error": {"Code": "InternalError"}}), (404, {"Error": {"Code": "NoSuchKey"}}),
+    ]
+    for status, parsed in answers:
+        telemetry._on_attempt(response=(SimpleNamespace(status_code=status), parsed))
+    telemetry._on_attempt(caught_exception=ConnectionError())
+    assert telemetry.faults() == {"throttled": 3, "server_errors": 1, "connection_errors": 1}

@@ -274,14 +274,16 @@ def _normalize_cek(raw: str | None) -> str:
         raise EnvelopeError("unknown-content-algorithm", f"unknown content algorithm {raw!r}") from None
 
 
+# x-amz-wrap-alg values; LEGACY is the value's absence, never a value
+_WRAPS_BY_NAME = {alg.value: alg for alg in WrapAlgorithm if alg is not WrapAlgorithm.LEGACY}
+
+
 def _normalize_wrap(raw: str | None, fmt: str) -> WrapAlgorithm:
     if raw is None:
         if fmt == "v1" or fmt == "v2":
             return WrapAlgorithm.LEGACY
-    else:
-        for alg in WrapAlgorithm:
-            if alg is not WrapAlgorithm.LEGACY and alg.value == raw:
-                return alg
+    elif isinstance(raw, str) and raw in _WRAPS_BY_NAME:
+        return _WRAPS_BY_NAME[raw]
     raise EnvelopeError("unknown-wrap-algorithm", f"unknown key wrap algorithm {raw!r}")
 
 
