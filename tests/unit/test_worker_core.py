@@ -179,3 +179,56 @@ def test_a_failed_relisting_confirms_each_object_alone():
     w.source.changed = broken
     assert w.run().counters.migrated == 5
     assert sorted(calls) == [(k, None) for k in keys]  # None: ask S3 for the object (a HEAD)
+
+
+class FailingOnceStore(MemoryCheckpointStore):
+    """A checkpoint store whose first save fails (a full disk that then frees up)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failures = 0
+
+    def save(self, checkpoint):
+        if not self.failures:
+            self.failures += 1
+            raise OSError(28, "No space left on device")
+        super().save(checkpoint)
+
+
+def test_a_checkpoint_that_cannot_be_saved_stops_the_run_after_the_objects_in_progress():
+    """The failing save comes on the main thread (every thread busy for longer than a tick):
+    the run stops cleanly, with every object it started finished and recorded."""
+    keys = [f"k{i}" for i in range(6)]
+    started = []
+
+    def process(key, hint):
+        started.append(key)
+        time.sleep(0.6)
+        return ObjectResult(key, Outcome.MIGRATED, "migrated")
+
+    store = FailingOnceStore()
+    w = worker(keys, process, store=store, concurrency=2)
+    summary = w.run()
+    assert store.failures == 1
+    assert summary.exit_code == EXIT_INTERRUPTED and "checkpoint" in summary.stopped
+    assert summary.counters.scanned == len(started) >= 2
+    assert store.saved.counters["migrated"] == len(started) and not store.saved.done
+
+
+def test_a_refused_thread_stops_the_run_and_the_started_threads_finish(monkeypatch):
+    keys = [f"k{i}" for i in range(20)]
+    real_start = threading.Thread.start
+    count = []
+
+    def start(self):
+        if self.name.startswith("rewrap_"):
+            count.append(self.name)
+            if len(count) == 3:
+                raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    w = worker(keys, lambda k, h: (time.sleep(0.01), ObjectResult(k, Outcome.MIGRATED, "migrated"))[1], concurrency=4)
+    summary = w.run()
+    assert summary.exit_code == EXIT_INTERRUPTED and "could not start thread 3 of 4" in summary.stopped
+    assert summary.counters.failed == 0 and summary.counters.scanned == summary.counters.migrated

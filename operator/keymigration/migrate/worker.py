@@ -160,18 +160,12 @@ class PrefixWorker:
         if self.options.count_total:
             threading.Thread(target=self._count_total, name="count-total", daemon=True).start()
         objects = self.source.items(self.checkpoint, self.listed_aux)
-        threads = [
-            threading.Thread(target=self._pull, args=(objects,), name=f"rewrap_{i}", daemon=True)
-            for i in range(max(1, self.options.concurrency))
-        ]
-        self._pulling = len(threads)
-        for thread in threads:
-            thread.start()
+        self._start_pulling(objects)
         while True:
             try:
                 # The threads tick after each object; this covers a time when all are busy long.
                 while not self._all_pulled.wait(TICK_SECONDS):
-                    self._tick_if_free()
+                    self._tick_or_stop()
                 break
             except KeyboardInterrupt:
                 self.request_stop("interrupted")  # then wait for the objects in progress
@@ -193,6 +187,32 @@ class PrefixWorker:
             hint = None  # the listing's view is stale now
             time.sleep(min(5.0, 0.25 * 2**attempt) * (0.5 + random.random()))
 
+    def _start_pulling(self, objects: Iterator[WorkItem]) -> None:
+        """Start the ``concurrency`` threads; if the system refuses one (a pids limit), the run
+        stops and the ones started finish their objects, as at any other stop. The starter
+        holds a count of its own until all are started, so that ``_all_pulled`` cannot be set
+        by early threads while later ones are still to come."""
+        self._pulling = 1
+        try:
+            for i in range(max(1, self.options.concurrency)):
+                with self._lock:
+                    self._pulling += 1
+                try:
+                    threading.Thread(target=self._pull, args=(objects,), name=f"rewrap_{i}", daemon=True).start()
+                except RuntimeError as error:
+                    self._left_pulling()
+                    log.error("could not start a worker thread: %s", error)
+                    self.request_stop(f"could not start thread {i + 1} of {self.options.concurrency}: {error}")
+                    return
+        finally:
+            self._left_pulling()
+
+    def _left_pulling(self) -> None:
+        with self._lock:
+            self._pulling -= 1
+            if self._pulling == 0:
+                self._all_pulled.set()
+
     def _pull(self, objects: Iterator[WorkItem]) -> None:
         """One of ``concurrency`` threads: takes the listing's next object, processes it,
         records it, until the listing ends or the run stops. The threads pull their work
@@ -206,16 +226,9 @@ class PrefixWorker:
                 except BaseException as exc:  # noqa: BLE001 - recorded as retryable; the mark stays before it
                     result = ObjectResult(entry.key, Outcome.FAILED, "internal-error", type(exc).__name__, retryable=True)
                 self._done(entry, result)
-                try:
-                    self._tick_if_free()
-                except Exception:  # e.g. the checkpoint's disk is full: stop cleanly
-                    log.exception("could not save a checkpoint or report progress")
-                    self.request_stop("could not save a checkpoint (see the log)")
+                self._tick_or_stop()
         finally:
-            with self._lock:
-                self._pulling -= 1
-                if self._pulling == 0:
-                    self._all_pulled.set()
+            self._left_pulling()
 
     def _take(self, objects: Iterator[WorkItem]) -> tuple[_InFlight, ListingHint | None] | None:
         """The listing's next object, entered in flight in listing order; None at its end, when
@@ -326,13 +339,19 @@ class PrefixWorker:
     def _log_fields(self, result: ObjectResult) -> dict:
         return {"prefix": self.options.prefix, "object_key": result.key, "outcome": str(result.outcome), "reason": result.reason}
 
-    def _tick_if_free(self) -> None:
-        """``_tick``, unless another thread is ticking (one checkpoint write at a time)."""
-        if self._ticking.acquire(blocking=False):
-            try:
-                self._tick()
-            finally:
-                self._ticking.release()
+    def _tick_or_stop(self) -> None:
+        """``_tick``, unless another thread is ticking (one checkpoint write at a time); if it
+        fails (the checkpoint's disk is full), the run stops cleanly: the objects in progress
+        finish and are confirmed, and the mark stays where it was last saved."""
+        if not self._ticking.acquire(blocking=False):
+            return
+        try:
+            self._tick()
+        except Exception:
+            log.exception("could not save a checkpoint or report progress")
+            self.request_stop("could not save a checkpoint (see the log)")
+        finally:
+            self._ticking.release()
 
     def _tick(self, force: bool = False) -> None:
         now = time.monotonic()
