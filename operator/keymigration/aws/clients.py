@@ -67,12 +67,13 @@ class Telemetry:
         if not response:
             return None
         http, parsed = response
-        if getattr(http, "status_code", 0) < 300 and not (parsed and "Error" in parsed):
+        status = getattr(http, "status_code", 0)
+        if status < 300 and not (parsed and "Error" in parsed):
             return None  # a success (not an error S3 sent in a 200's body)
         code = (parsed or {}).get("Error", {}).get("Code")
-        if code in THROTTLING_CODES or getattr(http, "status_code", 0) == 503:
+        if code in THROTTLING_CODES or status == 503:
             self._add("throttled")
-        elif getattr(http, "status_code", 0) >= 500:
+        elif status >= 500:
             self._add("server_errors")
         return None
 
