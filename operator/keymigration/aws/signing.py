@@ -3,8 +3,9 @@
 botocore's ``SigV4Auth`` collects the headers to sign into an ``HTTPHeaders`` (an
 ``email.message.Message``), whose every lookup scans and lower-cases all of the request's headers:
 building the canonical headers is quadratic in their number, and it runs twice per request (for
-the signature, then for the ``SignedHeaders`` list). For the worker's requests (10-16 headers)
-that is about a sixth of a request's client CPU. The classes here replace only that collection
+the signature, then for the ``SignedHeaders`` list). Signing made about a sixth of the worker's
+calls per object, and this collection about 3% of them (docs/performance.md). The classes here
+replace only that collection
 with a dict of lower-cased names; everything else, and so every signature, is botocore's own
 (tests/unit/test_signing.py signs generated requests both ways and compares).
 """
@@ -22,8 +23,8 @@ class HeadersToSign:
 
     __slots__ = ("_values",)
 
-    def __init__(self) -> None:
-        self._values: dict[str, list] = {}
+    def __init__(self, values: dict[str, list] | None = None) -> None:
+        self._values: dict[str, list] = {} if values is None else values
 
     def __setitem__(self, name: str, value) -> None:
         self._values.setdefault(name.lower(), []).append(value)
@@ -44,15 +45,14 @@ class HeadersToSign:
 class _OnePassHeaders:
     def headers_to_sign(self, request) -> HeadersToSign:
         # botocore's SigV4Auth.headers_to_sign, collecting into HeadersToSign.
-        header_map = HeadersToSign()
-        values = header_map._values
+        values: dict[str, list] = {}
         for name, value in request.headers.items():
             lname = name.lower()
             if lname not in SIGNED_HEADERS_BLACKLIST:
                 values.setdefault(lname, []).append(value)
-        if "host" not in header_map:
-            header_map["host"] = _host_from_url(request.url)
-        return header_map
+        if "host" not in values:
+            values["host"] = [_host_from_url(request.url)]
+        return HeadersToSign(values)
 
 
 class OnePassSigV4Auth(_OnePassHeaders, SigV4Auth):
@@ -66,14 +66,15 @@ class OnePassS3SigV4Auth(_OnePassHeaders, S3SigV4Auth):
 ONE_PASS = {SigV4Auth: OnePassSigV4Auth, S3SigV4Auth: OnePassS3SigV4Auth}
 
 
-def sign_in_one_pass(client) -> bool:
+def sign_in_one_pass(client) -> None:
     """Make ``client`` sign with the one-pass classes wherever botocore picks plain SigV4 or
     S3 SigV4 (not presigning, S3 Express, SigV4a, or the CRT's signers, which stay botocore's).
-    Returns False, changing nothing, when this botocore has no request signer to hook."""
+    Changes nothing when this botocore has no request signer to hook (the client then signs as
+    botocore does; tests/unit/test_signing.py notices)."""
     signer = getattr(client, "_request_signer", None)
     original = getattr(signer, "get_auth_instance", None)
     if original is None:
-        return False
+        return
 
     def get_auth_instance(*args, **kwargs):
         auth = original(*args, **kwargs)
@@ -83,4 +84,3 @@ def sign_in_one_pass(client) -> bool:
         return auth
 
     signer.get_auth_instance = get_auth_instance
-    return True
