@@ -601,6 +601,57 @@ def test_outcomes_outlive_jobs_and_the_status_row_cap(cluster, operator):
     assert {s["state"] for p, s in recorded.items() if p != failed} == {"Completed"}
 
 
+def test_after_a_retry_new_jobs_wait_until_the_running_workers_took_the_lower_kms_share(cluster, operator):
+    """kmsRequestsPerSecond 12 over 3 prefixes, maxJobs 4: each Job starts at --kms-rate 3 and is
+    handed 4 once all three run. p0 fails: p1 and p2 get 6 each. A retry makes p0 wait again; its
+    new Job would start at 3 while p1 and p2 may still apply 6 (15 > 12). The operator writes them
+    3 and creates p0's Job only once both acknowledged it, woken by the acknowledgement's watch
+    event. The test plays the workers and the Job controller."""
+    from keymigration.kube.jobs import ANNOTATION_RETRY
+
+    prefixes = ["p0/", "p1/", "p2/"]
+    p0, p1, p2 = (child_name(NAME, p) for p in prefixes)
+    apply_example(cluster, prefixes=prefixes, concurrency={"maxJobs": 4, "perJob": 1}, kmsRequestsPerSecond=12)
+
+    def handed(name, rate):
+        progress = cluster.wait_for(*KMP, NS, name, lambda o: (o.get("status") or {}).get("kmsRate") == rate, timeout=20,
+                                    what=f"kmsRate {rate}")
+        return progress["status"]["kmsRateSerial"]
+
+    def acknowledge(name, rate):
+        serial = handed(name, rate)
+        cluster.patch_status(*KMP, NS, name, {"status": {"kmsRateApplied": rate, "kmsRateAppliedSerial": serial}})
+
+    for name in (p0, p1, p2):
+        cluster.wait_for("batch/v1", "Job", NS, name, timeout=20)
+        acknowledge(name, 4)
+    cluster.patch_status(*KMP, NS, p0, {"status": {"counters": {"scanned": 1, "migrated": 0, "skipped": 0, "failed": 0},
+                                                   "lastError": "stopped: listing failed: AccessDenied"}})
+    cluster.patch_status("batch/v1", "Job", NS, p0, {"status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}})
+    for name in (p1, p2):
+        acknowledge(name, 6)
+    cluster.wait_for(*KM, NS, NAME, lambda o: (o.get("status") or {}).get("prefixCounts", {}).get("failed") == 1, timeout=20,
+                     what="p0 failed")
+    old_job = cluster.get("batch/v1", "Job", NS, p0)["metadata"]["uid"]
+
+    cluster.patch(*KM, NS, NAME, {"metadata": {"annotations": {ANNOTATION_RETRY: "1"}}})
+    handed(p1, 3), handed(p2, 3)
+    cluster.wait_for(*KM, NS, NAME, lambda o: "new Jobs wait until" in (condition(o, "Reconciling") or {}).get("message", ""),
+                     timeout=20, what="the hold in the Reconciling condition")
+    time.sleep(2)  # reconciles woken by the writes above
+    assert (cluster.get_or_none("batch/v1", "Job", NS, p0) or {}).get("metadata", {}).get("uid") in (None, old_job)
+    acknowledge(p1, 3)
+    time.sleep(2)
+    assert (cluster.get_or_none("batch/v1", "Job", NS, p0) or {}).get("metadata", {}).get("uid") in (None, old_job)
+    acknowledge(p2, 3)
+    job = cluster.wait_for("batch/v1", "Job", NS, p0, lambda o: o["metadata"]["uid"] != old_job, timeout=10,
+                           what="p0's new Job, once both acknowledged")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--kms-rate") + 1] == "3"
+    assert not warning_events(cluster, "KmsShareNotAcknowledged", timeout=1)
+
+
 def test_an_overloaded_api_server_changes_nothing_but_the_pace(cluster, env, operator, runner):
     """One request in four from the operator and the workers answered 429 or 5xx, as an API server
     under API Priority and Fairness or restarting does: retries (kopf's, the reconcile loop's back-
@@ -668,8 +719,17 @@ def test_shards_of_one_prefix_migrate_every_object_exactly_once(cluster, env, op
         assert args[args.index("--kms-rate") + 1] == "3"
         shares = [v["status"]["kmsRate"] for v in cluster.history(*KMP, NS, name) if v and "kmsRate" in (v.get("status") or {})]
         assert shares and shares[0] == 4 and shares == sorted(shares) and set(shares) <= {4, 6, 12}
-    # The workers took their share into their KMS limiter (read back with a progress write).
+    # The workers took their share into their KMS limiter (read back with a progress write), and
+    # acknowledged each share they took (the schema keeps the fields): only shares written.
     assert any("KMS rate cap set to" in runner.output(name, namespace=NS) for name in shard_names)
+    acknowledged = 0
+    for name in shard_names:
+        states = [v.get("status") or {} for v in cluster.history(*KMP, NS, name) if v]
+        written = {(s["kmsRate"], s["kmsRateSerial"]) for s in states if "kmsRate" in s}
+        acks = {(s["kmsRateApplied"], s["kmsRateAppliedSerial"]) for s in states if "kmsRateAppliedSerial" in s}
+        assert acks <= written and all(serial >= 1 for _, serial in written)
+        acknowledged += len(acks)
+    assert acknowledged
     assert status["plan"]["objects"] == expected["scanned"] and status["plan"]["kmsRequestsPerSecond"] == 12
     planner_job = cluster.get("batch/v1", "Job", NS, child_name(NAME, "2019/"))
     assert planner_job["spec"]["template"]["spec"]["containers"][0]["args"][2] == "shard"

@@ -313,8 +313,11 @@ def test_metrics_sum_the_running_shards_of_a_prefix_into_one_series():
 # -- one KMS budget per migration (issue 16 item 4) ---------------------------------------------
 
 
+KMS_SPEC = {"kmsRequestsPerSecond": 1200, "concurrency": {"maxJobs": 4}}
+
+
 def kms_km(**changes):
-    return km({"kmsRequestsPerSecond": 1200, "concurrency": {"maxJobs": 4}, **changes}, prefixes=("a/",))
+    return km({**KMS_SPEC, **changes}, prefixes=("a/",))
 
 
 def with_rate(progress, rate=None, objects_per_second=None):
@@ -401,3 +404,202 @@ def test_the_worker_takes_its_share_from_its_progress_object_into_its_kms_limite
     api.status["kmsRate"] = 600  # the operator hands on a finished shard's share
     store.update({"scanned": 1})
     assert budget.adaptive.snapshot()["cap"] == 600
+
+
+# -- the shares in force never sum above the budget: new Jobs wait for lower shares to be taken --
+
+
+def applied(progresses, plan):
+    """The progress objects once the plan's merge patches of their status are written."""
+    out = []
+    for progress in progresses:
+        status = dict(progress["status"])
+        for key, value in plan.progress_status.get(progress["metadata"]["name"], {}).items():
+            if value is None:
+                status.pop(key, None)
+            else:
+                status[key] = value
+        out.append(dict(progress, status=status))
+    return out
+
+
+def acknowledge(progress):
+    """What a worker writes once it took the share in its progress object."""
+    status = progress["status"]
+    return dict(progress, status={**status, "kmsRateApplied": status["kmsRate"], "kmsRateAppliedSerial": status["kmsRateSerial"]})
+
+
+def share(progress, rate, serial, acknowledged=True, since="2026-11-27T11:00:00Z"):
+    progress["status"].update({"kmsRate": rate, "kmsRateSerial": serial, "kmsRateSince": since})
+    return acknowledge(progress) if acknowledged else progress
+
+
+def created_jobs(plan):
+    return [o["metadata"]["name"] for o in plan.create if o["kind"] == "Job"]
+
+
+def in_force(progresses, new_jobs, rate):
+    """The most each worker may apply now: its acknowledged share or one written since; a new Job its --kms-rate."""
+    most = 0
+    for progress in progresses:
+        status = progress["status"]
+        if not progress["status"].get("done") and status.get("state") is None and "kmsRate" in status:
+            most += max(status.get("kmsRateApplied") or 0, status["kmsRate"])
+    return most + rate * len(new_jobs)
+
+
+def test_after_a_retry_new_jobs_wait_until_every_running_worker_took_the_lower_share():
+    """A0 failed after A1 and A2 were handed 600/s each (1200 in all). Retrying A0 makes a unit
+    wait again: its Job would start at 1200 / maxJobs = 300 while A1 and A2 still apply 600, 1500
+    in all. The operator writes 300 to both and starts A0 only once both acknowledged it."""
+    failed = share(shard_progress(A0, scanned=5, failed=5), 400, 1)
+    failed["status"].update(state="Failed", lastError="5 objects failed")
+    running = [share(shard_progress(u, scanned=10), 600, 2) for u in (A1, A2)]
+    progresses = [planned("a/", ["a/k1", "a/k2"]), failed, *running]
+    before = step(kms_km(), [job(A1), job(A2)], progresses)
+    retry_km = km(KMS_SPEC, status=before.status, annotations={ANNOTATION_RETRY: "1"}, prefixes=("a/",))
+
+    lowered = reconcile(retry_km, [job(A1), job(A2)], progresses, CONFIG, NOW)
+    assert created_jobs(lowered) == []
+    assert {n: (p["kmsRate"], p["kmsRateSerial"]) for n, p in lowered.progress_status.items() if p.get("kmsRate")} == {
+        name(A1): (300, 3), name(A2): (300, 3)}
+    # The retried unit's old shares are cleared: its new worker starts at its Job's --kms-rate.
+    assert all(lowered.progress_status[name(A0)][k] is None for k in ("kmsRate", "kmsRateSerial", "kmsRateApplied"))
+    message = dict((c["type"], c["message"]) for c in lowered.status["conditions"])["Reconciling"]
+    assert "new Jobs wait until prefix 'a/' shard 1, prefix 'a/' shard 2 take(s) the lower KMS share" in message
+    assert lowered.recheck is not None and lowered.recheck <= 30.0  # or sooner: the acknowledgements' watch events
+
+    progresses = applied(progresses, lowered)
+    km_after = km(KMS_SPEC, status=lowered.status, annotations={ANNOTATION_RETRY: "1"}, prefixes=("a/",))
+    one = [progresses[0], progresses[1], acknowledge(progresses[2]), progresses[3]]  # A1 took 300, A2 not yet
+    waiting = reconcile(km_after, [job(A1), job(A2)], one, CONFIG, NOW + timedelta(seconds=4))
+    assert created_jobs(waiting) == [] and waiting.recheck is not None and waiting.recheck <= 26.0
+    assert "new Jobs wait until prefix 'a/' shard 2 take(s)" in dict((c["type"], c["message"]) for c in waiting.status["conditions"])["Reconciling"]
+
+    both = [one[0], one[1], one[2], acknowledge(one[3])]
+    started = reconcile(km_after, [job(A1), job(A2)], both, CONFIG, NOW + timedelta(seconds=5))
+    assert created_jobs(started) == [name(A0)]
+    (new_job,) = [o for o in started.create if o["kind"] == "Job"]
+    assert build_parser().parse_args(args_of(new_job)).kms_rate == 300
+    assert not [e for e in started.events if e.type == "Warning"]
+    assert in_force(both, created_jobs(started), 300) <= 1200
+
+
+def test_a_worker_that_never_acknowledges_holds_new_jobs_thirty_seconds_then_a_warning_names_it():
+    progresses = [planned("a/", ["a/k1", "a/k2"]), shard_progress(A0)]
+    running = [acknowledge(share(shard_progress(u, scanned=10), 600, 2)) for u in (A1, A2)]
+    since = (NOW - timedelta(seconds=29)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for progress in running:  # 300 written at serial 3; A1 took it, A2 (an older worker image) never answers
+        progress["status"].update(kmsRate=300, kmsRateSerial=3, kmsRateSince=since)
+    running[0] = acknowledge(running[0])
+    held = step(kms_km(), [job(A1), job(A2)], progresses + running)
+    assert created_jobs(held) == [] and held.recheck == 1.0
+    late = reconcile(kms_km(), [job(A1), job(A2)], progresses + running, CONFIG, NOW + timedelta(seconds=1))
+    assert created_jobs(late) == [name(A0)]
+    (warning,) = [e for e in late.events if e.type == "Warning"]
+    assert warning.reason == "KmsShareNotAcknowledged" and warning.now
+    assert "prefix 'a/' shard 2 did not acknowledge the lower KMS share (300/s) within 30 s" in warning.message
+    assert "shard 1" not in warning.message
+
+
+@pytest.mark.parametrize("status, holds", [
+    ({}, False),  # nothing handed out yet: it runs at its Job's --kms-rate (300)
+    ({"kmsRate": 300, "kmsRateSerial": 1}, False),  # its first share, not yet taken: 300 either way
+    ({"kmsRate": 300, "kmsRateSerial": 2}, True),  # it may have taken serial 1's share, whatever it was, unacknowledged
+    ({"kmsRate": 300, "kmsRateSerial": 2, "kmsRateApplied": 300, "kmsRateAppliedSerial": 1}, False),
+    ({"kmsRate": 300, "kmsRateSerial": 2, "kmsRateApplied": 600, "kmsRateAppliedSerial": 1}, True),  # may still apply 600
+    ({"kmsRate": 600, "kmsRateSerial": 2, "kmsRateApplied": 600, "kmsRateAppliedSerial": 2}, True),  # the lowering is not written yet
+    # 300 -> 600 -> 300: it may have taken 600 between its acknowledgements; only serial 3's says it did not
+    ({"kmsRate": 300, "kmsRateSerial": 3, "kmsRateApplied": 300, "kmsRateAppliedSerial": 1}, True),
+    ({"kmsRate": 300, "kmsRateSerial": 3, "kmsRateApplied": 300, "kmsRateAppliedSerial": 3}, False),
+    ({"kmsRate": 600}, True),  # written by an operator before acknowledgements: all that can be known
+    ({"kmsRate": 300}, False),
+])
+def test_which_running_worker_holds_new_jobs(status, holds):
+    running = shard_progress(A1)
+    running["status"].update(status, kmsRateSince=utc(NOW))
+    plan = step(kms_km(), [job(A1)], [planned("a/", ["a/k1", "a/k2"]), shard_progress(A0), running, shard_progress(A2)])
+    assert (created_jobs(plan) == []) is holds
+    if not holds:
+        assert created_jobs(plan) == [name(A0), name(A2)]
+
+
+def test_without_a_budget_nothing_holds_new_jobs():
+    running = shard_progress(A1)
+    running["status"].update(kmsRate=600, kmsRateSerial=2, kmsRateApplied=600, kmsRateAppliedSerial=2)
+    spec = {"concurrency": {"maxJobs": 4}}
+    plan = step(km(spec, prefixes=("a/",)), [job(A1)], [planned("a/", ["a/k1", "a/k2"]), shard_progress(A0), running])
+    assert created_jobs(plan) == [name(A0), name(A2)]
+
+
+def utc(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ProgressApi:
+    """A progress object's status behind the two calls the worker makes; ``down`` fails writes."""
+
+    def __init__(self, status):
+        self.status, self.writes, self.down = dict(status), [], False
+
+    def get_namespaced_custom_object(self, *args):
+        return {"status": dict(self.status)}
+
+    def patch_namespaced_custom_object_status(self, *args):
+        if self.down:
+            raise ConnectionError("API server away")
+        written = args[-1]["status"]
+        self.writes.append(written)
+        self.status.update(written)
+        return {"status": dict(self.status)}
+
+
+def worker_store(status, rate=300):
+    from keymigration.kube import KubernetesProgress
+    from keymigration.migrate.kms_budget import KmsBudget
+
+    api, budget = ProgressApi(status), KmsBudget(rate) if rate else KmsBudget(None)
+    store = KubernetesProgress("ns/p", api=api)
+    store.sleep = lambda _: None
+    store.on_kms_rate = budget.set_cap
+    return api, budget, store
+
+
+def acknowledged(status):
+    return status.get("kmsRateApplied"), status.get("kmsRateAppliedSerial")
+
+
+def test_the_worker_acknowledges_a_new_share_at_once_and_with_every_later_write():
+    api, budget, store = worker_store({"kmsRate": 250, "kmsRateSerial": 1})
+    store.load()
+    assert budget.adaptive.snapshot()["cap"] == 250 and acknowledged(api.status) == (250, 1) and len(api.writes) == 1
+    api.status.update(kmsRate=600, kmsRateSerial=2)  # the operator hands on a finished shard's share
+    store.update({"scanned": 1})
+    assert budget.adaptive.snapshot()["cap"] == 600
+    assert len(api.writes) == 2 + 1 and acknowledged(api.writes[-1]) == (600, 2)  # the progress write, then the acknowledgement
+    store.close({"scanned": 2, "exit_code": 0})
+    assert acknowledged(api.writes[-1]) == (600, 2) and len(api.writes) == 4  # carried along, no extra write
+    # 600 -> 300 -> 600 again, between two of its writes: the same cap, but serial 4 is acknowledged.
+    api.status.update(kmsRate=600, kmsRateSerial=4)
+    store._last_live = 0.0
+    store.update({"scanned": 3})
+    assert acknowledged(api.status) == (600, 4)
+
+
+def test_a_lost_acknowledgement_is_sent_again_and_a_share_not_taken_is_not_acknowledged():
+    api, budget, store = worker_store({"kmsRate": 250, "kmsRateSerial": 1})
+    api.down = True
+    store.load()  # its acknowledgement cannot be written
+    assert budget.adaptive.snapshot()["cap"] == 250 and acknowledged(api.status) == (None, None)
+    api.down = False
+    store.update({"scanned": 1})
+    assert acknowledged(api.status) == (250, 1) and len(api.writes) == 1
+    # A pod started again finds its acknowledgement already recorded: no extra write.
+    api, budget, store = worker_store(dict(api.status))
+    store.load()
+    assert not api.writes and budget.adaptive.snapshot()["cap"] == 250
+    # A worker run without --kms-rate has no limiter to move: it says nothing it did not do.
+    api, budget, store = worker_store({"kmsRate": 250, "kmsRateSerial": 1}, rate=None)
+    store.load()
+    store.update({"scanned": 1})
+    assert acknowledged(api.status) == (None, None)

@@ -416,6 +416,11 @@ PROGRESS_SCHEMA: dict[str, Any] = {
                                      "object may hold (shards or bytes); the prefix fails and nothing is migrated under it"},
                 "kmsRate": {"type": "number", "description": "this unit's share of the migration's KMS budget (requests/s), "
                             "written by the operator, read by the worker"},
+                "kmsRateSerial": {"type": "integer", "minimum": 1, "description": "counts the operator's writes of kmsRate"},
+                "kmsRateSince": {"type": "string", "format": "date-time", "description": "when the operator last wrote kmsRate"},
+                "kmsRateApplied": {"type": "number", "description": "the share the worker's KMS limiter applies, written by the "
+                                   "worker once it took it (new Jobs wait for a lower share to be acknowledged)"},
+                "kmsRateAppliedSerial": {"type": "integer", "description": "the kmsRateSerial of the share in kmsRateApplied"},
                 "checkpoint": {"type": "string", "description": "the worker's checkpoint (JSON, docs/worker.md#checkpoints)"},
                 "counters": _COUNTERS,
                 "total": {"type": "integer"},

@@ -78,22 +78,41 @@ class KubernetesProgress:
         self.sleep = time.sleep
         # The operator's share of the migration's KMS budget for this worker (status.kmsRate), read
         # back from the object at start and with every progress write (no request of its own);
-        # the CLI points this at the KMS limiter's set_cap.
+        # the CLI points this at the KMS limiter's set_cap. Taking a new share is acknowledged at
+        # once, and again with every later write (kube/kms_shares.py: new Jobs wait for it).
         self.on_kms_rate: Callable[[float], None] | None = None
         self._kms_rate: float | None = None
+        self._kms_taken = False
+        self._kms_acknowledged: dict = {}  # kmsRateApplied and kmsRateAppliedSerial, once a share is taken
+        self._share_lock = threading.Lock()
 
-    def _saw(self, obj: object) -> None:
-        rate = ((obj or {}).get("status") or {}).get("kmsRate") if isinstance(obj, dict) else None
-        if self.on_kms_rate is None or not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0 or rate == self._kms_rate:
-            return
-        self._kms_rate = float(rate)
-        try:
-            self.on_kms_rate(float(rate))
-        except ValueError as error:
-            log.warning("ignoring the KMS share %s: %s", rate, error)
+    def _saw(self, obj: object) -> dict | None:
+        """Take the share the operator wrote, if it is new; the acknowledgement to write at once,
+        if one is due (the object does not hold it yet)."""
+        status = ((obj or {}).get("status") or {}) if isinstance(obj, dict) else {}
+        rate, serial = status.get("kmsRate"), status.get("kmsRateSerial")
+        if self.on_kms_rate is None or not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+            return None
+        with self._share_lock:
+            if rate != self._kms_rate:
+                self._kms_rate, self._kms_taken = float(rate), True
+                try:
+                    self.on_kms_rate(float(rate))
+                except ValueError as error:
+                    log.warning("ignoring the KMS share %s: %s", rate, error)
+                    self._kms_taken = False
+            if not self._kms_taken:
+                return None  # not taken, so not acknowledged
+            acknowledged = {"kmsRateApplied": rate, "kmsRateAppliedSerial": serial}
+            if serial is None or acknowledged == self._kms_acknowledged:
+                return None
+            self._kms_acknowledged = acknowledged
+        held = {"kmsRateApplied": status.get("kmsRateApplied"), "kmsRateAppliedSerial": status.get("kmsRateAppliedSerial")}
+        return None if held == acknowledged else acknowledged
 
     def _patch(self, status: dict, pauses=RETRY_PAUSES[:2]) -> bool:
-        status = {**status, "updatedAt": _now()}
+        # The acknowledgement rides on every write: one lost with a failed write is sent again.
+        status = {**status, **self._kms_acknowledged, "updatedAt": _now()}
         with self._lock:
             try:
                 stored = with_retries(lambda: self.api.patch_namespaced_custom_object_status(
@@ -102,7 +121,8 @@ class KubernetesProgress:
             except Exception as error:  # the API being away must not stop the migration
                 log.warning("could not update progress %s/%s: %s", self.namespace, self.name, type(error).__name__)
                 return False
-        self._saw(stored)
+        if self._saw(stored) is not None:
+            self._patch({}, pauses)  # acknowledge the new share now: new Jobs may be waiting for it
         return True
 
     def _read(self) -> dict:
@@ -157,7 +177,8 @@ class KubernetesProgress:
             if _transient(error):
                 raise Unavailable(f"cannot read the checkpoint in {what}: {_describe(error)}") from None
             raise CheckpointError(f"cannot read the checkpoint in {what}: {_describe(error)}") from None
-        self._saw(obj)
+        if self._saw(obj) is not None:
+            self._patch({})
         text = ((obj or {}).get("status") or {}).get("checkpoint")
         if not text:
             return None

@@ -34,6 +34,7 @@ from keymigration.kube.jobs import (
     progress_manifest,
     unit_name,
 )
+from keymigration.kube.kms_shares import ACK_GRACE_SECONDS, forget, hand_out, hold, kms_share, uses_kms
 from keymigration.kube.policy import not_allowed
 from keymigration.kube.units import (
     COMPLETED,
@@ -172,6 +173,8 @@ class Observed:
     too_many: bool
     surroundings: Surroundings = field(default_factory=Surroundings)
     counts: dict = field(default_factory=dict)
+    kms_waiting: list[str] = field(default_factory=list)  # running workers new Jobs wait for (their KMS share)
+    kms_recheck: float | None = None
 
     def count(self) -> None:
         self.counts = {s: sum(1 for v in self.views if v.state == s) for s in STATES}
@@ -199,8 +202,15 @@ class Observed:
         planning = f" ({self.planning} prefixes still planning their shards)" if self.planning else ""
         return (
             f"{self.done}/{len(self.views)} {self.noun} done{planning}, {self.counts[RUNNING]} running, {self.counts[PENDING]} queued; "
-            f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed" + self.retrying()
+            f"{self.totals['migrated']} objects migrated, {self.totals['failed']} failed" + self.retrying() + self.held()
         )
+
+    def held(self) -> str:
+        """New Jobs held until running workers take their lower KMS share (kube/kms_shares.py)."""
+        if not self.kms_waiting:
+            return ""
+        shown = ", ".join(self.kms_waiting[:3]) + (f" and {len(self.kms_waiting) - 3} more" if len(self.kms_waiting) > 3 else "")
+        return f"; new Jobs wait until {shown} take(s) the lower KMS share"
 
     def retrying(self) -> str:
         """Running prefixes whose Job is retrying a failed pod, with the last error of each."""
@@ -240,6 +250,7 @@ class Scene:
     progresses: dict[str, dict]
     previous: dict
     config: InstallConfig
+    now: datetime
     stamp: str
     surroundings: Surroundings = field(default_factory=Surroundings)
 
@@ -340,6 +351,9 @@ def _observe_all(scene: Scene, plan: Plan, now: datetime) -> list[UnitView]:
                 plan.progress_status[name] = {"state": None, "completionTime": None, "lastError": None}
                 if view.unit.planner:
                     plan.progress_status[name]["shardPlanRefused"] = None  # planned again, and refused again if it must be
+            stale_shares = forget(scene.progresses.get(name))
+            if stale_shares:
+                plan.progress_status.setdefault(name, {}).update(stale_shares)
             view.state, view.last_error, view.recorded, view.plan_refused = PENDING, None, None, None
         views.append(view)
     return views
@@ -368,18 +382,29 @@ def _resume_and_count(scene: Scene, views: list[UnitView], plan: Plan) -> int:
 def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
     migration = observed.migration
     running = _resume_and_count(scene, observed.views, plan)
+    startable = [v for v in observed.views if v.state == PENDING and v.name not in plan.delete_jobs]
+    startable = startable[:max(0, migration.max_jobs - running)]
+    if not startable:
+        return
+    held = hold(migration, observed.views, scene.progresses, scene.now)
+    if held.waiting:
+        # A running worker may still apply a larger KMS share than a new Job's: start none
+        # until it has taken the lower one (kube/kms_shares.py), its acknowledgement wakes us.
+        observed.kms_waiting, observed.kms_recheck = [_label(v) for v in held.waiting], held.recheck
+        return
+    if held.overdue:
+        names = ", ".join(_label(v) for v in held.overdue[:5]) + (f" and {len(held.overdue) - 5} more" if len(held.overdue) > 5 else "")
+        plan.events.append(Event("Warning", "KmsShareNotAcknowledged",
+                                 f"starting Jobs although {names} did not acknowledge the lower KMS share "
+                                 f"({migration.per_job_kms_rate()}/s) within {ACK_GRACE_SECONDS:.0f} s: the migration may exceed "
+                                 "kmsRequestsPerSecond until they do (their KMS limiters back off on throttling)", now=True))
     failed = observed.totals["failed"]
     remaining = None if migration.max_failed_objects is None else migration.max_failed_objects - failed + 1
-    for view in observed.views:
-        if running >= migration.max_jobs:
-            break
-        if view.state != PENDING or view.name in plan.delete_jobs:
-            continue
+    for view in startable:
         if view.name not in scene.progresses:
             plan.create.append(progress_manifest(scene.km, migration, view.unit))
         plan.create.append(job_manifest(scene.km, migration, view.unit, scene.config, max_failures=remaining))
         view.state, view.start = RUNNING, view.start or scene.stamp
-        running += 1
         if not _quiet(view):
             plan.events.append(Event("Normal", "JobCreated", f"Job {view.name} started for {view.unit.describe()}", now=True))
 
@@ -644,43 +669,23 @@ def status_of(scene: Scene, observed: Observed, verdict: Verdict) -> dict:
     return status
 
 
-# -- the KMS budget, shared ---------------------------------------------------------------------
-
-
-def _uses_kms(view: UnitView) -> bool:
-    return view.state == RUNNING and not view.unit.planner
-
-
-def kms_share(migration: KeyMigration, views: list[UnitView]) -> int | None:
-    """Each running worker's share of ``kmsRequestsPerSecond``. While units wait to start (or
-    prefixes to be planned), ``maxJobs`` of them will run: the budget over ``maxJobs``, what a
-    new Job starts with. Once every unit has started, the running ones share the whole budget,
-    and each share grows as units finish; the sum never exceeds the budget (shares only grow
-    while the number running only falls)."""
-    budget = migration.kms_requests_per_second
-    if not budget:
-        return None
-    if any(v.state == PENDING or v.unit.planner for v in views):
-        return migration.per_job_kms_rate()
-    return max(1, budget // max(1, sum(1 for v in views if _uses_kms(v))))
+# -- the KMS budget, shared (kube/kms_shares.py) ------------------------------------------------
 
 
 def _hand_out_kms(scene: Scene, observed: Observed, plan: Plan) -> int | None:
     """Write each running worker's share into its progress object, when it changed; the worker
-    reads it back with its next progress write and moves its limiter's cap (``set_cap``)."""
+    reads it back with its next progress write, moves its limiter's cap and acknowledges."""
     share = kms_share(observed.migration, observed.views)
     if share is None:
         return None
-    for view in observed.views:
-        progress = scene.progresses.get(view.name)
-        if _uses_kms(view) and progress is not None and (progress.get("status") or {}).get("kmsRate") != share:
-            plan.progress_status.setdefault(view.name, {})["kmsRate"] = share
+    for name, patch in hand_out(share, observed.views, scene.progresses, scene.stamp).items():
+        plan.progress_status.setdefault(name, {}).update(patch)
     return share
 
 
 def _measured_rate(scene: Scene, observed: Observed) -> float | None:
     """The running workers' mean rate (objects/s, from their progress objects), if any reported one."""
-    rates = [float(((scene.progresses.get(v.name) or {}).get("status") or {}).get("rate") or 0) for v in observed.views if _uses_kms(v)]
+    rates = [float(((scene.progresses.get(v.name) or {}).get("status") or {}).get("rate") or 0) for v in observed.views if uses_kms(v)]
     rates = [r for r in rates if r > 0]
     return sum(rates) / len(rates) if rates else None
 
@@ -762,6 +767,7 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
         progresses={p["metadata"]["name"]: p for p in progresses},
         previous=km.get("status") or {},
         config=config,
+        now=now,
         stamp=stamp,
         surroundings=surroundings or Surroundings(),
     )
@@ -785,13 +791,17 @@ def reconcile(km: dict, jobs: list[dict], progresses: list[dict], config: Instal
 
 
 def _recheck(scene: Scene, observed: Observed) -> float | None:
-    """Nothing wakes the operator while a Job waits for a pod that cannot start, or while the
-    worker ServiceAccount is missing: look again, so either surfaces (and clears) in time."""
+    """Nothing wakes the operator while a Job waits for a pod that cannot start, while the
+    worker ServiceAccount is missing, or while a worker does not acknowledge its lower KMS
+    share: look again, so each surfaces (and clears) in time."""
+    delays = []
     if scene.surroundings.worker_account or scene.surroundings.conflicts:
-        return 15.0
+        delays.append(15.0)
     if any(v.waiting for v in observed.views):
-        return max(2.0, min(10.0, scene.surroundings.stuck_after / 3))
-    return None
+        delays.append(max(2.0, min(10.0, scene.surroundings.stuck_after / 3)))
+    if observed.kms_recheck is not None:
+        delays.append(max(1.0, observed.kms_recheck))  # new Jobs wait for an acknowledgement this long at most
+    return min(delays, default=None)
 
 
 _MISSING = object()
