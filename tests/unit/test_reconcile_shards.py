@@ -603,3 +603,12 @@ def test_a_lost_acknowledgement_is_sent_again_and_a_share_not_taken_is_not_ackno
     store.load()
     store.update({"scanned": 1})
     assert acknowledged(api.status) == (None, None)
+
+
+def test_planners_start_while_workers_wait_for_an_acknowledgement():
+    running = shard_progress(A1)
+    running["status"].update(kmsRate=300, kmsRateSerial=3, kmsRateApplied=600, kmsRateAppliedSerial=2, kmsRateSince=utc(NOW))
+    spec = {**KMS_SPEC, "concurrency": {"maxJobs": 4}}
+    plan = step(km(spec, prefixes=("a/", "b/")), [job(A1)], [planned("a/", ["a/k1", "a/k2"]), shard_progress(A0), running])
+    assert created_jobs(plan) == [name(planner("b/"))]  # not A0 nor A2: A1 may still apply 600
+    assert "new Jobs wait until prefix 'a/' shard 1" in dict((c["type"], c["message"]) for c in plan.status["conditions"])["Reconciling"]

@@ -379,25 +379,31 @@ def _resume_and_count(scene: Scene, views: list[UnitView], plan: Plan) -> int:
     return running
 
 
-def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
+def _kms_gate(scene: Scene, observed: Observed, plan: Plan, startable: list[UnitView]) -> list[UnitView]:
+    """The units that may start now. While a running worker may still apply a larger KMS share
+    than a new Job's, no worker starts (kube/kms_shares.py; its acknowledgement wakes us); a
+    planner, which makes no KMS request, does. One that never answers is waited for 30 s."""
     migration = observed.migration
-    running = _resume_and_count(scene, observed.views, plan)
-    startable = [v for v in observed.views if v.state == PENDING and v.name not in plan.delete_jobs]
-    startable = startable[:max(0, migration.max_jobs - running)]
-    if not startable:
-        return
+    if all(v.unit.planner for v in startable):
+        return startable
     held = hold(migration, observed.views, scene.progresses, scene.now)
     if held.waiting:
-        # A running worker may still apply a larger KMS share than a new Job's: start none
-        # until it has taken the lower one (kube/kms_shares.py), its acknowledgement wakes us.
         observed.kms_waiting, observed.kms_recheck = [_label(v) for v in held.waiting], held.recheck
-        return
+        return [v for v in startable if v.unit.planner]
     if held.overdue:
         names = ", ".join(_label(v) for v in held.overdue[:5]) + (f" and {len(held.overdue) - 5} more" if len(held.overdue) > 5 else "")
         plan.events.append(Event("Warning", "KmsShareNotAcknowledged",
                                  f"starting Jobs although {names} did not acknowledge the lower KMS share "
                                  f"({migration.per_job_kms_rate()}/s) within {ACK_GRACE_SECONDS:.0f} s: the migration may exceed "
                                  "kmsRequestsPerSecond until they do (their KMS limiters back off on throttling)", now=True))
+    return startable
+
+
+def _start(scene: Scene, observed: Observed, plan: Plan) -> None:
+    migration = observed.migration
+    running = _resume_and_count(scene, observed.views, plan)
+    startable = [v for v in observed.views if v.state == PENDING and v.name not in plan.delete_jobs]
+    startable = _kms_gate(scene, observed, plan, startable[:max(0, migration.max_jobs - running)]) if startable else []
     failed = observed.totals["failed"]
     remaining = None if migration.max_failed_objects is None else migration.max_failed_objects - failed + 1
     for view in startable:
