@@ -22,6 +22,7 @@ from botocore.utils import determine_content_length
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from keymigration.aws.fast_parser import FastParserFactory
+from keymigration.aws.response_headers import fast_response_headers
 from keymigration.aws.signing import sign_in_one_pass
 from keymigration.errors import ConfigurationError
 
@@ -168,8 +169,9 @@ def make_clients(options: ClientOptions, telemetry: Telemetry | None = None):
     kms = session.client("kms", endpoint_url=options.kms_endpoint_url or options.endpoint_url, config=config)
     s3.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
     s3.meta.events.register("before-call.s3", expect_continue_for_large_bodies)
-    sign_in_one_pass(s3)
-    sign_in_one_pass(kms)
+    for client in (s3, kms):
+        sign_in_one_pass(client)
+        fast_response_headers(client)
     if telemetry is not None:
         telemetry.attach(s3)
         telemetry.attach(kms)
