@@ -140,7 +140,7 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
         s3, kms = clients(endpoint, c)
         w_clients = worker_clients(endpoint, c)
         for verify in levels:
-            ratios, floor_rates, worker_rates, floor_cpu, worker_cpu, loads = [], [], [], [], [], []
+            ratios, floor_rates, worker_rates, floor_cpu, worker_cpu, loads, cpu_ratios = [], [], [], [], [], [], []
             for v, r in runs:
                 if v != verify:
                     continue
@@ -162,6 +162,7 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
                 worker_rates.append(w_rate)
                 floor_cpu.append(1000 * sum(x[3] for x in f) / sum(x[1] for x in f))
                 worker_cpu.append(1000 * sum(x[3] for x in w) / sum(x[1] for x in w))
+                cpu_ratios.append(worker_cpu[-1] / floor_cpu[-1])  # each group's own: drift between groups cancels
             if not ratios:
                 continue
             row = {
@@ -175,6 +176,7 @@ def throughput(endpoint: str, key_arn: str, key_file: Path, concurrencies, reps:
                 "ratio_worker_over_floor": round(statistics.median(ratios), 3),
                 "floor_cpu_ms_per_object": round(statistics.median(floor_cpu), 2),
                 "worker_cpu_ms_per_object": round(statistics.median(worker_cpu), 2),
+                "cpu_ratio_worker_over_floor": round(statistics.median(cpu_ratios), 3),
                 "max_load_average": round(max(loads), 2),
             }
             rows.append(row)
