@@ -15,4 +15,10 @@ def utc_timestamp(moment: datetime | None = None, *, precise: bool = False) -> s
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if precise else "%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["utc_now", "utc_timestamp"]
+def seconds_since(stamp: str, now: datetime) -> float:
+    """Seconds from a timestamp as Kubernetes writes it (``...Z``) to ``now``; ``ValueError``
+    for one that is not a timestamp."""
+    return (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+
+
+__all__ = ["seconds_since", "utc_now", "utc_timestamp"]

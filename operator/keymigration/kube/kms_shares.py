@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from keymigration.clock import seconds_since
 from keymigration.kube.api_types import KeyMigration
 from keymigration.kube.units import PENDING, RUNNING, UnitView
 
@@ -105,7 +106,7 @@ def _waited(status: dict, new_share: int, now: datetime) -> float | None:
     if written is None or written > new_share or not isinstance(since, str):
         return None
     try:
-        return (now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
+        return seconds_since(since, now)
     except ValueError:
         return ACK_GRACE_SECONDS  # an unreadable time: do not wait on it
 

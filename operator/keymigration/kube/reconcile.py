@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Callable
 
-from keymigration.clock import utc_timestamp
+from keymigration.clock import seconds_since, utc_timestamp
 from keymigration.errors import InvalidKeyMigration
 from keymigration.kube.api_types import KeyMigration, WorkUnit, check_boundaries, shard_units
 from keymigration.kube.jobs import (
@@ -304,7 +304,7 @@ def _planner_state(view: UnitView, job: dict | None, refused: str | None, now: d
     if view.state not in (COMPLETED, COMPLETED_WITH_FAILURES):
         return
     completed = ((job or {}).get("status") or {}).get("completionTime")
-    waited = (now - datetime.fromisoformat(completed.replace("Z", "+00:00"))).total_seconds() if completed else 0.0
+    waited = seconds_since(completed, now) if completed else 0.0
     if waited < PLAN_GRACE_SECONDS:
         view.state, view.waiting = RUNNING, True
     else:

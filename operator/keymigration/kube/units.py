@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from keymigration.clock import seconds_since
 from keymigration.kube.api_types import WorkUnit
 
 PENDING, RUNNING, SUSPENDED = "Pending", "Running", "Suspended"
@@ -113,7 +114,7 @@ def age_seconds(meta: dict, now: datetime) -> float:
     created = meta.get("creationTimestamp")
     if not created:
         return 0.0
-    return (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    return seconds_since(created, now)
 
 
 def _phase(pod: dict) -> str:
