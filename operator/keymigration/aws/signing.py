@@ -5,9 +5,9 @@ botocore's ``SigV4Auth`` collects the headers to sign into an ``HTTPHeaders`` (a
 building the canonical headers is quadratic in their number, and it runs twice per request (for
 the signature, then for the ``SignedHeaders`` list). Signing made about a sixth of the worker's
 calls per object, and this collection about 3% of them (docs/performance.md). The classes here
-replace only that collection
-with a dict of lower-cased names; everything else, and so every signature, is botocore's own
-(tests/unit/test_signing.py signs generated requests both ways and compares).
+replace only that collection with a dict of lower-cased names; everything else, and so every
+signature, is botocore's own (tests/unit/test_signing.py signs generated requests both ways and
+compares).
 """
 from __future__ import annotations
 
@@ -23,11 +23,8 @@ class HeadersToSign:
 
     __slots__ = ("_values",)
 
-    def __init__(self, values: dict[str, list] | None = None) -> None:
-        self._values: dict[str, list] = {} if values is None else values
-
-    def __setitem__(self, name: str, value) -> None:
-        self._values.setdefault(name.lower(), []).append(value)
+    def __init__(self, values: dict[str, list]) -> None:
+        self._values = values
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._values
