@@ -209,8 +209,7 @@ class Observed:
         """New Jobs held until running workers take their lower KMS share (kube/kms_shares.py)."""
         if not self.kms_waiting:
             return ""
-        shown = ", ".join(self.kms_waiting[:3]) + (f" and {len(self.kms_waiting) - 3} more" if len(self.kms_waiting) > 3 else "")
-        return f"; new Jobs wait until {shown} take(s) the lower KMS share"
+        return f"; new Jobs wait until {_some(self.kms_waiting, 3)} take(s) the lower KMS share"
 
     def retrying(self) -> str:
         """Running prefixes whose Job is retrying a failed pod, with the last error of each."""
@@ -227,6 +226,11 @@ def _label(view: UnitView) -> str:
     """A unit in a message: the prefix as before (quoted), or which shard or slice."""
     unit = view.unit
     return repr(unit.prefix) if unit.shard is None and unit.files is None and not unit.planner else unit.describe()
+
+
+def _some(labels: list[str], limit: int) -> str:
+    """Up to ``limit`` units named in a message, and how many more there are."""
+    return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
 
 def _totals(views: list[UnitView]) -> dict:
@@ -391,9 +395,8 @@ def _kms_gate(scene: Scene, observed: Observed, plan: Plan, startable: list[Unit
         observed.kms_waiting, observed.kms_recheck = [_label(v) for v in held.waiting], held.recheck
         return [v for v in startable if v.unit.planner]
     if held.overdue:
-        names = ", ".join(_label(v) for v in held.overdue[:5]) + (f" and {len(held.overdue) - 5} more" if len(held.overdue) > 5 else "")
         plan.events.append(Event("Warning", "KmsShareNotAcknowledged",
-                                 f"starting Jobs although {names} did not acknowledge the lower KMS share "
+                                 f"starting Jobs although {_some([_label(v) for v in held.overdue], 5)} did not acknowledge the lower KMS share "
                                  f"({migration.per_job_kms_rate()}/s) within {ACK_GRACE_SECONDS:.0f} s: the migration may exceed "
                                  "kmsRequestsPerSecond until they do (their KMS limiters back off on throttling)", now=True))
     return startable
